@@ -1,0 +1,27 @@
+# `make run`: set up .venv and run the default pipeline on bundled data.
+# `make test`: set up .venv if missing and run the tests.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test ui bench clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,bench]"
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/nas prepare
+	$(BIN)/nas search
+	$(BIN)/nas runs --limit 10
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+ui: $(BIN)/.installed
+	$(BIN)/nas ui
+
+clean:
+	rm -rf $(VENV) .prefect data metrics/*.json mlflow/mlflow.db mlflow/artifacts

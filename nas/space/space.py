@@ -1,0 +1,345 @@
+"""SearchSpace: the vocabulary a search may use, loaded from a YAML file.
+
+A space has three parts. `ops` lists the ops a sentence may use and each attribute's
+domain. `layout` says how random and grid search write sentences: a layer list of conv
+blocks (each optionally pooled and summed with its input), a reduction, dense layers and
+the head. With zero conv blocks the sentence is a plain multi-layer perceptron, so the
+search can prefer one where convolutions do not help. `hparams` gives the domains of the
+training hyper-parameters. Sentences that other methods write (mutations, controllers)
+need only respect `ops` and `limits`, not the layout.
+
+    >>> import random
+    >>> space = SearchSpace.load("spaces/cnn.yaml").bind((1, 8, 8), 10)
+    >>> arch, hparams = space.sample(random.Random(0))
+    >>> plan = space.validate(arch, hparams)
+    >>> space.from_tokens(space.to_tokens(arch, hparams)) == (arch, hparams)
+    True
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nas.space.architecture import Architecture, ArchitectureError, AttrValue, HParams, Node
+from nas.space.domain import Domain, SpaceError, token_text
+from nas.space.shapes import OPS, Plan, Shape, infer
+
+LAYOUT_KEYS = ("conv_blocks", "pool", "skip", "reduce", "dense_layers")
+ALWAYS = ("input", "head")
+SAMPLE_TRIES = 200
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    ops: dict[str, dict[str, Domain]]
+    layout: dict[str, Domain]
+    hparams: dict[str, Domain]
+    max_nodes: int = 24
+    max_params: int = 2_000_000
+    input_shape: Shape | None = None
+    num_classes: int | None = None
+    source: str | None = field(default=None, compare=False)
+
+    # ---- loading -------------------------------------------------------------------
+
+    @staticmethod
+    def load(path: str | Path) -> SearchSpace:
+        path = Path(path)
+        if not path.is_file():
+            raise SpaceError(f"space file {path} does not exist; pass --space with a YAML file such as "
+                             "spaces/cnn.yaml or spaces/mlp.yaml.")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise SpaceError(f"space file {path} is not valid YAML: {exc}. Fix the syntax (indentation, "
+                             "colons, brackets) and run again.") from None
+        return SearchSpace.from_dict(raw, source=str(path))
+
+    @staticmethod
+    def from_dict(raw: Any, source: str = "<dict>") -> SearchSpace:
+        if not isinstance(raw, dict):
+            raise SpaceError(f"{source}: a space file is a mapping with keys name, limits, ops, layout, hparams.")
+        unknown = set(raw) - {"name", "description", "limits", "ops", "layout", "hparams"}
+        if unknown:
+            raise SpaceError(f"{source}: unknown top-level keys {sorted(unknown)}; allowed are "
+                             "name, description, limits, ops, layout, hparams.")
+        ops: dict[str, dict[str, Domain]] = {op: {} for op in ALWAYS}
+        for op, attrs in (raw.get("ops") or {}).items():
+            if op not in OPS:
+                raise SpaceError(f"{source}: unknown op '{op}' under ops; the language knows {sorted(OPS)}.")
+            attrs = attrs or {}
+            wanted = set(OPS[op].attrs)
+            if set(attrs) != wanted:
+                raise SpaceError(f"{source}: ops.{op} must give a domain for exactly {sorted(wanted)}, "
+                                 f"got {sorted(attrs)}.")
+            ops[op] = {a: Domain.parse(v, f"{source}: ops.{op}.{a}") for a, v in attrs.items()}
+        layout_raw = raw.get("layout") or {}
+        unknown = set(layout_raw) - set(LAYOUT_KEYS)
+        if unknown:
+            raise SpaceError(f"{source}: unknown layout keys {sorted(unknown)}; allowed are {list(LAYOUT_KEYS)}.")
+        layout = {k: Domain.parse(v, f"{source}: layout.{k}") for k, v in layout_raw.items()}
+        hp_names = {f.name for f in fields(HParams)}
+        hp_raw = raw.get("hparams") or {}
+        unknown = set(hp_raw) - hp_names
+        if unknown:
+            raise SpaceError(f"{source}: unknown hparams {sorted(unknown)}; known are {sorted(hp_names)}.")
+        hparams = {k: Domain.parse(v, f"{source}: hparams.{k}") for k, v in hp_raw.items()}
+        limits = raw.get("limits") or {}
+        space = SearchSpace(
+            name=str(raw.get("name", Path(source).stem)), ops=ops, layout=layout, hparams=hparams,
+            max_nodes=int(limits.get("max_nodes", 24)), max_params=int(limits.get("max_params", 2_000_000)),
+            source=source)
+        space._check_layout()
+        return space
+
+    def _check_layout(self) -> None:
+        needs = {"conv_blocks": "conv", "dense_layers": "dense"}
+        for key, op in needs.items():
+            if key in self.layout and max(self.layout[key].values()) > 0 and op not in self.ops:
+                raise SpaceError(f"{self.source}: layout.{key} asks for {op} layers but ops has no '{op}'.")
+        for value in self.layout.get("pool", Domain(("none",))).values():
+            if value != "none" and ("pool" not in self.ops or not self.ops["pool"]["kind"].contains(value)):
+                raise SpaceError(f"{self.source}: layout.pool value '{value}' is not an ops.pool kind.")
+        for key in ("skip", "reduce"):
+            for value in self.layout.get(key, Domain(("none",))).values():
+                if value != "none" and value not in self.ops:
+                    raise SpaceError(f"{self.source}: layout.{key} value '{value}' is not an op of the space.")
+        if "reduce" not in self.layout:
+            raise SpaceError(f"{self.source}: layout.reduce is required (e.g. [global_pool, flatten]).")
+
+    def bind(self, input_shape: Shape, num_classes: int) -> SearchSpace:
+        """The same space for a concrete dataset: shapes are needed to validate, sample and count."""
+        return replace(self, input_shape=tuple(input_shape), num_classes=int(num_classes))
+
+    def with_hparams(self, **fixed: AttrValue) -> SearchSpace:
+        """Pin hyper-parameters to one value each, e.g. the epochs a search was given."""
+        pinned = {k: Domain(choices=(v,)) for k, v in fixed.items() if v is not None}
+        return replace(self, hparams={**self.hparams, **pinned})
+
+    def _require_bound(self) -> tuple[Shape, int]:
+        if self.input_shape is None or self.num_classes is None:
+            raise SpaceError(f"space '{self.name}' is not bound to a dataset; call space.bind(shape, classes).")
+        return self.input_shape, self.num_classes
+
+    # ---- validation ----------------------------------------------------------------
+
+    def validate(self, arch: Architecture, hparams: HParams | None = None) -> Plan:
+        """The plan of a valid sentence, or ArchitectureError naming the node, attribute and rule."""
+        shape, classes = self._require_bound()
+        if len(arch.nodes) - 2 > self.max_nodes:
+            raise ArchitectureError(f"{len(arch.nodes) - 2} hidden nodes exceed the space's max_nodes="
+                                    f"{self.max_nodes}.")
+        for i, node in enumerate(arch.nodes):
+            if node.op not in self.ops:
+                raise ArchitectureError(f"node {i}: op '{node.op}' is not in space '{self.name}'; "
+                                        f"allowed ops are {sorted(self.ops)}.")
+            for name, value in node.attrs:
+                domain = self.ops[node.op].get(name)
+                if name == "kernel_h" and len(shape) == 2:
+                    continue  # 1-D data: shape inference insists on 1 instead
+                if domain is not None and not domain.contains(value):
+                    raise ArchitectureError(f"node {i} ({node.op}): attribute '{name}'={value!r} breaks the "
+                                            f"rule '{domain.describe()}' of space '{self.name}'.")
+        plan = infer(arch, shape, classes)
+        if plan.params > self.max_params:
+            raise ArchitectureError(f"the network has {plan.params:,} parameters, over the space's limit "
+                                    f"max_params={self.max_params:,}; use fewer channels or units, more "
+                                    "pooling before flatten, or raise limits.max_params.")
+        if hparams is not None:
+            for name, domain in self.hparams.items():
+                value = getattr(hparams, name)
+                if not domain.contains(value):
+                    raise ArchitectureError(f"hyper-parameter {name}={value!r} breaks the rule "
+                                            f"'{domain.describe()}' of space '{self.name}'.")
+        return plan
+
+    def is_valid(self, arch: Architecture, hparams: HParams | None = None) -> bool:
+        try:
+            self.validate(arch, hparams)
+        except ArchitectureError:
+            return False
+        return True
+
+    # ---- writing sentences from the layout -----------------------------------------
+
+    def _rank(self) -> int:
+        return len(self._require_bound()[0])
+
+    def _conv_domains(self) -> dict[str, Domain]:
+        domains = dict(self.ops["conv"])
+        if self._rank() == 2:
+            domains["kernel_h"] = Domain(choices=(1,))
+        return domains
+
+    def _layout(self, key: str, default: AttrValue) -> Domain:
+        domain = self.layout.get(key, Domain(choices=(default,)))
+        if key == "conv_blocks" and self._rank() == 1:
+            return Domain(choices=(0,))  # flat features: no convolution applies
+        if key == "reduce" and self._rank() == 1:
+            return Domain(choices=("flatten",))
+        return domain
+
+    def _assemble(self, blocks: list[tuple[dict, str, str]], reduce: str,
+                  dense: list[dict]) -> Architecture:
+        """A layer list into a graph: conv blocks, reduction, dense layers, head."""
+        nodes = [Node.make("input")]
+        for conv, pool, skip in blocks:
+            block_input = len(nodes) - 1
+            nodes.append(Node.make("conv", [block_input], **conv))
+            if pool != "none":
+                nodes.append(Node.make("pool", [len(nodes) - 1], kind=pool, size=self._pool_size()))
+            if skip != "none":
+                nodes.append(Node.make(skip, [len(nodes) - 1, block_input]))
+        nodes.append(Node.make(reduce, [len(nodes) - 1]))
+        for attrs in dense:
+            nodes.append(Node.make("dense", [len(nodes) - 1], **attrs))
+        nodes.append(Node.make("head", [len(nodes) - 1]))
+        return Architecture(tuple(nodes))
+
+    def _pool_size(self) -> int:
+        return int(self.ops["pool"]["size"].values()[0])
+
+    def sample_arch(self, rng: random.Random) -> Architecture:
+        for _ in range(SAMPLE_TRIES):
+            n_blocks = int(self._layout("conv_blocks", 0).sample(rng))
+            blocks = [({a: d.sample(rng) for a, d in self._conv_domains().items()},
+                       self._layout("pool", "none").sample(rng), self._layout("skip", "none").sample(rng))
+                      for _ in range(n_blocks)]
+            reduce = str(self._layout("reduce", "flatten").sample(rng))
+            n_dense = int(self._layout("dense_layers", 0).sample(rng))
+            dense = [{a: d.sample(rng) for a, d in self.ops["dense"].items()} for _ in range(n_dense)]
+            arch = self._assemble(blocks, reduce, dense)
+            if self.is_valid(arch):
+                return arch
+        raise SpaceError(f"space '{self.name}' produced no valid architecture in {SAMPLE_TRIES} samples for "
+                         f"input {self.input_shape}; its limits (max_params={self.max_params:,}, max_nodes="
+                         f"{self.max_nodes}) or strides and pools are too tight for this data.")
+
+    def sample_hparams(self, rng: random.Random) -> HParams:
+        return HParams(**{name: d.sample(rng) for name, d in self.hparams.items()})
+
+    def sample(self, rng: random.Random) -> tuple[Architecture, HParams]:
+        return self.sample_arch(rng), self.sample_hparams(rng)
+
+    def _choices(self, domains: dict[str, Domain]) -> list[dict[str, AttrValue]]:
+        names = list(domains)
+        return [dict(zip(names, combo)) for combo in itertools.product(*(domains[n].values() for n in names))]
+
+    def grid_size(self) -> int:
+        """How many sentences the grid holds before invalid ones are dropped."""
+        block = len(self._choices(self._conv_domains())) if "conv" in self.ops else 0
+        block *= len(self._layout("pool", "none").values()) * len(self._layout("skip", "none").values())
+        dense = len(self._choices(self.ops["dense"])) if "dense" in self.ops else 0
+        archs = sum(block**b * dense**d * len(self._layout("reduce", "flatten").values())
+                    for b in self._layout("conv_blocks", 0).values()
+                    for d in self._layout("dense_layers", 0).values())
+        return archs * len(self._choices(self.hparams))
+
+    def enumerate(self) -> Iterator[tuple[Architecture, HParams]]:
+        """Every valid sentence of the layout, smallest networks first, in a fixed order."""
+        blocks = [(c, p, s) for c in (self._choices(self._conv_domains()) if "conv" in self.ops else [])
+                  for p in self._layout("pool", "none").values() for s in self._layout("skip", "none").values()]
+        dense = self._choices(self.ops["dense"]) if "dense" in self.ops else []
+        hparams = [HParams(**h) for h in self._choices(self.hparams)]
+        for n_blocks in sorted(self._layout("conv_blocks", 0).values()):
+            for n_dense in sorted(self._layout("dense_layers", 0).values()):
+                for reduce in self._layout("reduce", "flatten").values():
+                    for conv_combo in itertools.product(blocks, repeat=n_blocks):
+                        for dense_combo in itertools.product(dense, repeat=n_dense):
+                            arch = self._assemble(list(conv_combo), str(reduce), list(dense_combo))
+                            if self.is_valid(arch):
+                                for hp in hparams:
+                                    yield arch, hp
+
+    # ---- encodings -----------------------------------------------------------------
+
+    def _op_names(self) -> list[str]:
+        return sorted(self.ops)
+
+    @property
+    def encoding_size(self) -> int:
+        per_node = len(self._op_names()) + max(len(s.attrs) for s in OPS.values()) + 1
+        return (self.max_nodes + 1) * per_node + len(fields(HParams))
+
+    def encode(self, arch: Architecture, hparams: HParams) -> list[float]:
+        """A fixed-length vector in [0, 1] for Gaussian processes and predictors."""
+        ops = self._op_names()
+        width = max(len(s.attrs) for s in OPS.values())
+        vector: list[float] = []
+        for slot in range(1, self.max_nodes + 2):
+            features = [0.0] * (len(ops) + width + 1)
+            if slot < len(arch.nodes):
+                node = arch.nodes[slot]
+                features[ops.index(node.op)] = 1.0
+                for k, name in enumerate(OPS[node.op].attrs):
+                    domain = self.ops[node.op].get(name)
+                    features[len(ops) + k] = domain.encode(node.get(name)) if domain else 0.0
+                if len(node.inputs) > 1:  # how far back a skip reaches
+                    features[-1] = (slot - min(node.inputs)) / (self.max_nodes + 1)
+            vector.extend(features)
+        for f in fields(HParams):
+            domain = self.hparams.get(f.name)
+            vector.append(domain.encode(getattr(hparams, f.name)) if domain else 0.0)
+        return vector
+
+    def to_tokens(self, arch: Architecture, hparams: HParams) -> list[str]:
+        """A token sequence for sequence models: op, attr=value..., <k (input k nodes back)."""
+        tokens: list[str] = []
+        for i, node in enumerate(arch.nodes[1:], start=1):
+            tokens.append(node.op)
+            tokens.extend(f"{name}={token_text(node.get(name))}" for name in OPS[node.op].attrs)
+            tokens.extend(f"<{i - j}" for j in node.inputs)
+        tokens.extend(f"hp.{f.name}={token_text(getattr(hparams, f.name))}" for f in fields(HParams))
+        return tokens
+
+    def from_tokens(self, tokens: list[str]) -> tuple[Architecture, HParams]:
+        raw_nodes: list[dict[str, Any]] = [{"op": "input", "attrs": {}, "inputs": []}]
+        hp: dict[str, Any] = {}
+        for position, token in enumerate(tokens):
+            try:
+                if token.startswith("hp."):
+                    name, text = token[3:].split("=", 1)
+                    hp[name] = self._hparam_value(name, text)
+                elif token.startswith("<"):
+                    raw_nodes[-1]["inputs"].append(len(raw_nodes) - 1 - int(token[1:]))
+                elif "=" in token:
+                    name, text = token.split("=", 1)
+                    op = raw_nodes[-1]["op"]
+                    domain = self.ops.get(op, {}).get(name) or Domain(rule="int", low=0, high=1 << 30)
+                    raw_nodes[-1]["attrs"][name] = domain.parse_token(text)
+                elif token in OPS:
+                    raw_nodes.append({"op": token, "attrs": {}, "inputs": []})
+                else:
+                    raise ValueError("not an op, attribute, input or hyper-parameter")
+            except ValueError as exc:
+                raise ArchitectureError(f"token {position} '{token}': {exc}.") from None
+        return Architecture.from_json({"nodes": raw_nodes}), HParams.from_json(hp)
+
+    def _hparam_domain(self, name: str) -> Domain:
+        """The space's domain for a hyper-parameter, or the default value where it gives none."""
+        return self.hparams.get(name) or Domain(choices=(getattr(HParams(), name),))
+
+    def _hparam_value(self, name: str, text: str) -> AttrValue:
+        if name not in self.hparams:
+            return type(getattr(HParams(), name))(text)
+        return self.hparams[name].parse_token(text)
+
+    def vocabulary(self) -> list[str]:
+        """Every token a controller may emit, in a fixed order (index = token id)."""
+        tokens = sorted(op for op in self.ops if op != "input")
+        for op in sorted(self.ops):
+            for name, domain in self.ops[op].items():
+                tokens.extend(f"{name}={token_text(v)}" for v in domain.values())
+        tokens.extend(f"<{k}" for k in range(1, self.max_nodes + 2))
+        for f in fields(HParams):
+            tokens.extend(f"hp.{f.name}={token_text(v)}" for v in self._hparam_domain(f.name).values())
+        return list(dict.fromkeys(tokens))
+

@@ -1,0 +1,286 @@
+"""Training one candidate: seeded, per-epoch metrics, and failures as results, never crashes.
+
+Trials run as threads of one process, so everything random here comes from generators
+owned by the trial (`nas.build` owns init and dropout, this module the shuffling), and
+nothing touches torch's global seed or thread count. Threads cannot be interrupted from
+outside either, so the loop enforces the per-trial time limit itself.
+
+    >>> import random
+    >>> from nas.space import SearchSpace
+    >>> from nas.trial import Budget
+    >>> data = load_data("data/digits")                                   # doctest: +SKIP
+    >>> space = SearchSpace.load("spaces/cnn.yaml").bind(data.shape, data.num_classes)
+    >>> arch, hparams = space.sample(random.Random(0))
+    >>> fit(arch, hparams, data, Budget(epochs=3)).val_acc                # doctest: +SKIP
+    0.95...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas import data as datasets
+from nas.build import build, derive_seed
+from nas.space.architecture import Architecture, ArchitectureError, HParams
+from nas.space.shapes import infer
+from nas.trial import FAILED, Budget, Candidate, Evaluation
+
+__all__ = ["TrainData", "TrainOutcome", "fit", "load_data", "pick_device", "train"]
+
+EVAL_BATCH = 4096  # evaluation keeps no activations for backward, so batches can be large
+DIVERGENCE_FACTOR = 10.0  # an epoch's mean loss this many times the first epoch's ...
+DIVERGENCE_FLOOR = 10.0  # ... and above this, is divergence (small losses may wobble freely)
+DEVICE_DATA_FRACTION = 0.25  # data larger than this share of free GPU memory stays on the host
+
+
+@dataclass
+class TrainData:
+    """All splits as tensors, already on the device training will use."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    shape: tuple[int, ...]
+    num_classes: int
+    fingerprint: str
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_train.device
+
+
+@dataclass
+class TrainOutcome:
+    evaluation: Evaluation
+    weights: dict[str, torch.Tensor] | None = None  # CPU state dict of the final model; None on failure
+    model: nn.Module | None = None
+    inherited: list[str] = field(default_factory=list)  # state-dict keys taken from init_weights
+
+
+class _Stop(Exception):
+    """A trial that must end early; `reason` says why and what to do."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def pick_device(preference: str | torch.device | None = None) -> torch.device:
+    """CUDA when available, else CPU; an explicit "cpu" or "cuda[:n]" is honoured or refused."""
+    if preference is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(preference)
+    except RuntimeError:
+        raise ValueError(f"device {preference!r} is not understood; use 'cpu', 'cuda' or 'cuda:N'.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {preference!r} was asked for but torch sees no CUDA GPU (torch "
+                         f"{torch.__version__}); install a CUDA build of torch or use device 'cpu'.")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {preference!r} is not supported; use 'cpu', 'cuda' or 'cuda:N'.")
+    return device
+
+
+def _data_home(nbytes: int, device: torch.device) -> torch.device:
+    """Where the data tensors live: on the GPU when they fit comfortably, else on the host."""
+    if device.type != "cuda":
+        return device
+    free, _total = torch.cuda.mem_get_info(device)
+    return device if nbytes <= DEVICE_DATA_FRACTION * free else torch.device("cpu")
+
+
+def load_data(data_dir: str | Path, device: str | torch.device | None = None) -> TrainData:
+    """A prepared data folder (see nas.data.prepare) as tensors on the training device."""
+    device = pick_device(device)
+    meta = datasets.read_meta(data_dir)
+    arrays = {split: datasets.load_split(data_dir, split) for split in datasets.SPLITS}
+    nbytes = sum(x.nbytes + y.nbytes for x, y in arrays.values())
+    home = _data_home(nbytes, device)
+    tensors = {split: (torch.from_numpy(x).to(home), torch.from_numpy(y).to(home)) for split, (x, y) in arrays.items()}
+    return TrainData(
+        x_train=tensors["train"][0], y_train=tensors["train"][1],
+        x_val=tensors["val"][0], y_val=tensors["val"][1],
+        x_test=tensors["test"][0], y_test=tensors["test"][1],
+        shape=tuple(meta.shape), num_classes=len(meta.classes), fingerprint=meta.fingerprint)
+
+
+def _optimizer(model: nn.Module, hparams: HParams) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if hparams.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=hparams.lr, momentum=0.9, nesterov=True, weight_decay=hparams.weight_decay)
+    if hparams.optimizer == "adam":
+        return torch.optim.Adam(params, lr=hparams.lr, weight_decay=hparams.weight_decay)
+    if hparams.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=hparams.lr, weight_decay=hparams.weight_decay)
+    raise ArchitectureError(f"optimizer '{hparams.optimizer}' is unknown; use sgd, adam or adamw.")
+
+
+def _cosine(base_lr: float, step: int, total: int) -> float:
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
+def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    # A last batch of one example breaks batch norm over 1x1 feature maps; it is dropped.
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds.pop()
+    return bounds
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    # bf16 on the GPU for speed; CPU stays float32 so a seed gives bit-identical runs.
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for start in range(0, len(y), EVAL_BATCH):
+        xb = x[start:start + EVAL_BATCH].to(device, non_blocking=True)
+        yb = y[start:start + EVAL_BATCH].to(device, non_blocking=True)
+        with _autocast(device):
+            logits = model(xb)
+        correct += (logits.argmax(dim=1) == yb).sum()
+    return correct.item() / max(len(y), 1)
+
+
+def _inherit(model: nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:
+    """Load every tensor whose key and shape match; the rest keep their fresh initialisation."""
+    own = model.state_dict()
+    matching = {k: v for k, v in weights.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    model.load_state_dict(matching, strict=False)
+    return [k for k in own if k in matching]
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def _run_epochs(model: nn.Module, candidate: Candidate, data: TrainData, evaluation: Evaluation,
+                seed: int, device: torch.device, started: float) -> None:
+    """Train for the budget's epochs, appending each epoch's metrics to `evaluation` as it goes."""
+    hparams, budget = candidate.hparams, candidate.budget
+    optimizer = _optimizer(model, hparams)
+    batches = _batches(len(data.y_train), hparams.batch_size)
+    if not batches:
+        raise ValueError("the training split is empty; prepare the data again with `nas prepare`.")
+    # The schedule spans hparams.epochs, so a shorter budget trains a prefix of the longer run.
+    total_steps = max(hparams.epochs, budget.epochs) * len(batches)
+    shuffle = torch.Generator().manual_seed(derive_seed(seed, "shuffle"))  # on the host: same order on any device
+    step = 0
+    for epoch in range(1, budget.epochs + 1):
+        model.train()
+        order = torch.randperm(len(data.y_train), generator=shuffle).to(data.device)
+        loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+        for start, end in batches:
+            index = order[start:end]
+            xb = data.x_train[index].to(device, non_blocking=True)
+            yb = data.y_train[index].to(device, non_blocking=True)
+            for group in optimizer.param_groups:
+                group["lr"] = _cosine(hparams.lr, step, total_steps)
+            with _autocast(device):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * (end - start)
+            step += 1
+            if budget.max_seconds is not None and time.perf_counter() - started > budget.max_seconds:
+                raise _Stop(f"exceeded the per-trial time limit of {budget.max_seconds:g} s in epoch {epoch}; "
+                            "raise budget.max_seconds, or train a smaller network or fewer epochs.")
+        mean_loss = loss_sum.item() / sum(end - start for start, end in batches)
+        if not math.isfinite(mean_loss):
+            raise _Stop(f"loss became {'NaN' if math.isnan(mean_loss) else 'infinite'} at epoch {epoch}; lower "
+                        f"the learning rate (now {hparams.lr:g}), add batch norm, or check the data for NaN or "
+                        "infinite values.")
+        evaluation.train_loss.append(mean_loss)
+        evaluation.val_accs.append(_accuracy(model, data.x_val, data.y_val, device))
+        evaluation.epochs_trained = epoch
+        first = evaluation.train_loss[0]
+        if mean_loss > DIVERGENCE_FACTOR * first and mean_loss > DIVERGENCE_FLOOR:
+            raise _Stop(f"training diverged: the mean loss rose from {first:.3g} in epoch 1 to {mean_loss:.3g} in "
+                        f"epoch {epoch}; lower the learning rate (now {hparams.lr:g}).")
+
+
+def _train_into(outcome: TrainOutcome, data: TrainData, seed: int, device: torch.device,
+                max_params: int | None, init_weights: dict[str, torch.Tensor] | None, started: float) -> None:
+    """The body of `train`. A separate frame, so on failure the model and optimizer die with it."""
+    evaluation = outcome.evaluation
+    candidate = evaluation.candidate
+    plan = infer(candidate.arch, data.shape, data.num_classes)
+    evaluation.params, evaluation.flops = plan.params, plan.flops
+    model = build(candidate.arch, data.shape, data.num_classes, seed=seed, init=candidate.hparams.init,
+                  max_params=max_params)
+    if init_weights:
+        outcome.inherited = _inherit(model, init_weights)
+    model.to(device)
+    _run_epochs(model, candidate, data, evaluation, seed, device, started)
+    if not evaluation.val_accs:  # a budget of 0 epochs evaluates the initial (or inherited) weights
+        evaluation.val_accs.append(_accuracy(model, data.x_val, data.y_val, device))
+    evaluation.val_acc = evaluation.val_accs[-1]
+    evaluation.test_acc = _accuracy(model, data.x_test, data.y_test, device)
+    outcome.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    outcome.model = model
+
+
+def train(candidate: Candidate, data: TrainData, *, seed: int = 0, device: str | torch.device | None = None,
+          max_params: int | None = None, init_weights: dict[str, torch.Tensor] | None = None) -> TrainOutcome:
+    """Train `candidate` on `data`; every failure comes back as a FAILED evaluation with a reason.
+
+    `device` defaults to CUDA when present; data left on the host is moved batch by batch.
+    `init_weights` (a state dict, e.g. a parent's) initialises every tensor whose key and
+    shape match; `inherited` lists them.
+    """
+    started = time.perf_counter()
+    device = pick_device(device)
+    evaluation = Evaluation(candidate, candidate.trial_key(data.fingerprint, seed), device=str(device))
+    outcome = TrainOutcome(evaluation)
+    out_of_memory = False
+    try:
+        _train_into(outcome, data, seed, device, max_params, init_weights, started)
+    except ArchitectureError as exc:
+        evaluation.status, evaluation.reason = FAILED, str(exc)
+    except _Stop as stop:
+        evaluation.status, evaluation.reason = FAILED, stop.reason
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        out_of_memory = True
+        evaluation.status = FAILED
+        evaluation.reason = (f"ran out of memory on {device} in epoch {evaluation.epochs_trained + 1}; use a "
+                             f"smaller batch size (now {candidate.hparams.batch_size}) or a smaller network, "
+                             "or run fewer trials at once on this device.")
+    if evaluation.status == FAILED:
+        outcome.model, outcome.weights = None, None
+    if out_of_memory:  # the failed frames are gone now, so their tensors can really be released
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    evaluation.seconds = time.perf_counter() - started
+    return outcome
+
+
+def fit(arch: Architecture, hparams: HParams, data: TrainData, budget: Budget,
+        init_weights: dict[str, torch.Tensor] | None = None, *, seed: int = 0,
+        device: str | torch.device | None = None, max_params: int | None = None) -> Evaluation:
+    """The training contract of DESIGN.md: train one (arch, hparams) for a budget, return its Evaluation."""
+    candidate = Candidate(arch, hparams, budget)
+    return train(candidate, data, seed=seed, device=device, max_params=max_params,
+                 init_weights=init_weights).evaluation

@@ -1,0 +1,263 @@
+"""The lineage store against a real MLflow SQLite store in a temporary folder (no mocks)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from nas.lineage import LineageError, LineageStore, resolve_tracking_uri
+from nas.space.architecture import Architecture, HParams, Node
+from nas.trial import FAILED, Budget, Candidate, Evaluation
+
+DATA_FP = "data-fp-1"
+
+
+def tiny_arch(units: int = 10) -> Architecture:
+    return Architecture((Node.make("input"), Node.make("flatten", [0]), Node.make("head", [1], units=units)))
+
+
+def candidate(units: int = 10, parents: tuple[str, ...] = (), generation: int = 0) -> Candidate:
+    return Candidate(tiny_arch(units), HParams(lr=0.01), Budget(epochs=3), parents=parents,
+                     generation=generation, info={"mutation": "widen"})
+
+
+def evaluation(cand: Candidate, val_acc: float = 0.9, status: str = "ok") -> Evaluation:
+    return Evaluation(cand, cand.trial_key(DATA_FP, seed=0), status=status, val_acc=val_acc,
+                      test_acc=val_acc - 0.01, train_loss=[1.0, 0.5, 0.25],
+                      val_accs=[0.5, 0.7, val_acc], params=1234, flops=5678, seconds=1.5,
+                      epochs_trained=3, reason=None if status == "ok" else "diverged: NaN loss")
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory) -> Path:
+    """An empty MLflow database, created once: migrating a fresh one takes seconds."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def store(tmp_path: Path, migrated_db: Path) -> LineageStore:
+    shutil.copy(migrated_db, tmp_path / "mlflow.db")
+    lineage = LineageStore(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="test",
+                           root=tmp_path)
+    lineage.ensure()
+    return lineage
+
+
+@pytest.fixture
+def search(store: LineageStore) -> str:
+    return store.start_search({"strategy": "random", "trials": 4}, None, DATA_FP)
+
+
+def run_trial(store: LineageStore, parent: str | None, cand: Candidate, val_acc: float = 0.9,
+              status: str = "ok", weights: dict | None = None) -> tuple[str, Evaluation]:
+    result = evaluation(cand, val_acc, status)
+    run_id = store.start_trial(cand, result.trial_key, parent_run_id=parent, strategy="random",
+                               data_fingerprint=DATA_FP, tags={"prefect.task_run_id": "t-1"})
+    store.finish_trial(run_id, result, weights)
+    return run_id, result
+
+
+def active_runs(store: LineageStore, trial_key: str) -> list:
+    return MlflowClient(store.tracking_uri).search_runs(
+        [store.experiment_id], filter_string=f"tags.`nas.trial_key` = '{trial_key}'")
+
+
+# -- resolve_tracking_uri ---------------------------------------------------------------
+
+
+def test_default_uri_is_an_absolute_sqlite_file_under_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = resolve_tracking_uri(root=tmp_path)
+    assert uri == f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    assert uri.startswith("sqlite:////") and (tmp_path / "mlflow").is_dir()
+
+
+def test_env_var_overrides_the_default_and_an_argument_overrides_both(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert resolve_tracking_uri(root=tmp_path) == "http://tracking.example:5000"
+    assert resolve_tracking_uri("http://other:5000", root=tmp_path) == "http://other:5000"
+
+
+def test_relative_sqlite_path_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///stores/runs.db")
+    assert resolve_tracking_uri(root=tmp_path) == f"sqlite:///{tmp_path / 'stores' / 'runs.db'}"
+    absolute = f"sqlite:///{tmp_path / 'x.db'}"
+    assert resolve_tracking_uri(absolute, root=Path("/elsewhere")) == absolute
+
+
+def test_default_store_keeps_artifacts_beside_the_database(tmp_path, monkeypatch, migrated_db):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "mlflow").mkdir()
+    shutil.copy(migrated_db, tmp_path / "mlflow" / "mlflow.db")
+    lineage = LineageStore(root=tmp_path)
+    experiment = MlflowClient(lineage.tracking_uri).get_experiment(lineage.ensure())
+    assert experiment.name == "default"
+    assert experiment.artifact_location == (tmp_path / "mlflow" / "artifacts").as_uri()
+    assert lineage.ui_command()[-2:] == ["--default-artifact-root", experiment.artifact_location]
+
+
+# -- searches and trials ----------------------------------------------------------------
+
+
+def test_same_search_twice_reuses_the_parent_run(store, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("ops: [conv]\n")
+    config = {"strategy": "evolution", "trials": 8, "evolution": {"population": 4}}
+    first = store.start_search(config, space, DATA_FP, tags={"git.commit": "abc"})
+    store.finish_search(first, {"best_val_acc": 0.9, "arch_id": "deadbeef"})
+    again = store.start_search(config, space, DATA_FP)
+    assert again == first
+    run = MlflowClient(store.tracking_uri).get_run(first)
+    assert run.info.status == "RUNNING"
+    assert run.data.params["evolution.population"] == "4"
+    assert run.data.tags["nas.kind"] == "search" and run.data.tags["nas.strategy"] == "evolution"
+    assert run.data.tags["nas.best.arch_id"] == "deadbeef" and run.data.metrics["best_val_acc"] == 0.9
+    assert {"space.yaml", "config.json"} <= set(store.run_summary(first)["artifacts"])
+    assert store.start_search({**config, "trials": 9}, space, DATA_FP) != first
+
+
+def test_trial_round_trip_with_tags_and_parent(store, search):
+    cand = candidate(parents=("run-a", "run-b"), generation=2)
+    run_id, result = run_trial(store, search, cand)
+    found = store.find(result.trial_key)
+    assert found is not None
+    assert found.run_id == run_id
+    assert found.trial_key == result.trial_key and found.val_acc == result.val_acc
+    assert found.candidate.to_json() == cand.to_json()
+    assert found.to_json() == {**result.to_json(), "run_id": run_id}
+
+    run = MlflowClient(store.tracking_uri).get_run(run_id)
+    tags = run.data.tags
+    assert tags["nas.arch_id"] == cand.arch.arch_id
+    assert tags["nas.trial_key"] == result.trial_key
+    assert tags["nas.strategy"] == "random"
+    assert tags["nas.parents"] == '["run-a", "run-b"]'
+    assert tags["nas.generation"] == "2" and tags["nas.budget"] == "3"
+    assert tags["nas.data_fp"] == DATA_FP and tags["nas.status"] == "ok"
+    assert tags["nas.mutation"] == "widen" and tags["prefect.task_run_id"] == "t-1"
+    assert tags["mlflow.parentRunId"] == search
+    assert run.info.run_name == f"random-{cand.arch.arch_id[:8]}" and run.info.status == "FINISHED"
+    assert run.data.params["lr"] == "0.01" and run.data.params["n_nodes"] == "3"
+    assert run.data.metrics["val_acc"] == 0.9  # the final value, not the curve's
+    history = MlflowClient(store.tracking_uri).get_metric_history(run_id, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5), (2, 0.25)]
+    summary = store.run_summary(run_id)
+    assert summary["architecture"] == {"arch": cand.arch.to_json(), "hparams": cand.hparams.to_json()}
+    assert store.parents(run_id) == ["run-a", "run-b"]
+
+
+def test_killed_attempt_is_replaced_and_never_found(store, search):
+    cand = candidate()
+    key = cand.trial_key(DATA_FP, seed=0)
+    killed = store.start_trial(cand, key, parent_run_id=search, strategy="random", data_fingerprint=DATA_FP)
+    assert store.find(key) is None  # running, not finished
+    crashed = store.start_trial(cand, key, parent_run_id=search, strategy="random", data_fingerprint=DATA_FP)
+    store.fail_trial(crashed, "worker lost")
+    assert store.find(key) is None
+    assert [r.info.run_id for r in active_runs(store, key)] == [crashed]
+    final = store.start_trial(cand, key, parent_run_id=search, strategy="random", data_fingerprint=DATA_FP)
+    assert [r.info.run_id for r in active_runs(store, key)] == [final]
+    assert killed != final
+    store.finish_trial(final, evaluation(cand))
+    assert store.find(key).run_id == final
+
+
+def test_failed_candidate_is_a_finished_run(store, search):
+    run_id, result = run_trial(store, search, candidate(), val_acc=0.1, status=FAILED)
+    found = store.find(result.trial_key)
+    assert found is not None and not found.ok and found.reason == "diverged: NaN loss"
+    run = MlflowClient(store.tracking_uri).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["nas.status"] == "failed"
+    assert store.leaderboard() == []
+
+
+def test_weights_round_trip_bit_identical(store, search):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3))
+    model[2].weight = torch.nn.Parameter(model[2].weight.to(torch.float64))
+    state = model.state_dict()
+    run_id, _ = run_trial(store, search, candidate(), weights=state)
+    loaded = store.weights(run_id)
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) and loaded[k].dtype == state[k].dtype for k in state)
+
+
+def test_weights_errors_name_the_run(store, search):
+    run_id, _ = run_trial(store, search, candidate())
+    with pytest.raises(LineageError, match=f"{run_id} has no weights"):
+        store.weights(run_id)
+    with pytest.raises(LineageError, match="no run 'nope'.*nas runs"):
+        store.weights("nope")
+    with pytest.raises(LineageError, match="nas runs"):
+        store.run_summary("0123456789abcdef0123456789abcdef")
+
+
+def test_history_is_oldest_first_and_leaderboard_best_first(store, search):
+    accs = [0.5, 0.9, 0.7]
+    run_ids = []
+    for units, acc in zip((10, 11, 12), accs):
+        run_ids.append(run_trial(store, search, candidate(units, parents=tuple(run_ids[-1:])), acc)[0])
+        time.sleep(0.01)  # start times have millisecond resolution
+    running = candidate(13)
+    store.start_trial(running, running.trial_key(DATA_FP, 0), parent_run_id=search,
+                      strategy="random", data_fingerprint=DATA_FP)
+
+    history = store.history()
+    assert [e.run_id for e in history] == run_ids
+    assert [e.val_acc for e in history] == accs
+    assert store.parents(run_ids[2]) == [run_ids[1]]
+    assert store.parents(run_ids[0]) == []
+
+    board = store.leaderboard()
+    assert [row["run_id"] for row in board] == [run_ids[1], run_ids[2], run_ids[0]]
+    assert board[0]["val_acc"] == 0.9 and board[0]["strategy"] == "random" and board[0]["status"] == "ok"
+    assert board[0]["arch_id"] == tiny_arch(11).arch_id and board[0]["params"] == 1234
+    assert len(store.leaderboard(limit=2)) == 2
+
+
+def test_logged_model_loads_and_predicts_the_same(store, search, monkeypatch):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    example = np.random.default_rng(0).random((2, 4, 4), dtype=np.float32)
+    uri = store.log_model(search, model, example)
+    assert uri.startswith("models:/")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri)
+    import mlflow.pytorch
+
+    loaded = mlflow.pytorch.load_model(uri)
+    x = torch.from_numpy(example)
+    assert torch.equal(loaded(x), model(x))
+    assert MlflowClient(store.tracking_uri).get_run(search).info.status == "RUNNING"
+
+
+def test_unreachable_server_is_a_lineage_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    start = time.monotonic()
+    with pytest.raises(LineageError, match=r"http://127\.0\.0\.1:9.*MLFLOW_TRACKING_URI"):
+        LineageStore("http://127.0.0.1:9", root=tmp_path).ensure()
+    assert time.monotonic() - start < 10
+
+
+def test_many_threads_each_with_its_own_store_on_a_fresh_database(tmp_path):
+    # More concurrent writers than MLflow's connection pool holds (15), and no ensure() first:
+    # first-time migrations and nested sessions in MLflow's writes must not collide.
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+
+    def trial(units: int) -> str:
+        lineage = LineageStore(uri, experiment="threads", root=tmp_path)
+        return run_trial(lineage, None, candidate(units))[0]
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        run_ids = list(pool.map(trial, range(1, 97)))
+    lineage = LineageStore(uri, experiment="threads", root=tmp_path)
+    assert sorted(e.run_id for e in lineage.history()) == sorted(run_ids)

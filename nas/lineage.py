@@ -350,9 +350,20 @@ class LineageStore:
         return load(data)
 
     def leaderboard(self, limit: int = 20) -> list[dict[str, Any]]:
-        """Best finished candidates by validation accuracy, from one query (no artifact reads)."""
-        runs = self.client.search_runs(
-            [self.experiment_id],
+        """Best finished candidates by validation accuracy, from one query (no artifact reads).
+
+        Read-only: a store or experiment that does not exist yet is an empty leaderboard,
+        not something to create (creating a SQLite store costs seconds of migrations).
+        """
+        database = _sqlite_file(self.tracking_uri)
+        if database is not None and not database.exists():
+            return []
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        experiment = client.get_experiment_by_name(self.experiment)
+        if experiment is None:
+            return []
+        runs = client.search_runs(
+            [experiment.experiment_id],
             filter_string=(f"tags.`nas.kind` = '{KIND_TRIAL}' and tags.`nas.status` = '{OK}' "
                            "and attributes.status = 'FINISHED'"),
             order_by=["metrics.val_acc DESC"],
@@ -430,8 +441,10 @@ class LineageStore:
                 serialization_format="pickle",
                 code_paths=[str(package)] if uses_package else None,
             )
+        tags = {"nas.model_uri": info.model_uri}
         if source_run_id is not None:
-            self._set_tags(run_id, {"nas.model_of": source_run_id})
+            tags["nas.model_of"] = source_run_id
+        self._set_tags(run_id, tags)
         return info.model_uri
 
     def ui_command(self) -> list[str]:

@@ -179,6 +179,12 @@ class SearchSpace:
             domains["kernel_h"] = Domain(choices=(1,))
         return domains
 
+    def _reductions(self, n_blocks: int) -> list[str]:
+        # Global pooling of the raw input averages every feature into one number per
+        # channel; a layer list without conv blocks flattens instead.
+        choices = [str(v) for v in self._layout("reduce", "flatten").values()]
+        return choices if n_blocks or "flatten" not in choices else ["flatten"]
+
     def _layout(self, key: str, default: AttrValue) -> Domain:
         domain = self.layout.get(key, Domain(choices=(default,)))
         if key == "conv_blocks" and self._rank() == 1:
@@ -213,7 +219,7 @@ class SearchSpace:
             blocks = [({a: d.sample(rng) for a, d in self._conv_domains().items()},
                        self._layout("pool", "none").sample(rng), self._layout("skip", "none").sample(rng))
                       for _ in range(n_blocks)]
-            reduce = str(self._layout("reduce", "flatten").sample(rng))
+            reduce = rng.choice(self._reductions(n_blocks))
             n_dense = int(self._layout("dense_layers", 0).sample(rng))
             dense = [{a: d.sample(rng) for a, d in self.ops["dense"].items()} for _ in range(n_dense)]
             arch = self._assemble(blocks, reduce, dense)
@@ -238,7 +244,7 @@ class SearchSpace:
         block = len(self._choices(self._conv_domains())) if "conv" in self.ops else 0
         block *= len(self._layout("pool", "none").values()) * len(self._layout("skip", "none").values())
         dense = len(self._choices(self.ops["dense"])) if "dense" in self.ops else 0
-        archs = sum(block**b * dense**d * len(self._layout("reduce", "flatten").values())
+        archs = sum(block**b * dense**d * len(self._reductions(b))
                     for b in self._layout("conv_blocks", 0).values()
                     for d in self._layout("dense_layers", 0).values())
         return archs * len(self._choices(self.hparams))
@@ -251,10 +257,10 @@ class SearchSpace:
         hparams = [HParams(**h) for h in self._choices(self.hparams)]
         for n_blocks in sorted(self._layout("conv_blocks", 0).values()):
             for n_dense in sorted(self._layout("dense_layers", 0).values()):
-                for reduce in self._layout("reduce", "flatten").values():
+                for reduce in self._reductions(n_blocks):
                     for conv_combo in itertools.product(blocks, repeat=n_blocks):
                         for dense_combo in itertools.product(dense, repeat=n_dense):
-                            arch = self._assemble(list(conv_combo), str(reduce), list(dense_combo))
+                            arch = self._assemble(list(conv_combo), reduce, list(dense_combo))
                             if self.is_valid(arch):
                                 for hp in hparams:
                                     yield arch, hp

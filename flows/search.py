@@ -1,0 +1,136 @@
+"""The search flow: prepare the data, then ask -> train in parallel -> tell, until the trial budget is spent.
+
+Rounds are batch-synchronous (ask `concurrency` candidates, train them at once, tell all
+results in candidate order), so a seed fixes the whole search. Re-running a killed or
+finished search replays the strategy: finished trials come back from the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from tqdm import tqdm
+
+from nas.build import build
+from nas.config import ConfigError, SearchConfig
+from nas.data import BUILTINS, DataError, DataMeta, load_split, source_name
+from nas.lineage import LineageStore, resolve_tracking_uri
+from nas.space import SearchSpace
+from nas.strategies import STRATEGIES, make_strategy
+from nas.trial import Budget, Evaluation
+from tasks.prepare import prepare_data
+from tasks.train import train_candidate
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _describe(e: Evaluation) -> str:
+    if not e.ok:
+        return f"{e.arch_id} failed: {e.reason}"
+    return (f"{e.arch_id} val {e.val_acc:.4f} test {e.test_acc:.4f} "
+            f"({e.params:,} params, {e.seconds:.1f}s, run {e.run_id})")
+
+
+def _log_best_model(store: LineageStore, parent_run_id: str, best: Evaluation, meta: DataMeta,
+                    data_dir: Path) -> None:
+    """The winner as an MLflow model on the search's run, loadable with mlflow.pytorch.load_model."""
+    model = build(best.candidate.arch, meta.shape, len(meta.classes))
+    model.load_state_dict(store.weights(best.run_id))
+    model.eval()
+    example = load_split(data_dir, "test")[0][:4]
+    store.log_model(parent_run_id, model, example, source_run_id=best.run_id)
+
+
+@flow(name="nas-search", log_prints=True)
+def search(config: dict[str, Any]) -> dict[str, Any]:
+    cfg = SearchConfig.from_json(config)
+    root = Path.cwd()
+    logger = get_run_logger()
+    # One line per trial comes from this flow; Prefect's per-task lines would only repeat it.
+    logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
+    data_dir = cfg.data.resolved_dir(root)
+    meta = DataMeta.from_json(prepare_data(cfg.data.source, str(data_dir), label_column=cfg.data.label_column,
+                                           shape=list(cfg.data.shape) if cfg.data.shape else None,
+                                           seed=cfg.data.split_seed))
+    space = (SearchSpace.load(cfg.space).bind(meta.shape, len(meta.classes)).with_hparams(epochs=cfg.epochs))
+    tracking_uri = resolve_tracking_uri(cfg.tracking_uri, root)
+    store = LineageStore(tracking_uri, cfg.experiment_name, root)
+    store.ensure()  # create the database and experiment once, before threads race to
+    commit = git_commit(root)
+    context_tags = {"prefect.flow_run_id": str(flow_run.id)}
+    if commit:
+        context_tags["mlflow.source.git.commit"] = commit
+    parent = store.start_search(cfg.to_json(), Path(cfg.space), meta.fingerprint, tags=context_tags)
+    strategy = make_strategy(cfg.strategy, space, Budget(cfg.epochs, cfg.max_seconds), seed=cfg.seed)
+    logger.info("searching %s with %s: %d trials of %d epochs, %d at a time; MLflow run %s in %s",
+                meta.name, cfg.strategy, cfg.trials, cfg.epochs, cfg.concurrency, parent, tracking_uri)
+    # Trials share the CPU cores; more torch threads than cores only adds contention.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.concurrency))
+
+    evaluations: list[Evaluation] = []
+    with tqdm(total=cfg.trials, desc=f"{cfg.strategy} search", unit="trial", dynamic_ncols=True) as bar:
+        while len(evaluations) < cfg.trials and not strategy.done():
+            batch = strategy.ask(min(cfg.concurrency, cfg.trials - len(evaluations)))
+            if not batch:
+                break
+            futures = [train_candidate.submit(
+                c.to_json(), c.trial_key(meta.fingerprint, cfg.seed), data_dir=str(data_dir), seed=cfg.seed,
+                experiment=cfg.experiment_name, tracking_uri=tracking_uri, parent_run_id=parent,
+                strategy=cfg.strategy, max_params=cfg.max_params or space.max_params, device=cfg.device,
+                tags=context_tags) for c in batch]
+            results = [Evaluation.from_json(f.result()) for f in futures]
+            strategy.tell(results)
+            evaluations.extend(results)
+            for e in results:
+                logger.info("trial %d/%d: %s", len(evaluations) - len(results) + results.index(e) + 1,
+                            cfg.trials, _describe(e))
+            bar.update(len(results))
+            if strategy.best:
+                bar.set_postfix(best_val=f"{strategy.best.val_acc:.4f}")
+
+    best = strategy.best
+    summary: dict[str, Any] = {
+        "experiment": cfg.experiment_name, "parent_run_id": parent, "tracking_uri": tracking_uri,
+        "trials": len(evaluations), "failed": sum(not e.ok for e in evaluations),
+    }
+    if best is not None:
+        summary.update(best_run_id=best.run_id, best_arch_id=best.arch_id, best_val_acc=best.val_acc,
+                       best_test_acc=best.test_acc, best_params=best.params)
+        if store.model_source(parent) != best.run_id:  # a repeated search keeps its one model
+            _log_best_model(store, parent, best, meta, data_dir)
+        logger.info("best: %s", _describe(best))
+    store.finish_search(parent, summary)
+    return summary
+
+
+def preflight(config: SearchConfig) -> None:
+    """Reject a malformed space, an unknown strategy or a missing data file before any flow starts."""
+    SearchSpace.load(config.space)
+    if config.strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy '{config.strategy}'; choose one of {sorted(STRATEGIES)} "
+                          "with --strategy.")
+    source_name(config.data.source)
+    if config.data.source not in BUILTINS and not Path(config.data.source).is_file():
+        raise DataError(f"data file {config.data.source} does not exist; --data takes digits, mnist1d, "
+                        "or the path of a .parquet or .npz file.")
+
+
+def run_search(config: SearchConfig) -> dict[str, Any]:
+    """Check the inputs, then run the flow with as many trial threads as the configuration asks for."""
+    preflight(config)
+    runner = ThreadPoolTaskRunner(max_workers=config.concurrency)
+    return search.with_options(task_runner=runner)(config.to_json())

@@ -1,0 +1,92 @@
+"""Run configuration: params.yaml supplies the defaults, command-line options override them.
+
+The same file drives `nas search`, `make run` and `dvc repro`, so a result can always be
+traced back to the parameters that produced it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nas.data import parse_shape, source_name
+
+PARAMS_FILE = "params.yaml"
+
+
+class ConfigError(ValueError):
+    """A malformed params.yaml or an impossible option."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "digits"
+    label_column: str = "label"
+    shape: tuple[int, ...] | None = None
+    split_seed: int = 0
+    data_dir: str | None = None  # default: data/<source name> under the project root
+
+    def resolved_dir(self, root: Path) -> Path:
+        return (root / (self.data_dir or Path("data") / source_name(self.source))).resolve()
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    space: str = "spaces/cnn.yaml"
+    strategy: str = "random"
+    trials: int = 20
+    epochs: int = 15
+    seed: int = 0
+    concurrency: int = 2
+    experiment: str | None = None  # default: the data source's name
+    tracking_uri: str | None = None
+    max_seconds: float | None = 120.0  # per-trial time limit
+    max_params: int | None = None  # overrides the space file's limit
+    device: str | None = None  # "cpu" or "cuda"; default: cuda when available
+
+    def __post_init__(self) -> None:
+        for name in ("trials", "epochs", "concurrency"):
+            if not (type(getattr(self, name)) is int and getattr(self, name) >= 1):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer.")
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or source_name(self.data.source)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(raw: dict[str, Any]) -> SearchConfig:
+        data = dict(raw.get("data") or {})
+        if data.get("shape") is not None:
+            data["shape"] = tuple(data["shape"])
+        return SearchConfig(**{**raw, "data": DataConfig(**data)})
+
+    def override(self, **options: Any) -> SearchConfig:
+        """Apply command-line options that were given (None means: keep the default)."""
+        data_keys = {f.name for f in fields(DataConfig)}
+        data = replace(self.data, **{k: v for k, v in options.items() if k in data_keys and v is not None})
+        rest = {k: v for k, v in options.items() if k not in data_keys and v is not None}
+        return replace(self, data=data, **rest)
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> SearchConfig:
+    """The search configuration of params.yaml (sections `data` and `search`), or the defaults."""
+    path = Path(path)
+    if not path.is_file():
+        return SearchConfig()
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        data = dict(raw.get("data") or {})
+        if isinstance(data.get("shape"), str):
+            data["shape"] = parse_shape(data["shape"])
+        return SearchConfig.from_json({**(raw.get("search") or {}), "data": data})
+    except (yaml.YAMLError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{path} is malformed ({exc}); it needs sections `data:` and `search:` whose keys "
+                          f"are {[f.name for f in fields(DataConfig)]} and "
+                          f"{[f.name for f in fields(SearchConfig) if f.name != 'data']}.") from None

@@ -1,0 +1,35 @@
+"""Prefect task: prepare a data source into Parquet splits (nas.data.prepare)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.context import TaskRunContext
+
+from nas.data import META_FILE, prepare
+from nas.space.architecture import digest
+
+
+def _file_digest(path: Path) -> str:
+    if not path.is_file():
+        return "missing"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _prepare_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    # The key changes when the user's file changes or the prepared folder is touched
+    # (deleted, re-prepared by hand), so a cache hit always points at real files.
+    source = parameters["source"]
+    source_fp = source if source in ("digits", "mnist1d") else _file_digest(Path(source))
+    prepared = _file_digest(Path(parameters["out_dir"]) / META_FILE)
+    return "prepare-" + digest({**parameters, "source_fp": source_fp, "prepared": prepared})
+
+
+@task(name="prepare-data", cache_key_fn=_prepare_cache_key, persist_result=True, result_serializer="json")
+def prepare_data(source: str, out_dir: str, label_column: str = "label", shape: list[int] | None = None,
+                 seed: int = 0) -> dict[str, Any]:
+    meta = prepare(source, out_dir, label_column=label_column, shape=tuple(shape) if shape else None, seed=seed)
+    return meta.to_json()

@@ -1,0 +1,56 @@
+"""Prefect task: train one candidate and record it in the lineage store.
+
+The cache key is the trial key (graph, hparams, budget, data fingerprint, seed, training
+version) plus the store it is recorded in, and results persist as JSON. A repeated or
+interrupted search therefore never retrains a finished candidate; should Prefect's cache
+be gone, the lineage store still knows the trial and it is not trained twice either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.context import TaskRunContext
+from prefect.runtime import flow_run, task_run
+
+from nas.lineage import LineageStore
+from nas.space.architecture import ArchitectureError, digest
+from nas.train import load_data, train
+from nas.trial import Candidate
+
+
+def _trial_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    store = digest([parameters["tracking_uri"], parameters["experiment"]], 8)
+    return f"trial-{parameters['trial_key']}-{store}"
+
+
+def _infrastructure_error_only(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry when the store or the filesystem hiccups, never for a user's mistake."""
+    return not isinstance(state.data, (ValueError, TypeError, KeyError, ArchitectureError))
+
+
+@task(name="train-candidate", task_run_name="train-{trial_key}", cache_key_fn=_trial_cache_key,
+      persist_result=True, result_serializer="json", retries=2, retry_delay_seconds=2,
+      retry_condition_fn=_infrastructure_error_only)
+def train_candidate(candidate: dict[str, Any], trial_key: str, *, data_dir: str, seed: int, experiment: str,
+                    tracking_uri: str, parent_run_id: str, strategy: str, max_params: int | None = None,
+                    device: str | None = None, tags: dict[str, str] | None = None) -> dict[str, Any]:
+    store = LineageStore(tracking_uri, experiment)
+    finished = store.find(trial_key)
+    if finished is not None:
+        return finished.to_json()
+    cand = Candidate.from_json(candidate)
+    data = load_data(data_dir, device)
+    run_tags = {**(tags or {}), "prefect.flow_run_id": str(flow_run.id), "prefect.task_run_id": str(task_run.id)}
+    run_id = store.start_trial(cand, trial_key, parent_run_id=parent_run_id, strategy=strategy,
+                               data_fingerprint=data.fingerprint, tags=run_tags)
+    try:
+        init = store.weights(cand.inherit_from) if cand.inherit_from else None
+        outcome = train(cand, data, seed=seed, device=device, max_params=max_params, init_weights=init)
+        outcome.evaluation.run_id = run_id
+        store.finish_trial(run_id, outcome.evaluation, outcome.weights)
+    except BaseException as exc:
+        store.fail_trial(run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    return outcome.evaluation.to_json()

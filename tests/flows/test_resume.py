@@ -1,0 +1,62 @@
+"""Kill a real search process with SIGKILL mid-way, run the same command again: nothing
+finished is retrained and no candidate gets a second MLflow run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import mlflow
+
+from tests.conftest import ROOT
+
+TRIALS = 6
+
+
+def search_command(tmp_path, digits_dir):
+    return [sys.executable, "-m", "nas.cli", "search", "--data-dir", str(digits_dir),
+            "--space", str(ROOT / "spaces/cnn.yaml"), "--trials", str(TRIALS), "--epochs", "4",
+            "--concurrency", "1", "--seed", "11", "--experiment", "resume",
+            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--metrics-out", str(tmp_path / "search.json")]
+
+
+def finished_trials(uri):
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("resume")
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id],
+                              "tags.`nas.kind` = 'trial' and attributes.status = 'FINISHED'")
+
+
+def test_sigkill_then_rerun_resumes_without_retraining_or_duplicates(tmp_path, digits_dir):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}  # the cache both runs share
+    command = search_command(tmp_path, digits_dir)
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while len(finished_trials(uri)) < 2 and process.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert process.poll() is None, "the search ended before it could be killed; make it longer"
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    before = {r.info.run_id: r.info.start_time for r in finished_trials(uri)}
+    assert 2 <= len(before) < TRIALS
+
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("resume")
+    trials = client.search_runs([experiment.experiment_id], "tags.`nas.kind` = 'trial'")
+    keys = Counter(r.data.tags["nas.trial_key"] for r in trials)
+    assert len(keys) == TRIALS and set(keys.values()) == {1}, keys  # one run per candidate
+    after = {r.info.run_id: r.info.start_time for r in trials}
+    assert all(after.get(run_id) == start for run_id, start in before.items())  # not retrained
+    searches = client.search_runs([experiment.experiment_id], "tags.`nas.kind` = 'search'")
+    assert len(searches) == 1

@@ -1,0 +1,89 @@
+"""The search flow end to end: real Prefect API, real MLflow store, real (tiny) training."""
+
+import time
+
+import mlflow
+import pytest
+
+from flows.search import run_search
+from nas.config import DataConfig, SearchConfig
+from nas.lineage import LineageStore
+from tests.conftest import ROOT
+
+DESIGN_TAGS = ["nas.arch_id", "nas.trial_key", "nas.strategy", "nas.parents", "nas.generation",
+               "nas.budget", "nas.data_fp", "nas.status", "prefect.flow_run_id", "prefect.task_run_id"]
+
+
+def config(tmp_path, digits_dir, **changes):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    base = dict(data=DataConfig(source="digits", data_dir=str(digits_dir)), space=str(ROOT / "spaces/cnn.yaml"),
+                trials=4, epochs=2, concurrency=2, seed=3, experiment="flow-test",
+                tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    return SearchConfig(**{**base, **changes})
+
+
+def trial_runs(cfg):
+    client = mlflow.MlflowClient(cfg.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    return client.search_runs([experiment.experiment_id], "tags.`nas.kind` = 'trial'")
+
+
+def test_search_records_every_trial_and_a_repeat_retrains_nothing(tmp_path, digits_dir, prefect_api):
+    cfg = config(tmp_path, digits_dir)
+    started = time.perf_counter()
+    first = run_search(cfg)
+    first_seconds = time.perf_counter() - started
+    assert first["trials"] == 4 and first["best_val_acc"] > 0.3
+    runs = trial_runs(cfg)
+    assert len(runs) == 4
+    for run in runs:
+        assert set(DESIGN_TAGS) <= set(run.data.tags), set(DESIGN_TAGS) - set(run.data.tags)
+        assert run.data.tags["mlflow.parentRunId"] == first["parent_run_id"]
+        assert run.data.tags["nas.strategy"] == "random"
+        assert len(mlflow.MlflowClient(cfg.tracking_uri).get_metric_history(run.info.run_id, "val_acc")) >= 2
+    artifacts = {a.path for a in mlflow.MlflowClient(cfg.tracking_uri).list_artifacts(runs[0].info.run_id)}
+    assert {"architecture.json", "weights.safetensors"} <= artifacts
+
+    started = time.perf_counter()
+    again = run_search(cfg)
+    assert time.perf_counter() - started < first_seconds
+    assert {r.info.run_id for r in trial_runs(cfg)} == {r.info.run_id for r in runs}
+    assert again["best_run_id"] == first["best_run_id"]
+    assert again["parent_run_id"] == first["parent_run_id"]
+    # the best network is a loadable MLflow model on the search's run
+    search_run = mlflow.MlflowClient(cfg.tracking_uri).get_run(first["parent_run_id"])
+    assert search_run.data.tags["nas.model_of"] == first["best_run_id"]
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    try:
+        model = mlflow.pytorch.load_model(search_run.data.tags["nas.model_uri"])
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert sum(p.numel() for p in model.parameters()) == first["best_params"]
+
+
+def test_failed_candidates_do_not_stop_the_search(tmp_path, digits_dir, prefect_api):
+    # A parameter limit this low fails every network bigger than a linear classifier or so.
+    cfg = config(tmp_path, digits_dir, trials=6, epochs=1, max_params=3000, experiment="failures")
+    summary = run_search(cfg)
+    assert summary["trials"] == 6
+    statuses = [r.data.tags["nas.status"] for r in trial_runs(cfg)]
+    assert statuses.count("failed") == summary["failed"] > 0
+    failed = [r for r in trial_runs(cfg) if r.data.tags["nas.status"] == "failed"]
+    assert all("max_params" in r.data.tags["nas.reason"] or "parameters" in r.data.tags["nas.reason"]
+               for r in failed)
+
+
+def test_same_seed_same_search(tmp_path, digits_dir, prefect_api):
+    a = run_search(config(tmp_path / "a", digits_dir, trials=2, epochs=1))
+    b = run_search(config(tmp_path / "b", digits_dir, trials=2, epochs=1))
+    assert (a["best_arch_id"], a["best_val_acc"], a["best_test_acc"]) == \
+           (b["best_arch_id"], b["best_val_acc"], b["best_test_acc"])
+    store = LineageStore(f"sqlite:///{tmp_path}/a/mlflow.db", "flow-test")
+    assert len(store.history()) == 2
+
+
+@pytest.mark.parametrize("strategy", ["grid"])
+def test_other_strategies_run_through_the_flow(tmp_path, digits_dir, prefect_api, strategy):
+    summary = run_search(config(tmp_path, digits_dir, strategy=strategy, trials=2, epochs=1,
+                                space=str(ROOT / "spaces/mlp.yaml")))
+    assert summary["trials"] == 2

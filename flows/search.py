@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import torch
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -78,8 +77,9 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
     strategy = make_strategy(cfg.strategy, space, Budget(cfg.epochs, cfg.max_seconds), seed=cfg.seed)
     logger.info("searching %s with %s: %d trials of %d epochs, %d at a time; MLflow run %s in %s",
                 meta.name, cfg.strategy, cfg.trials, cfg.epochs, cfg.concurrency, parent, tracking_uri)
-    # Trials share the CPU cores; more torch threads than cores only adds contention.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.concurrency))
+    # Trials share the cores, and each also needs one for Python-side work (Prefect,
+    # MLflow, batching); torch gets the rest. More threads than that only add contention.
+    threads = max(1, (os.cpu_count() or 1) // cfg.concurrency - 1)
 
     evaluations: list[Evaluation] = []
     with tqdm(total=cfg.trials, desc=f"{cfg.strategy} search", unit="trial", dynamic_ncols=True) as bar:
@@ -91,7 +91,7 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
                 c.to_json(), c.trial_key(meta.fingerprint, cfg.seed), data_dir=str(data_dir), seed=cfg.seed,
                 experiment=cfg.experiment_name, tracking_uri=tracking_uri, parent_run_id=parent,
                 strategy=cfg.strategy, max_params=cfg.max_params or space.max_params, device=cfg.device,
-                tags=context_tags) for c in batch]
+                threads=threads, tags=context_tags) for c in batch]
             results = [Evaluation.from_json(f.result()) for f in futures]
             strategy.tell(results)
             evaluations.extend(results)

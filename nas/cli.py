@@ -70,10 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "logged as an MLflow run nested under one run for the search. Re-running the same "
                        "command retrains nothing that already finished.")
     _add_data_options(p)
-    p.add_argument("--space", help="search-space YAML file (default: spaces/cnn.yaml)")
+    p.add_argument("--space", help="search-space YAML file (default: spaces/small-cnn.yaml)")
     p.add_argument("--strategy", help="search method: random or grid (default: random)")
     p.add_argument("--trials", type=int, help="how many candidates to train (default: 20)")
-    p.add_argument("--epochs", type=int, help="training epochs per candidate (default: 15)")
+    p.add_argument("--epochs", type=int, help="training epochs per candidate (default: 20)")
     p.add_argument("--seed", type=int, help="seed of the strategy and of training (default: 0)")
     p.add_argument("--concurrency", type=int, help="candidates trained at once (default: 2)")
     p.add_argument("--max-seconds", type=float, help="per-trial time limit in seconds (default: 120)")

@@ -36,10 +36,10 @@ class DataConfig:
 @dataclass(frozen=True)
 class SearchConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    space: str = "spaces/cnn.yaml"
+    space: str = "spaces/small-cnn.yaml"
     strategy: str = "random"
     trials: int = 20
-    epochs: int = 15
+    epochs: int = 20
     seed: int = 0
     concurrency: int = 2
     experiment: str | None = None  # default: the data source's name

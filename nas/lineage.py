@@ -366,7 +366,7 @@ class LineageStore:
             [experiment.experiment_id],
             filter_string=(f"tags.`nas.kind` = '{KIND_TRIAL}' and tags.`nas.status` = '{OK}' "
                            "and attributes.status = 'FINISHED'"),
-            order_by=["metrics.val_acc DESC"],
+            order_by=["metrics.val_acc DESC", "attributes.start_time ASC"],  # ties: the earlier run, as strategies pick
             max_results=limit,
         )
         rows = []

@@ -12,7 +12,7 @@ from nas.space import Architecture, ArchitectureError, HParams, Node, SearchSpac
 from nas.trial import Budget, Candidate
 
 SHAPES = [(1, 8, 8), (1, 40), (3, 5, 7), (20,)]
-SPACES = ["spaces/cnn.yaml", "spaces/mlp.yaml"]
+SPACES = ["spaces/cnn.yaml", "spaces/mlp.yaml", "spaces/small-cnn.yaml"]
 
 
 def bound(path, shape, classes=10):

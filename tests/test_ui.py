@@ -1,0 +1,56 @@
+"""`nas ui` serves the MLflow UI on 127.0.0.1 against the same store, and it shows the runs."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from nas.lineage import LineageStore
+from nas.space import Architecture, HParams, Node
+from nas.trial import Budget, Candidate, Evaluation
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_lists_the_trials_of_the_store(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store = LineageStore(uri, "ui-test")
+    arch = Architecture((Node.make("input"), Node.make("flatten", [0]), Node.make("head", [1])))
+    candidate = Candidate(arch, HParams(), Budget(1))
+    parent = store.start_search({"strategy": "random"}, None, "fp")
+    run_id = store.start_trial(candidate, "key", parent_run_id=parent, strategy="random", data_fingerprint="fp")
+    store.finish_trial(run_id, Evaluation(candidate, "key", val_acc=0.5, test_acc=0.4, run_id=run_id))
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "nas.cli", "ui", "--port", str(port), "--tracking-uri", uri],
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        body = None
+        deadline = time.time() + 90
+        while time.time() < deadline and body is None:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", method="POST",
+                    data=json.dumps({"experiment_ids": [store.experiment_id]}).encode(),
+                    headers={"Content-Type": "application/json"})
+                body = json.loads(urllib.request.urlopen(request, timeout=5).read())
+            except OSError:
+                assert process.poll() is None, "nas ui exited"
+                time.sleep(1)
+        assert body is not None, "the UI did not answer within 90 s"
+        ids = {run["info"]["run_id"] for run in body["runs"]}
+        assert {parent, run_id} <= ids
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+        assert "<html" in page.lower()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)

@@ -6,7 +6,7 @@ artifacts); then repeats the flow with nothing changed. Prefect's temporary API 
 is started by a warm-up flow first, so its start-up (4-10 s once per process) is not
 counted against either run; the CLI-level numbers of `bench/default_run.py` include it.
 
-    python bench/orchestration.py [--trials 20] [--epochs 4]
+    python bench/orchestration.py [--trials 20] [--epochs 20] [--space spaces/cnn.yaml]
 
 Targets (issue 2): flow / direct <= 1.10 at 1-2 s per candidate; repeat / first <= 0.05.
 """
@@ -25,7 +25,8 @@ from bench.common import scratch_project, stopwatch  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=20, help="20 gives about 1 s per candidate here")
+    parser.add_argument("--space", default="spaces/cnn.yaml")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     folder = scratch_project("orchestration")
@@ -42,7 +43,8 @@ def main() -> None:
 
     data_dir = folder / "data" / "digits"
     meta = prepare("digits", data_dir)
-    config = SearchConfig(data=DataConfig(data_dir=str(data_dir)), trials=args.trials, epochs=args.epochs,
+    config = SearchConfig(data=DataConfig(data_dir=str(data_dir)), space=args.space, trials=args.trials,
+                          epochs=args.epochs,
                           seed=args.seed, concurrency=1, experiment="overhead", max_seconds=None)
     run_search(SearchConfig(data=config.data, trials=1, epochs=1, concurrency=1, experiment="warm-up"))
 

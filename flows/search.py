@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from nas.build import build
 from nas.config import ConfigError, SearchConfig
-from nas.data import BUILTINS, DataError, DataMeta, load_split, source_name
+from nas.data import BUILTINS, DataError, DataMeta, load_split, read_meta, source_name
 from nas.lineage import LineageStore, resolve_tracking_uri
 from nas.space import SearchSpace
 from nas.strategies import STRATEGIES, make_strategy
@@ -54,6 +54,23 @@ def _log_best_model(store: LineageStore, parent_run_id: str, best: Evaluation, m
     store.log_model(parent_run_id, model, example, source_run_id=best.run_id)
 
 
+def _fingerprint_on_disk(data_dir: Path) -> str | None:
+    try:
+        return read_meta(data_dir).fingerprint
+    except DataError:
+        return None
+
+
+def prepared_data(cfg: SearchConfig, data_dir: Path) -> DataMeta:
+    """The prepare task's result, redone when the cache remembers files that are gone or replaced."""
+    options = dict(source=cfg.data.source, out_dir=str(data_dir), label_column=cfg.data.label_column,
+                   shape=list(cfg.data.shape) if cfg.data.shape else None, seed=cfg.data.split_seed)
+    meta = DataMeta.from_json(prepare_data(**options))
+    if _fingerprint_on_disk(data_dir) != meta.fingerprint:
+        meta = DataMeta.from_json(prepare_data.with_options(refresh_cache=True)(**options))
+    return meta
+
+
 @flow(name="nas-search", log_prints=True)
 def search(config: dict[str, Any]) -> dict[str, Any]:
     cfg = SearchConfig.from_json(config)
@@ -62,9 +79,7 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
     # One line per trial comes from this flow; Prefect's per-task lines would only repeat it.
     logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
     data_dir = cfg.data.resolved_dir(root)
-    meta = DataMeta.from_json(prepare_data(cfg.data.source, str(data_dir), label_column=cfg.data.label_column,
-                                           shape=list(cfg.data.shape) if cfg.data.shape else None,
-                                           seed=cfg.data.split_seed))
+    meta = prepared_data(cfg, data_dir)
     space = (SearchSpace.load(cfg.space).bind(meta.shape, len(meta.classes)).with_hparams(epochs=cfg.epochs))
     tracking_uri = resolve_tracking_uri(cfg.tracking_uri, root)
     store = LineageStore(tracking_uri, cfg.experiment_name, root)

@@ -37,20 +37,14 @@ def derive_seed(seed: int, purpose: str) -> int:
     return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") & (2**63 - 1)
 
 
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU,
+                "none": nn.Identity}
+
+
 def _activation(name: str) -> nn.Module:
-    if name == "relu":
-        return nn.ReLU()
-    if name == "gelu":
-        return nn.GELU()
-    if name == "tanh":
-        return nn.Tanh()
-    if name == "sigmoid":
-        return nn.Sigmoid()
-    if name == "elu":
-        return nn.ELU()
-    if name == "none":
-        return nn.Identity()
-    raise ArchitectureError(f"activation '{name}' is unknown; use relu, gelu, tanh, sigmoid, elu or none.")
+    if name not in _ACTIVATIONS:
+        raise ArchitectureError(f"activation '{name}' is unknown; use one of {sorted(_ACTIVATIONS)}.")
+    return _ACTIVATIONS[name]()
 
 
 def _gain_name(activation: str) -> str:

@@ -9,23 +9,21 @@ from typing import Any
 from prefect import task
 from prefect.context import TaskRunContext
 
-from nas.data import META_FILE, prepare
+from nas.data import BUILTINS, prepare
 from nas.space.architecture import digest
 
 
 def _file_digest(path: Path) -> str:
     if not path.is_file():
-        return "missing"
+        return "missing"  # the task itself then says so, in the data module's words
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def _prepare_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    # The key changes when the user's file changes or the prepared folder is touched
-    # (deleted, re-prepared by hand), so a cache hit always points at real files.
+    # A user's file is part of the key by content, so editing it prepares the data again.
     source = parameters["source"]
-    source_fp = source if source in ("digits", "mnist1d") else _file_digest(Path(source))
-    prepared = _file_digest(Path(parameters["out_dir"]) / META_FILE)
-    return "prepare-" + digest({**parameters, "source_fp": source_fp, "prepared": prepared})
+    source_fp = source if source in BUILTINS else _file_digest(Path(source))
+    return "prepare-" + digest({**parameters, "source_fp": source_fp})
 
 
 @task(name="prepare-data", cache_key_fn=_prepare_cache_key, persist_result=True, result_serializer="json")

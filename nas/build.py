@@ -28,7 +28,7 @@ from torch import nn
 from nas.space.architecture import INITS, Architecture, ArchitectureError
 from nas.space.shapes import NodePlan, Plan, Projection, Shape, infer
 
-__all__ = ["Network", "build", "derive_seed"]
+__all__ = ["Network", "build", "derive_seed", "remap_state"]
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -306,3 +306,21 @@ def build(arch: Architecture, input_shape: Sequence[int], num_classes: int, *, s
     network.to_empty(device="cpu")
     _initialise(network, init, torch.Generator().manual_seed(seed))
     return network
+
+
+def remap_state(state: dict[str, torch.Tensor], node_map: dict[int, int]) -> dict[str, torch.Tensor]:
+    """A parent's state dict renamed for a child network: `node_map` maps child node -> parent node.
+
+    Mutations insert and remove nodes, which shifts the node numbers in the `nodes.<i>.`
+    keys; nodes missing from the map get nothing and keep their fresh initialisation.
+    """
+    by_parent: dict[int, list[int]] = {}
+    for child, parent in node_map.items():
+        by_parent.setdefault(int(parent), []).append(int(child))
+    renamed = {}
+    for key, tensor in state.items():
+        prefix, index, rest = (key.split(".", 2) + ["", ""])[:3]
+        if prefix == "nodes" and index.isdigit():
+            for child in by_parent.get(int(index), []):
+                renamed[f"nodes.{child}.{rest}"] = tensor
+    return renamed

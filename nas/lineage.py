@@ -22,6 +22,7 @@ runs stays fast.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -299,6 +300,8 @@ class LineageStore:
         outcome = {"nas.status": OK if evaluation.ok else FAILED, "nas.device": evaluation.device}
         if evaluation.reason:
             outcome["nas.reason"] = evaluation.reason
+        if evaluation.inherited:  # the full list is in evaluation.json
+            outcome["nas.inherited_tensors"] = str(len(evaluation.inherited))
         self._set_tags(run_id, outcome)
         record = evaluation.to_json()
         record["run_id"] = run_id
@@ -425,7 +428,9 @@ class LineageStore:
         package = Path(__file__).resolve().parent
         uses_package = any(type(m).__module__.split(".")[0] == package.name for m in model.modules())
         # Under the write lock: log_model writes to the database too, through its own client.
-        with self._writing() as client, _global_tracking_uri(self.tracking_uri):
+        # Its warning about pickle restates the trade-off chosen above, on every search.
+        with self._writing() as client, _global_tracking_uri(self.tracking_uri), \
+                _quiet_logger("mlflow.pytorch"):
             # Created here so that the model lands in this experiment: log_model would
             # otherwise file it under whatever experiment the process-global state names.
             logged = client.create_logged_model(self.experiment_id, name=MODEL_NAME, source_run_id=run_id)
@@ -561,6 +566,17 @@ def _global_tracking_uri(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(saved)
         if saved_env is not None:
             os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
+@contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _local_dir(uri: str) -> Path | None:

@@ -21,7 +21,7 @@ import contextlib
 import gc
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -66,7 +66,11 @@ class TrainOutcome:
     evaluation: Evaluation
     weights: dict[str, torch.Tensor] | None = None  # CPU state dict of the final model; None on failure
     model: nn.Module | None = None
-    inherited: list[str] = field(default_factory=list)  # state-dict keys taken from init_weights
+
+    @property
+    def inherited(self) -> list[str]:
+        """State-dict keys taken from init_weights."""
+        return self.evaluation.inherited
 
 
 class _Stop(Exception):
@@ -229,7 +233,7 @@ def _train_into(outcome: TrainOutcome, data: TrainData, seed: int, device: torch
     model = build(candidate.arch, data.shape, data.num_classes, seed=seed, init=candidate.hparams.init,
                   max_params=max_params)
     if init_weights:
-        outcome.inherited = _inherit(model, init_weights)
+        evaluation.inherited = _inherit(model, init_weights)
     model.to(device)
     _run_epochs(model, candidate, data, evaluation, seed, device, started)
     if not evaluation.val_accs:  # a budget of 0 epochs evaluates the initial (or inherited) weights

@@ -96,6 +96,7 @@ class Evaluation:
     seconds: float = 0.0
     epochs_trained: int = 0
     device: str = "cpu"
+    inherited: list[str] = field(default_factory=list)  # state-dict keys taken from a parent's weights
     run_id: str | None = None
 
     @property
@@ -126,6 +127,7 @@ class Evaluation:
             "seconds": self.seconds,
             "epochs_trained": self.epochs_trained,
             "device": self.device,
+            "inherited": self.inherited,
             "run_id": self.run_id,
         }
 

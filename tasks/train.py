@@ -15,6 +15,7 @@ from prefect import task
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run, task_run
 
+from nas.build import remap_state
 from nas.lineage import LineageStore
 from nas.space.architecture import ArchitectureError, digest
 from nas.train import load_data, train
@@ -51,7 +52,11 @@ def train_candidate(candidate: dict[str, Any], trial_key: str, *, data_dir: str,
     run_id = store.start_trial(cand, trial_key, parent_run_id=parent_run_id, strategy=strategy,
                                data_fingerprint=data.fingerprint, tags=run_tags)
     try:
-        init = store.weights(cand.inherit_from) if cand.inherit_from else None
+        init = None
+        if cand.inherit_from:
+            init = store.weights(cand.inherit_from)
+            if "node_map" in cand.info:  # a mutation renumbered the parent's nodes
+                init = remap_state(init, {int(c): p for c, p in cand.info["node_map"].items()})
         outcome = train(cand, data, seed=seed, device=device, max_params=max_params, init_weights=init)
         outcome.evaluation.run_id = run_id
         store.finish_trial(run_id, outcome.evaluation, outcome.weights)

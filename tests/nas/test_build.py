@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from nas.build import Network, Project, build
+from nas.build import Network, Project, build, remap_state
 from nas.space import Architecture, ArchitectureError, Node, SearchSpace
 from nas.space.shapes import ACTIVATIONS
 
@@ -226,3 +226,19 @@ def test_forward_frees_outputs_nobody_reads_again() -> None:
     net = build(every_op(False, "relu", "max", True, "flatten"), IMAGE, 10)
     # node 0 is read last by node 4, node 2 by node 5, node 8 by node 10
     assert net._release[4] == (0, 3) and net._release[5] == (2, 4) and net._release[10] == (8, 9)
+
+
+def test_remap_state_follows_renumbered_nodes() -> None:
+    conv = dict(channels=8, kernel_h=3, kernel_w=3, stride=1, batch_norm=True, activation="relu")
+    parent = Architecture((Node.make("input"), Node.make("conv", [0], **conv), Node.make("global_pool", [1]),
+                           Node.make("head", [2])))
+    # The child has an identity node inserted after the conv: global_pool and head move up by one.
+    child = Architecture((Node.make("input"), Node.make("conv", [0], **conv), Node.make("identity", [1]),
+                          Node.make("global_pool", [2]), Node.make("head", [3])))
+    parent_state = build(parent, (1, 8, 8), 10, seed=1).state_dict()
+    renamed = remap_state(parent_state, {1: 1, 3: 2, 4: 3})
+    net = build(child, (1, 8, 8), 10, seed=2)
+    net.load_state_dict(renamed, strict=False)
+    assert torch.equal(net.state_dict()["nodes.4.weight"], parent_state["nodes.3.weight"])
+    assert torch.equal(net.state_dict()["nodes.1.conv.weight"], parent_state["nodes.1.conv.weight"])
+    assert set(renamed) <= set(net.state_dict())

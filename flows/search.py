@@ -83,13 +83,14 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
     space = (SearchSpace.load(cfg.space).bind(meta.shape, len(meta.classes)).with_hparams(epochs=cfg.epochs))
     tracking_uri = resolve_tracking_uri(cfg.tracking_uri, root)
     store = LineageStore(tracking_uri, cfg.experiment_name, root)
-    store.ensure()  # create the database and experiment once, before threads race to
+    store.ensure()  # create the database and experiment once, before trial threads race to
     commit = git_commit(root)
     context_tags = {"prefect.flow_run_id": str(flow_run.id)}
     if commit:
         context_tags["mlflow.source.git.commit"] = commit
     parent = store.start_search(cfg.to_json(), Path(cfg.space), meta.fingerprint, tags=context_tags)
-    strategy = make_strategy(cfg.strategy, space, Budget(cfg.epochs, cfg.max_seconds), seed=cfg.seed)
+    options = {"population_size": cfg.population} if cfg.population else {}
+    strategy = make_strategy(cfg.strategy, space, Budget(cfg.epochs, cfg.max_seconds), seed=cfg.seed, **options)
     logger.info("searching %s with %s: %d trials of %d epochs, %d at a time; MLflow run %s in %s",
                 meta.name, cfg.strategy, cfg.trials, cfg.epochs, cfg.concurrency, parent, tracking_uri)
     # Trials share the cores, and each also needs one for Python-side work (Prefect,
@@ -109,10 +110,9 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
                 threads=threads, tags=context_tags) for c in batch]
             results = [Evaluation.from_json(f.result()) for f in futures]
             strategy.tell(results)
-            evaluations.extend(results)
             for e in results:
-                logger.info("trial %d/%d: %s", len(evaluations) - len(results) + results.index(e) + 1,
-                            cfg.trials, _describe(e))
+                evaluations.append(e)
+                logger.info("trial %d/%d: %s", len(evaluations), cfg.trials, _describe(e))
             bar.update(len(results))
             if strategy.best:
                 bar.set_postfix(best_val=f"{strategy.best.val_acc:.4f}")

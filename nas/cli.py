@@ -71,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "command retrains nothing that already finished.")
     _add_data_options(p)
     p.add_argument("--space", help="search-space YAML file (default: spaces/small-cnn.yaml)")
-    p.add_argument("--strategy", help="search method: random or grid (default: random)")
+    p.add_argument("--strategy", help="search method: random, grid, evolution (Real et al. 2017: tournaments, "
+                                      "mutations, weight inheritance) or aging-evolution (default: random)")
     p.add_argument("--trials", type=int, help="how many candidates to train (default: 20)")
+    p.add_argument("--population", type=int, help="population size of the evolution strategies (default: 10)")
     p.add_argument("--epochs", type=int, help="training epochs per candidate (default: 20)")
     p.add_argument("--seed", type=int, help="seed of the strategy and of training (default: 0)")
     p.add_argument("--concurrency", type=int, help="candidates trained at once (default: 2)")
@@ -122,7 +124,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     config = load_params(args.params).override(
         source=args.source, label_column=args.label_column, data_dir=args.data_dir,
         shape=parse_shape(args.shape) if args.shape else None,
-        space=args.space, strategy=args.strategy, trials=args.trials, epochs=args.epochs,
+        space=args.space, strategy=args.strategy, trials=args.trials, epochs=args.epochs, population=args.population,
         concurrency=args.concurrency, max_seconds=args.max_seconds, max_params=args.max_params,
         device=args.device, experiment=args.experiment, tracking_uri=args.tracking_uri, seed=args.seed,
         split_seed=args.split_seed)

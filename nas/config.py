@@ -46,6 +46,7 @@ class SearchConfig:
     tracking_uri: str | None = None
     max_seconds: float | None = 120.0  # per-trial time limit
     max_params: int | None = None  # overrides the space file's limit
+    population: int | None = None  # evolution's population size (default: the strategy's)
     device: str | None = None  # "cpu" or "cuda"; default: cuda when available
 
     def __post_init__(self) -> None:

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from nas.space import SearchSpace
 from nas.strategies.base import Strategy
+from nas.strategies.evolution import AgingEvolution, LargeScaleEvolution
 from nas.strategies.grid_search import GridSearch
 from nas.strategies.random_search import RandomSearch
 from nas.trial import Budget
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (RandomSearch, GridSearch)}
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (RandomSearch, GridSearch, LargeScaleEvolution, AgingEvolution)}
 
 
-def make_strategy(name: str, space: SearchSpace, budget: Budget, seed: int = 0) -> Strategy:
+def make_strategy(name: str, space: SearchSpace, budget: Budget, seed: int = 0, **options: Any) -> Strategy:
+    """The named strategy; `options` (e.g. population_size) go to its constructor."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy '{name}'; choose one of {sorted(STRATEGIES)} with --strategy.")
-    return STRATEGIES[name](space, budget, seed=seed)
+    try:
+        return STRATEGIES[name](space, budget, seed=seed, **options)
+    except TypeError:
+        raise ValueError(f"strategy '{name}' takes no option among {sorted(options)}.") from None
 
 
-__all__ = ["STRATEGIES", "GridSearch", "RandomSearch", "Strategy", "make_strategy"]
+__all__ = ["STRATEGIES", "AgingEvolution", "GridSearch", "LargeScaleEvolution", "RandomSearch", "Strategy",
+           "make_strategy"]

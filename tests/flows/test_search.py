@@ -1,5 +1,6 @@
 """The search flow end to end: real Prefect API, real MLflow store, real (tiny) training."""
 
+import json
 import time
 
 import mlflow
@@ -87,3 +88,21 @@ def test_other_strategies_run_through_the_flow(tmp_path, digits_dir, prefect_api
     summary = run_search(config(tmp_path, digits_dir, strategy=strategy, trials=2, epochs=1,
                                 space=str(ROOT / "spaces/mlp.yaml")))
     assert summary["trials"] == 2
+
+
+@pytest.mark.parametrize("strategy", ["evolution", "aging-evolution"])
+def test_evolution_records_parents_mutations_and_inherits_weights(tmp_path, digits_dir, prefect_api, strategy):
+    cfg = config(tmp_path, digits_dir, strategy=strategy, trials=8, epochs=2, population=4,
+                 space=str(ROOT / "spaces/cnn.yaml"), experiment=strategy)
+    assert run_search(cfg)["trials"] == 8
+    runs = {r.info.run_id: r for r in trial_runs(cfg)}
+    children = [r for r in runs.values() if r.data.tags.get("nas.mutation")]
+    # 4 children were trained; two identical ones (say, the identity mutation of one parent
+    # twice) are one trial with one run, so there may be fewer runs than children.
+    assert 3 <= len(children) <= 4 and len(runs) == 4 + len(children)
+    for child in children:
+        parents = json.loads(child.data.tags["nas.parents"])
+        assert len(parents) == 1 and parents[0] in runs  # the parent is a run of this search
+        assert int(child.data.tags["nas.generation"]) == int(runs[parents[0]].data.tags["nas.generation"]) + 1
+    inheriting = [c for c in children if c.data.tags.get("nas.inherit_from")]
+    assert all(int(c.data.tags.get("nas.inherited_tensors", 0)) > 0 for c in inheriting)

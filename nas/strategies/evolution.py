@@ -1,0 +1,271 @@
+"""Evolution: large-scale evolution (Real et al. 2017) and its aging variant (Real et al. 2019).
+
+Both keep a population of evaluated individuals and make each child by mutating a parent
+chosen by a tournament. A child that keeps some of its parent's nodes inherits their
+trained weights (`inherit_from`), so a child identical to its parent (the identity
+mutation) means "train the parent for longer" and is a trial of its own: evolution never
+deduplicates by architecture.
+
+    >>> from nas.space import SearchSpace
+    >>> from nas.trial import Budget, Evaluation
+    >>> space = SearchSpace.load("spaces/cnn.yaml").bind((1, 8, 8), 10)
+    >>> search = LargeScaleEvolution(space, Budget(epochs=5), seed=1, population_size=4)
+    >>> initial = search.ask(4)
+    >>> [len(c.arch.nodes) for c in initial]  # input -> global_pool -> head
+    [3, 3, 3, 3]
+    >>> search.tell([Evaluation(c, trial_key=str(i), val_acc=0.1 * i, run_id=f"run{i}")
+    ...              for i, c in enumerate(initial)])
+    >>> children = search.ask(2)  # two tournaments; each loser dies at once
+    >>> [e.run_id for e in search.population]
+    ['run1', 'run3']
+    >>> [(c.parents, c.inherit_from, c.generation) for c in children]
+    [(('run3',), 'run3', 1), (('run3',), 'run3', 1)]
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+from nas.space import Architecture, ArchitectureError, Node, SearchSpace, SpaceError
+from nas.space.mutations import MUTATIONS, Mutated, NotApplicable, mutate
+from nas.strategies.base import Strategy
+from nas.trial import Budget, Candidate, Evaluation
+
+# Tournaments tried per requested child before giving up on it: with every mutation
+# inapplicable to every living individual, asking again would loop forever.
+MAX_TOURNAMENTS_PER_CHILD = 20
+
+
+class _Evolution(Strategy):
+    """Population bookkeeping shared by both variants.
+
+    `population` holds the living individuals oldest first, so list order is age order:
+    aging kills index 0 and tournaments break ties towards the older one.
+    """
+
+    def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0, population_size: int = 10,
+                 mutations: tuple[str, ...] | None = None) -> None:
+        super().__init__(space, budget, seed=seed)
+        if population_size < 2:
+            raise ValueError(f"population_size={population_size} is too small; evolution needs at least 2 "
+                             "individuals to compare.")
+        unknown = set(mutations or ()) - set(MUTATIONS)
+        if unknown:
+            raise ValueError(f"unknown mutations {sorted(unknown)}; choose from {list(MUTATIONS)}.")
+        self.population_size = population_size
+        self.mutations = tuple(mutations) if mutations else MUTATIONS
+        self.population: list[Evaluation] = []
+        self.initial_asked = 0  # initial individuals proposed so far (seeds from warm_start count)
+        self.pending = 0  # candidates asked and not yet told
+
+    # ---- what subclasses decide ----------------------------------------------------
+
+    @abstractmethod
+    def _initial_candidate(self) -> Candidate:
+        """One individual of the initial population."""
+
+    @abstractmethod
+    def _ask_children(self, n: int) -> list[Candidate]:
+        """Up to n children of the living population."""
+
+    # ---- the protocol --------------------------------------------------------------
+
+    def ask(self, n: int) -> list[Candidate]:
+        initial = [self._initial_candidate() for _ in range(min(n, self.population_size - self.initial_asked))]
+        self.initial_asked += len(initial)
+        children = self._ask_children(n - len(initial)) if len(initial) < n else []
+        self.pending += len(initial) + len(children)
+        return initial + children
+
+    def tell(self, evaluations: list[Evaluation]) -> None:
+        super().tell(evaluations)
+        self.pending = max(0, self.pending - len(evaluations))
+        # Failed children join too: their score of -1 makes them lose their first tournament.
+        self.population.extend(evaluations)
+        self._cull()
+
+    def _cull(self) -> None:
+        """Hook run after individuals join; aging evolution kills the oldest here."""
+
+    def done(self) -> bool:
+        # Only a population too small to select from, with nothing in flight to refill it, ends it.
+        return (self.initial_asked >= self.population_size and self.pending == 0
+                and len(self.population) < self._min_living())
+
+    def _min_living(self) -> int:
+        return 2
+
+    def warm_start(self, history: list[Evaluation]) -> None:
+        """Seed the population with the best `population_size` results of `history`.
+
+        They replace (some of) the initial individuals, so evolution can start from what
+        another method found. Ties in score keep the earlier result; ages follow history order.
+        """
+        Strategy.tell(self, history)
+        # Results of another space (the lineage store holds every search) cannot be mutated here.
+        usable = [e for e in history if self.space.is_valid(e.candidate.arch, e.candidate.hparams)]
+        pool = self.population + usable
+        ranked = sorted(range(len(pool)), key=lambda i: (-pool[i].score, i))[:self.population_size]
+        self.population = [pool[i] for i in sorted(ranked)]
+        self.initial_asked = max(self.initial_asked, len(self.population))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "population": [e.to_json() for e in self.population],
+            "initial_asked": self.initial_asked,
+            "pending": self.pending,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.population = [Evaluation.from_json(e) for e in state["population"]]
+        self.initial_asked = int(state["initial_asked"])
+        self.pending = int(state["pending"])
+
+    # ---- making a child ------------------------------------------------------------
+
+    def _mutate(self, parent: Evaluation) -> Mutated | None:
+        candidate = parent.candidate
+        try:  # mutate() only returns children the space accepts
+            return mutate(self.space, candidate.arch, candidate.hparams, self.rng, allowed=self.mutations)
+        except NotApplicable:
+            return None
+
+    def _child(self, parent: Evaluation, mutated: Mutated) -> Candidate:
+        # Without a run id (results that never reached the lineage store) there are no
+        # weights to inherit and no run to name as parent.
+        run_id = parent.run_id
+        node_map = None if mutated.node_map is None else {str(c): p for c, p in mutated.node_map.items()}
+        return self._candidate(
+            mutated.arch, mutated.hparams,
+            parents=(run_id,) if run_id is not None else (),
+            inherit_from=run_id if mutated.node_map is not None else None,
+            generation=parent.candidate.generation + 1,
+            info={"mutation": mutated.mutation, "node_map": node_map},
+        )
+
+
+def simplest_network(space: SearchSpace) -> Architecture:
+    """input -> global_pool -> head, or input -> flatten -> head for flat data or without global_pool."""
+    shape, _ = space._require_bound()
+    reduce = "global_pool" if len(shape) > 1 and "global_pool" in space.ops else "flatten"
+    if reduce not in space.ops:
+        raise SpaceError(f"space '{space.name}' has neither global_pool nor flatten, so evolution cannot write "
+                         "its simplest network (input -> reduction -> head); add one of them under ops.")
+    arch = Architecture((Node.make("input"), Node.make(reduce, [0]), Node.make("head", [1])))
+    try:
+        space.validate(arch)
+    except ArchitectureError as exc:
+        raise SpaceError(f"evolution's simplest network is not valid in space '{space.name}': {exc}") from None
+    return arch
+
+
+class LargeScaleEvolution(_Evolution):
+    """Large-scale evolution (Real et al. 2017): pairwise tournaments from the simplest network.
+
+    The population starts as `population_size` copies of the simplest network with sampled
+    hyper-parameters. Each child comes from a tournament: of two distinct living
+    individuals the worse dies (ties: the older) and the better is copied and mutated.
+    Batch-synchronous: `ask(n)` runs n tournaments at once, so an individual killed in a
+    batch cannot be picked again in it; `tell` adds the children to the population.
+
+        >>> from nas.space import SearchSpace
+        >>> from nas.trial import Budget
+        >>> space = SearchSpace.load("spaces/cnn.yaml").bind((1, 8, 8), 10)
+        >>> a = LargeScaleEvolution(space, Budget(5), seed=3).ask(10)
+        >>> len({c.arch.arch_id for c in a}), len({c.hparams.lr for c in a})
+        (1, 10)
+    """
+
+    name = "evolution"
+
+    def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0, population_size: int = 10,
+                 mutations: tuple[str, ...] | None = None) -> None:
+        super().__init__(space, budget, seed=seed, population_size=population_size, mutations=mutations)
+        self._simplest = simplest_network(space)
+
+    def _initial_candidate(self) -> Candidate:
+        # Real et al. start every individual from the same trivial network; varied learning
+        # rates are the only initial diversity.
+        hparams = self.space.sample_hparams(self.rng)
+        self.space.validate(self._simplest, hparams)
+        return self._candidate(self._simplest, hparams, info={"initial": True})
+
+    def _ask_children(self, n: int) -> list[Candidate]:
+        children: list[Candidate] = []
+        for _ in range(n):
+            for _ in range(MAX_TOURNAMENTS_PER_CHILD):
+                if len(self.population) < 2:
+                    return children
+                i, j = sorted(self.rng.sample(range(len(self.population)), 2))
+                # i is older (lower index), so on equal scores it is the one that dies.
+                loser, winner = (i, j) if self.population[i].score <= self.population[j].score else (j, i)
+                parent = self.population[winner]
+                mutated = self._mutate(parent)
+                if mutated is None:
+                    continue  # nothing applies to this winner: the loser survives, try another pair
+                del self.population[loser]
+                children.append(self._child(parent, mutated))
+                break
+        return children
+
+
+class AgingEvolution(_Evolution):
+    """Regularized (aging) evolution (Real et al. 2019).
+
+    The population starts as `population_size` random samples of the space. Each child's
+    parent is the best of `sample_size` living individuals drawn at random; when a child is
+    told it joins the population and the oldest individual dies, however good it was, so
+    no lucky early network rules forever.
+
+        >>> from nas.space import SearchSpace
+        >>> from nas.trial import Budget, Evaluation
+        >>> space = SearchSpace.load("spaces/cnn.yaml").bind((1, 8, 8), 10)
+        >>> search = AgingEvolution(space, Budget(5), seed=0, population_size=3, sample_size=2)
+        >>> first = search.ask(3)
+        >>> search.tell([Evaluation(c, trial_key=str(i), val_acc=0.9 - i / 10, run_id=str(i))
+        ...              for i, c in enumerate(first)])
+        >>> search.tell([Evaluation(c, "3", val_acc=0.1, run_id="3") for c in search.ask(1)])
+        >>> [e.run_id for e in search.population]  # run 0, the best, was the oldest
+        ['1', '2', '3']
+    """
+
+    name = "aging-evolution"
+
+    def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0, population_size: int = 10,
+                 sample_size: int = 3, mutations: tuple[str, ...] | None = None) -> None:
+        super().__init__(space, budget, seed=seed, population_size=population_size, mutations=mutations)
+        if not 1 <= sample_size <= population_size:
+            raise ValueError(f"sample_size={sample_size} must be between 1 and population_size="
+                             f"{population_size}.")
+        self.sample_size = sample_size
+
+    def _initial_candidate(self) -> Candidate:
+        arch, hparams = self.space.sample(self.rng)
+        return self._candidate(arch, hparams, info={"initial": True})
+
+    def _min_living(self) -> int:
+        return 1
+
+    def _ask_children(self, n: int) -> list[Candidate]:
+        children: list[Candidate] = []
+        for _ in range(n):
+            for _ in range(MAX_TOURNAMENTS_PER_CHILD):
+                if not self.population:
+                    return children
+                drawn = self.rng.sample(self.population, min(self.sample_size, len(self.population)))
+                parent = max(drawn, key=lambda e: e.score)  # ties: the first drawn
+                mutated = self._mutate(parent)
+                if mutated is not None:
+                    children.append(self._child(parent, mutated))
+                    break
+        return children
+
+    def _cull(self) -> None:
+        # Regularization: age, not accuracy, decides who dies.
+        del self.population[:max(0, len(self.population) - self.population_size)]
+
+
+__all__ = ["AgingEvolution", "LargeScaleEvolution", "simplest_network"]

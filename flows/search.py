@@ -44,6 +44,11 @@ def _describe(e: Evaluation) -> str:
             f"({e.params:,} params, {e.seconds:.1f}s, run {e.run_id})")
 
 
+def _best(evaluations: list[Evaluation]) -> Evaluation | None:
+    # max() keeps the first of equal scores: the earlier run wins ties, as in the leaderboard.
+    return max((e for e in evaluations if e.ok), key=lambda e: e.score, default=None)
+
+
 def _log_best_model(store: LineageStore, parent_run_id: str, best: Evaluation, meta: DataMeta,
                     data_dir: Path) -> None:
     """The winner as an MLflow model on the search's run, loadable with mlflow.pytorch.load_model."""
@@ -91,6 +96,12 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
     parent = store.start_search(cfg.to_json(), Path(cfg.space), meta.fingerprint, tags=context_tags)
     options = {"population_size": cfg.population} if cfg.population else {}
     strategy = make_strategy(cfg.strategy, space, Budget(cfg.epochs, cfg.max_seconds), seed=cfg.seed, **options)
+    if cfg.from_experiment:
+        history = [e for e in LineageStore(tracking_uri, cfg.from_experiment, root).history() if e.ok]
+        seeds = sorted(history, key=lambda e: e.score, reverse=True)[:cfg.top_k]
+        strategy.warm_start(seeds)
+        logger.info("warm start: the best %d of %d runs of experiment '%s'", len(seeds), len(history),
+                    cfg.from_experiment)
     logger.info("searching %s with %s: %d trials of %d epochs, %d at a time; MLflow run %s in %s",
                 meta.name, cfg.strategy, cfg.trials, cfg.epochs, cfg.concurrency, parent, tracking_uri)
     # Trials share the cores, and each also needs one for Python-side work (Prefect,
@@ -114,10 +125,11 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
                 evaluations.append(e)
                 logger.info("trial %d/%d: %s", len(evaluations), cfg.trials, _describe(e))
             bar.update(len(results))
-            if strategy.best:
-                bar.set_postfix(best_val=f"{strategy.best.val_acc:.4f}")
+            best = _best(evaluations)
+            if best:
+                bar.set_postfix(best_val=f"{best.val_acc:.4f}")
 
-    best = strategy.best
+    best = _best(evaluations)  # of this search: a warm start's runs belong to their own experiment
     summary: dict[str, Any] = {
         "experiment": cfg.experiment_name, "parent_run_id": parent, "tracking_uri": tracking_uri,
         "trials": len(evaluations), "failed": sum(not e.ok for e in evaluations),
@@ -138,6 +150,9 @@ def preflight(config: SearchConfig) -> None:
     if config.strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy '{config.strategy}'; choose one of {sorted(STRATEGIES)} "
                           "with --strategy.")
+    if config.from_experiment and not LineageStore(config.tracking_uri, config.from_experiment).leaderboard(1):
+        raise ConfigError(f"--from-experiment '{config.from_experiment}' has no finished runs in this store; "
+                          "check the name with `nas runs --experiment NAME` or `nas ui`.")
     source_name(config.data.source)
     if config.data.source not in BUILTINS and not Path(config.data.source).is_file():
         raise DataError(f"data file {config.data.source} does not exist; --data takes digits, mnist1d, "

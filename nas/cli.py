@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "mutations, weight inheritance) or aging-evolution (default: random)")
     p.add_argument("--trials", type=int, help="how many candidates to train (default: 20)")
     p.add_argument("--population", type=int, help="population size of the evolution strategies (default: 10)")
+    p.add_argument("--from-experiment", help="warm-start the strategy from this experiment's best runs, "
+                                             "whatever strategy produced them")
+    p.add_argument("--top-k", type=int, help="how many runs --from-experiment takes (default: 10)")
     p.add_argument("--epochs", type=int, help="training epochs per candidate (default: 20)")
     p.add_argument("--seed", type=int, help="seed of the strategy and of training (default: 0)")
     p.add_argument("--concurrency", type=int, help="candidates trained at once (default: 2)")
@@ -94,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Tags, parameters, metrics, artifacts and architecture of one MLflow run.")
     p.add_argument("run_id", metavar="RUN_ID")
     _add_store_options(p)
+
+    p = sub.add_parser("lineage", help="draw an experiment's family tree to a PNG",
+                       description="One node per trial, coloured by validation accuracy, an edge from each "
+                       "parent to its child labelled with the mutation; the PNG is also logged to the "
+                       "experiment's latest search run.")
+    p.add_argument("experiment", metavar="EXPERIMENT")
+    p.add_argument("--out", help="PNG path (default: lineage-EXPERIMENT.png)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: as for search)")
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 against the same store",
                        description="Browse every trial: its curves, architecture, weights and parents.")
@@ -125,6 +136,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         source=args.source, label_column=args.label_column, data_dir=args.data_dir,
         shape=parse_shape(args.shape) if args.shape else None,
         space=args.space, strategy=args.strategy, trials=args.trials, epochs=args.epochs, population=args.population,
+        from_experiment=args.from_experiment, top_k=args.top_k,
         concurrency=args.concurrency, max_seconds=args.max_seconds, max_params=args.max_params,
         device=args.device, experiment=args.experiment, tracking_uri=args.tracking_uri, seed=args.seed,
         split_seed=args.split_seed)
@@ -177,6 +189,26 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from nas.config import load_params
+    from nas.lineage import LineageStore
+    from nas.reports import family_tree
+
+    uri = load_params(args.params).override(tracking_uri=args.tracking_uri).tracking_uri
+    store = LineageStore(uri, args.experiment)
+    if not store.leaderboard(1):
+        print(f"no finished trials in experiment '{args.experiment}' yet; run `nas search` first.")
+        return 1
+    history = store.history()
+    path = family_tree(history, args.out or f"lineage-{args.experiment}.png",
+                       title=f"{args.experiment}: {len(history)} trials")
+    search = store.latest_search()
+    if search:
+        store.log_file(search, path)
+    print(f"family tree of {len(history)} trials -> {path}" + (f" (logged to run {search})" if search else ""))
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from nas.lineage import LineageStore
 
@@ -187,7 +219,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"prepare": cmd_prepare, "search": cmd_search, "runs": cmd_runs, "show": cmd_show, "ui": cmd_ui}
+COMMANDS = {"prepare": cmd_prepare, "search": cmd_search, "runs": cmd_runs, "show": cmd_show,
+            "lineage": cmd_lineage, "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -340,6 +340,16 @@ class LineageStore:
                             order_by=["attributes.start_time ASC"])
         return [self._evaluation(run) for run in runs]
 
+    def latest_search(self) -> str | None:
+        """The run id of the experiment's most recent search, if any."""
+        runs = self._search(f"tags.`nas.kind` = '{KIND_SEARCH}'", order_by=["attributes.start_time DESC"],
+                            max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def log_file(self, run_id: str, path: Path) -> None:
+        with self._writing() as client:
+            client.log_artifact(run_id, str(path))
+
     def parents(self, run_id: str) -> list[str]:
         return list(json.loads(self._get_run(run_id).data.tags.get("nas.parents", "[]")))
 

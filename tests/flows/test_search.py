@@ -1,6 +1,8 @@
 """The search flow end to end: real Prefect API, real MLflow store, real (tiny) training."""
 
 import json
+import subprocess
+import sys
 import time
 
 import mlflow
@@ -106,3 +108,30 @@ def test_evolution_records_parents_mutations_and_inherits_weights(tmp_path, digi
         assert int(child.data.tags["nas.generation"]) == int(runs[parents[0]].data.tags["nas.generation"]) + 1
     inheriting = [c for c in children if c.data.tags.get("nas.inherit_from")]
     assert all(int(c.data.tags.get("nas.inherited_tensors", 0)) > 0 for c in inheriting)
+
+
+def test_evolution_warm_starts_from_another_experiments_best_runs(tmp_path, digits_dir, prefect_api):
+    seeds = config(tmp_path, digits_dir, trials=4, epochs=1, experiment="seeds")
+    run_search(seeds)
+    seed_runs = {r.info.run_id for r in trial_runs(seeds)}
+    cfg = config(tmp_path, digits_dir, strategy="evolution", trials=3, epochs=1, population=3, experiment="warm",
+                 from_experiment="seeds", top_k=3)
+    run_search(cfg)
+    runs = trial_runs(cfg)
+    assert all("nas.mutation" in r.data.tags for r in runs)  # no initial individuals: all are children
+    parents = {json.loads(r.data.tags["nas.parents"])[0] for r in runs}
+    assert parents <= seed_runs | {r.info.run_id for r in runs} and parents & seed_runs
+    with pytest.raises(ValueError, match="no finished runs"):
+        run_search(config(tmp_path, digits_dir, strategy="evolution", from_experiment="nope"))
+
+
+def test_lineage_command_draws_and_logs_the_family_tree(tmp_path, digits_dir, prefect_api):
+    cfg = config(tmp_path, digits_dir, strategy="evolution", trials=5, epochs=1, population=3, experiment="tree")
+    summary = run_search(cfg)
+    out = tmp_path / "tree.png"
+    result = subprocess.run([sys.executable, "-m", "nas.cli", "lineage", "tree", "--out", str(out),
+                             "--tracking-uri", cfg.tracking_uri], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes().startswith(b"\x89PNG")
+    logged = {a.path for a in mlflow.MlflowClient(cfg.tracking_uri).list_artifacts(summary["parent_run_id"])}
+    assert "tree.png" in logged

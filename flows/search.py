@@ -7,6 +7,7 @@ finished search replays the strategy: finished trials come back from the cache.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import subprocess
@@ -150,6 +151,8 @@ def preflight(config: SearchConfig) -> None:
     if config.strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy '{config.strategy}'; choose one of {sorted(STRATEGIES)} "
                           "with --strategy.")
+    if config.population and "population_size" not in inspect.signature(STRATEGIES[config.strategy]).parameters:
+        raise ConfigError(f"--population applies to population-based strategies; '{config.strategy}' has none.")
     if config.from_experiment and not LineageStore(config.tracking_uri, config.from_experiment).leaderboard(1):
         raise ConfigError(f"--from-experiment '{config.from_experiment}' has no finished runs in this store; "
                           "check the name with `nas runs --experiment NAME` or `nas ui`.")

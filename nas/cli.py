@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     p.add_argument("--space", help="search-space YAML file (default: spaces/small-cnn.yaml)")
     p.add_argument("--strategy", help="search method: random, grid, evolution (Real et al. 2017: tournaments, "
-                                      "mutations, weight inheritance) or aging-evolution (default: random)")
+                                      "mutations, weight inheritance), aging-evolution (Real et al. 2019) or "
+                                      "codeepneat (Miikkulainen et al. 2017) (default: random)")
     p.add_argument("--trials", type=int, help="how many candidates to train (default: 20)")
     p.add_argument("--population", type=int, help="population size of the evolution strategies (default: 10)")
     p.add_argument("--from-experiment", help="warm-start the strategy from this experiment's best runs, "

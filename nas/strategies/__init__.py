@@ -6,13 +6,14 @@ from typing import Any
 
 from nas.space import SearchSpace
 from nas.strategies.base import Strategy
+from nas.strategies.codeepneat import CoDeepNEAT
 from nas.strategies.evolution import AgingEvolution, LargeScaleEvolution
 from nas.strategies.grid_search import GridSearch
 from nas.strategies.random_search import RandomSearch
 from nas.trial import Budget
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (RandomSearch, GridSearch, LargeScaleEvolution, AgingEvolution)}
+    cls.name: cls for cls in (RandomSearch, GridSearch, LargeScaleEvolution, AgingEvolution, CoDeepNEAT)}
 
 
 def make_strategy(name: str, space: SearchSpace, budget: Budget, seed: int = 0, **options: Any) -> Strategy:
@@ -25,5 +26,5 @@ def make_strategy(name: str, space: SearchSpace, budget: Budget, seed: int = 0, 
         raise ValueError(f"strategy '{name}' takes no option among {sorted(options)}.") from None
 
 
-__all__ = ["STRATEGIES", "AgingEvolution", "GridSearch", "LargeScaleEvolution", "RandomSearch", "Strategy",
+__all__ = ["STRATEGIES", "AgingEvolution", "CoDeepNEAT", "GridSearch", "LargeScaleEvolution", "RandomSearch", "Strategy",
            "make_strategy"]

@@ -85,11 +85,14 @@ def test_same_seed_same_search(tmp_path, digits_dir, prefect_api):
     assert len(store.history()) == 2
 
 
-@pytest.mark.parametrize("strategy", ["grid"])
+@pytest.mark.parametrize("strategy", ["grid", "codeepneat"])
 def test_other_strategies_run_through_the_flow(tmp_path, digits_dir, prefect_api, strategy):
-    summary = run_search(config(tmp_path, digits_dir, strategy=strategy, trials=2, epochs=1,
-                                space=str(ROOT / "spaces/mlp.yaml")))
-    assert summary["trials"] == 2
+    cfg = config(tmp_path, digits_dir, strategy=strategy, trials=4, epochs=1, experiment=strategy,
+                 space=str(ROOT / ("spaces/mlp.yaml" if strategy == "grid" else "spaces/cnn.yaml")))
+    assert run_search(cfg)["trials"] == 4
+    if strategy == "codeepneat":  # assembled networks name the genomes they came from
+        for run in trial_runs(cfg):
+            assert {"nas.blueprint", "nas.modules", "nas.species"} <= set(run.data.tags)
 
 
 @pytest.mark.parametrize("strategy", ["evolution", "aging-evolution"])

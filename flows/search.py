@@ -1,8 +1,10 @@
 """The search flow: prepare the data, then ask -> train in parallel -> tell, until the trial budget is spent.
 
-Rounds are batch-synchronous (ask `concurrency` candidates, train them at once, tell all
-results in candidate order), so a seed fixes the whole search. Re-running a killed or
-finished search replays the strategy: finished trials come back from the cache.
+By default rounds are batch-synchronous (ask `concurrency` candidates, train them at once,
+tell all results in candidate order), so a seed fixes the whole search, and re-running a
+killed or finished search replays it: finished trials come back from the cache. The
+asynchronous mode keeps every worker busy instead, for clusters, at the price of that
+replay.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
@@ -25,7 +28,7 @@ from nas.data import BUILTINS, DataError, DataMeta, load_split, read_meta, sourc
 from nas.lineage import LineageStore, resolve_tracking_uri
 from nas.space import SearchSpace
 from nas.strategies import STRATEGIES, make_strategy
-from nas.trial import Budget, Evaluation
+from nas.trial import Budget, Candidate, Evaluation
 from tasks.prepare import prepare_data
 from tasks.train import train_candidate
 
@@ -109,26 +112,46 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
     # MLflow, batching); torch gets the rest. More threads than that only add contention.
     threads = max(1, (os.cpu_count() or 1) // cfg.concurrency - 1)
 
+    def submit(candidate: Candidate) -> PrefectFuture:
+        return train_candidate.submit(
+            candidate.to_json(), candidate.trial_key(meta.fingerprint, cfg.seed), data_dir=str(data_dir),
+            seed=cfg.seed, experiment=cfg.experiment_name, tracking_uri=tracking_uri, parent_run_id=parent,
+            strategy=cfg.strategy, max_params=cfg.max_params or space.max_params, device=cfg.device,
+            threads=threads, tags=context_tags)
+
     evaluations: list[Evaluation] = []
+
+    def record(futures: list[PrefectFuture]) -> None:
+        results = [Evaluation.from_json(f.result()) for f in futures]
+        strategy.tell(results)
+        for e in results:
+            evaluations.append(e)
+            logger.info("trial %d/%d: %s", len(evaluations), cfg.trials, _describe(e))
+        bar.update(len(results))
+        if best := _best(evaluations):
+            bar.set_postfix(best_val=f"{best.val_acc:.4f}")
+
     with tqdm(total=cfg.trials, desc=f"{cfg.strategy} search", unit="trial", dynamic_ncols=True) as bar:
-        while len(evaluations) < cfg.trials and not strategy.done():
-            batch = strategy.ask(min(cfg.concurrency, cfg.trials - len(evaluations)))
-            if not batch:
-                break
-            futures = [train_candidate.submit(
-                c.to_json(), c.trial_key(meta.fingerprint, cfg.seed), data_dir=str(data_dir), seed=cfg.seed,
-                experiment=cfg.experiment_name, tracking_uri=tracking_uri, parent_run_id=parent,
-                strategy=cfg.strategy, max_params=cfg.max_params or space.max_params, device=cfg.device,
-                threads=threads, tags=context_tags) for c in batch]
-            results = [Evaluation.from_json(f.result()) for f in futures]
-            strategy.tell(results)
-            for e in results:
-                evaluations.append(e)
-                logger.info("trial %d/%d: %s", len(evaluations), cfg.trials, _describe(e))
-            bar.update(len(results))
-            best = _best(evaluations)
-            if best:
-                bar.set_postfix(best_val=f"{best.val_acc:.4f}")
+        if cfg.asynchronous:
+            # Each finished trial is told at once and its worker gets the next candidate:
+            # no worker waits for the slowest of a round, but the order, and so the
+            # search, depends on timing.
+            in_flight = [submit(c) for c in strategy.ask(min(cfg.concurrency, cfg.trials))]
+            asked = len(in_flight)
+            while in_flight:
+                finished = next(as_completed(in_flight))
+                in_flight.remove(finished)
+                record([finished])
+                if asked < cfg.trials and not strategy.done():
+                    more = strategy.ask(1)
+                    asked += len(more)
+                    in_flight.extend(submit(c) for c in more)
+        else:
+            while len(evaluations) < cfg.trials and not strategy.done():
+                batch = strategy.ask(min(cfg.concurrency, cfg.trials - len(evaluations)))
+                if not batch:
+                    break
+                record([submit(c) for c in batch])
 
     best = _best(evaluations)  # of this search: a warm start's runs belong to their own experiment
     summary: dict[str, Any] = {

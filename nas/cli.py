@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "codeepneat (Miikkulainen et al. 2017) (default: random)")
     p.add_argument("--trials", type=int, help="how many candidates to train (default: 20)")
     p.add_argument("--population", type=int, help="population size of the evolution strategies (default: 10)")
+    p.add_argument("--async", dest="asynchronous", action="store_true", default=None,
+                   help="tell each finished trial at once and start the next (keeps a cluster busy; the "
+                        "order then depends on timing, so a re-run does not replay exactly)")
     p.add_argument("--from-experiment", help="warm-start the strategy from this experiment's best runs, "
                                              "whatever strategy produced them")
     p.add_argument("--top-k", type=int, help="how many runs --from-experiment takes (default: 10)")
@@ -137,7 +140,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         source=args.source, label_column=args.label_column, data_dir=args.data_dir,
         shape=parse_shape(args.shape) if args.shape else None,
         space=args.space, strategy=args.strategy, trials=args.trials, epochs=args.epochs, population=args.population,
-        from_experiment=args.from_experiment, top_k=args.top_k,
+        from_experiment=args.from_experiment, top_k=args.top_k, asynchronous=args.asynchronous,
         concurrency=args.concurrency, max_seconds=args.max_seconds, max_params=args.max_params,
         device=args.device, experiment=args.experiment, tracking_uri=args.tracking_uri, seed=args.seed,
         split_seed=args.split_seed)

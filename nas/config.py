@@ -47,6 +47,7 @@ class SearchConfig:
     max_seconds: float | None = 120.0  # per-trial time limit
     max_params: int | None = None  # overrides the space file's limit
     population: int | None = None  # evolution's population size (default: the strategy's)
+    asynchronous: bool = False  # tell each result as it finishes instead of in rounds
     from_experiment: str | None = None  # warm-start from this experiment's best runs ...
     top_k: int = 10  # ... this many of them
     device: str | None = None  # "cpu" or "cuda"; default: cuda when available

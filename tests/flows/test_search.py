@@ -95,10 +95,12 @@ def test_other_strategies_run_through_the_flow(tmp_path, digits_dir, prefect_api
             assert {"nas.blueprint", "nas.modules", "nas.species"} <= set(run.data.tags)
 
 
-@pytest.mark.parametrize("strategy", ["evolution", "aging-evolution"])
-def test_evolution_records_parents_mutations_and_inherits_weights(tmp_path, digits_dir, prefect_api, strategy):
+@pytest.mark.parametrize("strategy, asynchronous", [("evolution", False), ("aging-evolution", False),
+                                                    ("evolution", True)])
+def test_evolution_records_parents_mutations_and_inherits_weights(tmp_path, digits_dir, prefect_api, strategy,
+                                                                    asynchronous):
     cfg = config(tmp_path, digits_dir, strategy=strategy, trials=8, epochs=2, population=4,
-                 space=str(ROOT / "spaces/cnn.yaml"), experiment=strategy)
+                 space=str(ROOT / "spaces/cnn.yaml"), experiment=strategy, asynchronous=asynchronous)
     assert run_search(cfg)["trials"] == 8
     runs = {r.info.run_id: r for r in trial_runs(cfg)}
     children = [r for r in runs.values() if r.data.tags.get("nas.mutation")]

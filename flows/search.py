@@ -53,6 +53,11 @@ def _best(evaluations: list[Evaluation]) -> Evaluation | None:
     return max((e for e in evaluations if e.ok), key=lambda e: e.score, default=None)
 
 
+def _best_runs(store: LineageStore, k: int) -> list[Evaluation]:
+    """Another experiment's k best finished trials, whatever strategy produced them."""
+    return sorted((e for e in store.history() if e.ok), key=lambda e: e.score, reverse=True)[:k]
+
+
 def _log_best_model(store: LineageStore, parent_run_id: str, best: Evaluation, meta: DataMeta,
                     data_dir: Path) -> None:
     """The winner as an MLflow model on the search's run, loadable with mlflow.pytorch.load_model."""
@@ -92,7 +97,7 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
     space = (SearchSpace.load(cfg.space).bind(meta.shape, len(meta.classes)).with_hparams(epochs=cfg.epochs))
     tracking_uri = resolve_tracking_uri(cfg.tracking_uri, root)
     store = LineageStore(tracking_uri, cfg.experiment_name, root)
-    store.ensure()  # create the database and experiment once, before trial threads race to
+    store.ensure()  # create the database and experiment once, before trial threads race to do it
     commit = git_commit(root)
     context_tags = {"prefect.flow_run_id": str(flow_run.id)}
     if commit:
@@ -101,11 +106,9 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
     options = {"population_size": cfg.population} if cfg.population else {}
     strategy = make_strategy(cfg.strategy, space, Budget(cfg.epochs, cfg.max_seconds), seed=cfg.seed, **options)
     if cfg.from_experiment:
-        history = [e for e in LineageStore(tracking_uri, cfg.from_experiment, root).history() if e.ok]
-        seeds = sorted(history, key=lambda e: e.score, reverse=True)[:cfg.top_k]
+        seeds = _best_runs(LineageStore(tracking_uri, cfg.from_experiment, root), cfg.top_k)
         strategy.warm_start(seeds)
-        logger.info("warm start: the best %d of %d runs of experiment '%s'", len(seeds), len(history),
-                    cfg.from_experiment)
+        logger.info("warm start: the best %d runs of experiment '%s'", len(seeds), cfg.from_experiment)
     logger.info("searching %s with %s: %d trials of %d epochs, %d at a time; MLflow run %s in %s",
                 meta.name, cfg.strategy, cfg.trials, cfg.epochs, cfg.concurrency, parent, tracking_uri)
     # Trials share the cores, and each also needs one for Python-side work (Prefect,

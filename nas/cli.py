@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="everything recorded about one run",
                        description="Tags, parameters, metrics, artifacts and architecture of one MLflow run.")
     p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--json", action="store_true", help="print everything as JSON")
     _add_store_options(p)
 
     p = sub.add_parser("lineage", help="draw an experiment's family tree to a PNG",
@@ -189,7 +190,20 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     config = load_params(args.params).override(experiment=args.experiment, tracking_uri=args.tracking_uri)
     summary = LineageStore(config.tracking_uri, config.experiment_name).run_summary(args.run_id)
-    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        return 0
+    from nas.space import Architecture
+
+    print(f"run {summary['run_id']} ({summary['name']}): {summary['status']}, parent {summary['parent_run_id']}")
+    for title, values in (("tags", summary["tags"]), ("metrics", summary["metrics"]), ("params", summary["params"])):
+        print(f"\n{title}:")
+        for key, value in sorted(values.items()):
+            print(f"  {key:<28} {value}")
+    print("\nartifacts: " + ", ".join(summary["artifacts"]))
+    if summary.get("architecture"):
+        print("\narchitecture:")
+        print("\n".join(Architecture.from_json(summary["architecture"]["arch"]).describe()))
     return 0
 
 

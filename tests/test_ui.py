@@ -1,4 +1,4 @@
-"""`nas ui` serves the MLflow UI on 127.0.0.1 against the same store, and it shows the runs."""
+"""`nas show` prints a run, and `nas ui` serves the MLflow UI on 127.0.0.1 against the same store."""
 
 import json
 import os
@@ -28,6 +28,11 @@ def test_ui_lists_the_trials_of_the_store(tmp_path):
     parent = store.start_search({"strategy": "random"}, None, "fp")
     run_id = store.start_trial(candidate, "key", parent_run_id=parent, strategy="random", data_fingerprint="fp")
     store.finish_trial(run_id, Evaluation(candidate, "key", val_acc=0.5, test_acc=0.4, run_id=run_id))
+
+    shown = subprocess.run([sys.executable, "-m", "nas.cli", "show", run_id, "--tracking-uri", uri,
+                            "--experiment", "ui-test"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "nas.trial_key" in shown.stdout and "1  flatten" in shown.stdout
 
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "nas.cli", "ui", "--port", str(port), "--tracking-uri", uri],

@@ -116,6 +116,11 @@ class Architecture:
     def arch_id(self) -> str:
         return digest(self.to_json())
 
+    def describe(self) -> list[str]:
+        """One readable line per node: position, op, attributes, inputs."""
+        return [f"{i:>3}  {node.op:<11} {' '.join(f'{k}={v}' for k, v in node.attrs):<72} "
+                f"<- {', '.join(map(str, node.inputs)) or '-'}" for i, node in enumerate(self.nodes)]
+
     def consumers(self, index: int) -> list[int]:
         return [i for i, n in enumerate(self.nodes) if index in n.inputs]
 

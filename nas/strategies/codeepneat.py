@@ -92,19 +92,26 @@ def _mean(scores: list[float]) -> float | None:
     return sum(scores) / len(scores) if scores else None
 
 
-@dataclass
-class Module:
-    """A chain of layers, in order, with optional skip connections between them."""
+@dataclass(kw_only=True)
+class _Scored:
+    """What modules and blueprints share: a species, and the scores credited back to them."""
 
-    id: int
-    layers: list[LayerGene]
-    skips: list[SkipGene] = field(default_factory=list)
     species: int = -1
     scores: list[float] = field(default_factory=list)
 
     @property
     def fitness(self) -> float | None:
+        """The mean score of the networks this genome took part in."""
         return _mean(self.scores)
+
+
+@dataclass
+class Module(_Scored):
+    """A chain of layers, in order, with optional skip connections between them."""
+
+    id: int
+    layers: list[LayerGene]
+    skips: list[SkipGene] = field(default_factory=list)
 
     def genes(self) -> dict[int, Traits]:
         genes: dict[int, Traits] = {g.innovation: {"op": g.op, **g.attrs} for g in self.layers}
@@ -131,8 +138,8 @@ class Module:
     @staticmethod
     def from_json(data: dict[str, Any]) -> Module:
         return Module(int(data["id"]), [LayerGene.from_json(g) for g in data["layers"]],
-                      [SkipGene.from_json(s) for s in data["skips"]], int(data["species"]),
-                      [float(s) for s in data["scores"]])
+                      [SkipGene.from_json(s) for s in data["skips"]], species=int(data["species"]),
+                      scores=[float(s) for s in data["scores"]])
 
 
 @dataclass
@@ -142,18 +149,12 @@ class Slot:
 
 
 @dataclass
-class Blueprint:
+class Blueprint(_Scored):
     """A chain of slots, each filled by a module of the named species, plus the hyper-parameters."""
 
     id: int
     slots: list[Slot]
     hparams: HParams
-    species: int = -1
-    scores: list[float] = field(default_factory=list)
-
-    @property
-    def fitness(self) -> float | None:
-        return _mean(self.scores)
 
     def genes(self) -> dict[int, Traits]:
         return {s.innovation: {"species": s.species} for s in self.slots}
@@ -165,7 +166,8 @@ class Blueprint:
     @staticmethod
     def from_json(data: dict[str, Any]) -> Blueprint:
         return Blueprint(int(data["id"]), [Slot(int(i), int(s)) for i, s in data["slots"]],
-                         HParams.from_json(data["hparams"]), int(data["species"]), [float(s) for s in data["scores"]])
+                         HParams.from_json(data["hparams"]), species=int(data["species"]),
+                         scores=[float(s) for s in data["scores"]])
 
 
 Genome = Module | Blueprint

@@ -33,7 +33,6 @@ def _configure_environment(root: Path) -> None:
     # so a project's cache travels with its MLflow store and `make clean` resets both.
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "true")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from nas.space import SearchSpace
 from nas.strategies.base import Strategy
+from nas.strategies.bayes import BayesianOptimization
 from nas.strategies.codeepneat import CoDeepNEAT
 from nas.strategies.evolution import AgingEvolution, LargeScaleEvolution
 from nas.strategies.grid_search import GridSearch
@@ -13,7 +14,8 @@ from nas.strategies.random_search import RandomSearch
 from nas.trial import Budget
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (RandomSearch, GridSearch, LargeScaleEvolution, AgingEvolution, CoDeepNEAT)}
+    cls.name: cls for cls in (RandomSearch, GridSearch, BayesianOptimization, LargeScaleEvolution, AgingEvolution,
+                              CoDeepNEAT)}
 
 
 def make_strategy(name: str, space: SearchSpace, budget: Budget, seed: int = 0, **options: Any) -> Strategy:
@@ -26,5 +28,5 @@ def make_strategy(name: str, space: SearchSpace, budget: Budget, seed: int = 0, 
         raise ValueError(f"strategy '{name}' takes no option among {sorted(options)}.") from None
 
 
-__all__ = ["STRATEGIES", "AgingEvolution", "CoDeepNEAT", "GridSearch", "LargeScaleEvolution", "RandomSearch", "Strategy",
-           "make_strategy"]
+__all__ = ["STRATEGIES", "AgingEvolution", "BayesianOptimization", "CoDeepNEAT", "GridSearch", "LargeScaleEvolution",
+           "RandomSearch", "Strategy", "make_strategy"]

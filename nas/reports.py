@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import csv
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from nas.trial import Evaluation
 
 _FAILED_COLOUR = "#9e9e9e"
 _MAX_SIZE = (30.0, 20.0)  # inches
 _ANNOTATE_BELOW = 60  # runs
+_PLOT_SIZE = (7.0, 4.0)  # inches
+
+# Column orders of the row helpers, so that an empty history still gives a CSV with a header.
+TRAJECTORY_COLUMNS = ("trial", "val_acc", "best_val_acc")
+PARETO_COLUMNS = ("run_id", "arch_id", "params", "val_acc", "pareto")
 
 
 def family_tree(history: list[Evaluation], path: str | Path, title: str = "") -> Path:
@@ -84,3 +92,150 @@ def family_tree(history: list[Evaluation], path: str | Path, title: str = "") ->
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", bbox_inches="tight")
     return path
+
+
+def _finished(e: Evaluation) -> bool:
+    return e.ok and e.val_acc is not None
+
+
+def trajectory_rows(history: list[Evaluation]) -> list[dict[str, Any]]:
+    """One row per trial in history order: its validation accuracy (None if it failed) and the best
+    accuracy over the finished trials so far (None until the first success)."""
+    rows: list[dict[str, Any]] = []
+    best: float | None = None
+    for i, e in enumerate(history, start=1):
+        val = e.val_acc if _finished(e) else None
+        if val is not None and (best is None or val > best):
+            best = val
+        rows.append({"trial": i, "val_acc": val, "best_val_acc": best})
+    return rows
+
+
+def pareto_front(points: list[tuple[int, float]]) -> list[int]:
+    """Indices of the (params, accuracy) points that no other point beats on both (fewer or equal
+    params and higher or equal accuracy, one strictly), sorted by params. Of equal points only the
+    first is kept, so the front has no duplicates."""
+    # Cheapest first, and among equal params the most accurate (then the earliest) first: a point
+    # is on the front exactly when it is more accurate than everything before it in this order.
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1], i))
+    front: list[int] = []
+    for i in order:
+        if not front or points[i][1] > points[front[-1]][1]:
+            front.append(i)
+    return front
+
+
+def pareto_rows(history: list[Evaluation]) -> list[dict[str, Any]]:
+    """One row per finished trial in history order, `pareto` marking the accuracy/size front."""
+    done = [(e, e.val_acc) for e in history if e.ok and e.val_acc is not None]
+    front = set(pareto_front([(e.params, val) for e, val in done]))
+    return [{"run_id": e.run_id, "arch_id": e.arch_id, "params": e.params, "val_acc": val,
+             "pareto": i in front} for i, (e, val) in enumerate(done)]
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path, columns: Sequence[str] | None = None) -> Path:
+    """Write rows as CSV (None as an empty cell) with `columns` as the header, by default the first
+    row's keys. Pass columns (e.g. TRAJECTORY_COLUMNS) where rows may be empty: the file then still
+    has a header, which `dvc plots` needs. Returns the path."""
+    if columns is None:
+        if not rows:
+            raise ValueError(f"write_csv({str(path)!r}): no rows to take a header from; pass columns")
+        columns = list(rows[0])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _axes(title: str) -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=_PLOT_SIZE, dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, linewidth=0.4, alpha=0.5)
+    return fig, ax
+
+
+def _note(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="#555555")
+
+
+def _save(fig: Any, ax: Any, path: str | Path) -> Path:
+    if ax.get_legend_handles_labels()[0]:  # an empty legend only warns
+        ax.legend(fontsize=7, loc="best")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", bbox_inches="tight")
+    return path
+
+
+def trajectory_plot(history: list[Evaluation], path: str | Path, title: str = "") -> Path:
+    """Draw the search's progress as a PNG: each trial's validation accuracy as a dot (failed trials
+    as grey crosses along the bottom), the best so far as a step line, x the trial number.
+    Returns the path."""
+    from matplotlib.ticker import MaxNLocator
+
+    rows = trajectory_rows(history)
+    fig, ax = _axes(title or f"{len(rows)} trials")
+    done = [r for r in rows if r["val_acc"] is not None]
+    failed = [r["trial"] for r in rows if r["val_acc"] is None]
+    if done:
+        ax.scatter([r["trial"] for r in done], [r["val_acc"] for r in done], s=18, color="tab:blue",
+                   zorder=3, label="trial")
+        best = [r for r in rows if r["best_val_acc"] is not None]
+        ax.step([r["trial"] for r in best], [r["best_val_acc"] for r in best], where="post",
+                color="tab:orange", linewidth=1.5, zorder=2, label="best so far")
+    if failed:
+        # Failures have no accuracy: pin them to the bottom edge (axes coordinates) so that they
+        # never stretch the accuracy range.
+        ax.plot(failed, [0.02] * len(failed), linestyle="none", marker="x", color=_FAILED_COLOUR,
+                transform=ax.get_xaxis_transform(), clip_on=False, zorder=3, label="failed")
+    if not done:
+        ax.set_ylim(0.0, 1.0)  # nothing sets a range: show the whole accuracy scale
+        _note(ax, "no finished trials" if rows else "no trials")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy")
+    return _save(fig, ax, path)
+
+
+def pareto_plot(history: list[Evaluation], path: str | Path, title: str = "") -> Path:
+    """Draw validation accuracy against parameter count (log scale) as a PNG: every finished trial
+    as a dot, the Pareto front highlighted and joined by a step line. Returns the path."""
+    rows = pareto_rows(history)
+    fig, ax = _axes(title or f"{len(rows)} finished trials")
+    # A log axis cannot show a count of zero (unmeasured): leave those out and say so.
+    shown = [r for r in rows if r["params"] > 0]
+    front = sorted((r for r in shown if r["pareto"]), key=lambda r: r["params"])
+    if shown:
+        ax.scatter([r["params"] for r in shown], [r["val_acc"] for r in shown], s=18, color="tab:blue",
+                   alpha=0.6, zorder=2, label="trial")
+        ax.step([r["params"] for r in front], [r["val_acc"] for r in front], where="post",
+                color="tab:red", linewidth=1.2, zorder=3)
+        ax.scatter([r["params"] for r in front], [r["val_acc"] for r in front], s=40, color="tab:red",
+                   edgecolors="black", linewidths=0.6, zorder=4, label="Pareto front")
+        ax.set_xscale("log")
+    hidden = len(rows) - len(shown)
+    if not shown:
+        _note(ax, f"{hidden} finished trials without a parameter count" if hidden else "no finished trials")
+    elif hidden:
+        ax.text(0.01, 0.01, f"{hidden} without a parameter count not shown", transform=ax.transAxes,
+                fontsize=7, color="#555555")
+    ax.set_xlabel("parameters (log scale)" if shown else "parameters")
+    ax.set_ylabel("validation accuracy")
+    return _save(fig, ax, path)
+
+
+def write_plot_data(history: list[Evaluation], folder: str | Path) -> list[Path]:
+    """The CSVs `dvc plots` draws: the trajectory, every trial's size and accuracy, and the Pareto front alone."""
+    folder = Path(folder)
+    pareto = pareto_rows(history)
+    return [write_csv(trajectory_rows(history), folder / "trajectory.csv", TRAJECTORY_COLUMNS),
+            write_csv(pareto, folder / "pareto.csv", PARETO_COLUMNS),
+            write_csv([r for r in pareto if r["pareto"]], folder / "pareto_front.csv", PARETO_COLUMNS)]

@@ -21,9 +21,11 @@ import contextlib
 import gc
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,7 +36,7 @@ from nas.space.architecture import Architecture, ArchitectureError, HParams
 from nas.space.shapes import infer
 from nas.trial import FAILED, Budget, Candidate, Evaluation
 
-__all__ = ["TrainData", "TrainOutcome", "fit", "load_data", "pick_device", "train"]
+__all__ = ["TrainData", "TrainOutcome", "fit", "load_data", "pick_device", "predict_accuracy", "train"]
 
 EVAL_BATCH = 4096  # evaluation keeps no activations for backward, so batches can be large
 DIVERGENCE_FACTOR = 10.0  # an epoch's mean loss this many times the first epoch's ...
@@ -60,12 +62,24 @@ class TrainData:
     def device(self) -> torch.device:
         return self.x_train.device
 
+    def with_validation_in_training(self) -> TrainData:
+        """Train on train+val, for the final model once validation has chosen it.
+
+        The val split stays as a progress signal, now measured on data the model trains on;
+        the fingerprint changes, so such a run never shares a trial key with an ordinary one.
+        """
+        return replace(self, x_train=torch.cat([self.x_train, self.x_val]),
+                       y_train=torch.cat([self.y_train, self.y_val]), fingerprint=f"{self.fingerprint}+val")
+
 
 @dataclass
 class TrainOutcome:
     evaluation: Evaluation
     weights: dict[str, torch.Tensor] | None = None  # CPU state dict of the final model; None on failure
     model: nn.Module | None = None
+    # Everything needed to continue the run exactly, kept when the budget stopped it before
+    # its learning-rate schedule (hparams.epochs) ended: Hyperband promotes such runs.
+    checkpoint: dict[str, Any] | None = None
 
     @property
     def inherited(self) -> list[str]:
@@ -163,6 +177,11 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
     return correct.item() / max(len(y), 1)
 
 
+def predict_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    """Accuracy of a (loaded) model on host arrays, on the CPU: how a served model is judged."""
+    return _accuracy(model.cpu(), torch.from_numpy(x), torch.from_numpy(y), torch.device("cpu"))
+
+
 def _inherit(model: nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:
     """Load every tensor whose key and shape match; the rest keep their fresh initialisation."""
     own = model.state_dict()
@@ -176,9 +195,27 @@ def _is_out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
-def _run_epochs(model: nn.Module, candidate: Candidate, data: TrainData, evaluation: Evaluation,
-                seed: int, device: torch.device, started: float) -> None:
-    """Train for the budget's epochs, appending each epoch's metrics to `evaluation` as it goes."""
+def _checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, shuffle: torch.Generator,
+                evaluation: Evaluation) -> dict[str, Any]:
+    def host(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.detach().to("cpu", copy=True)
+        return {k: host(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    return {"epoch": evaluation.epochs_trained, "model": host(model.state_dict()),
+            "optimizer": host(optimizer.state_dict()), "shuffle": shuffle.get_state(),
+            "dropout": model.dropout_generators.__getstate__(),
+            "train_loss": list(evaluation.train_loss), "val_accs": list(evaluation.val_accs)}
+
+
+def _run_epochs(model: nn.Module, candidate: Candidate, data: TrainData, evaluation: Evaluation, seed: int,
+                device: torch.device, started: float, resume: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Train up to the budget's epochs, appending each epoch's metrics to `evaluation` as it goes.
+
+    Returns a checkpoint when the schedule is unfinished. `resume` (such a checkpoint)
+    continues a run where it stopped: same weights, optimizer moments, data order and
+    dropout masks, so a run resumed from epoch k equals one trained straight through.
+    """
     hparams, budget = candidate.hparams, candidate.budget
     optimizer = _optimizer(model, hparams)
     batches = _batches(len(data.y_train), hparams.batch_size)
@@ -187,8 +224,16 @@ def _run_epochs(model: nn.Module, candidate: Candidate, data: TrainData, evaluat
     # The schedule spans hparams.epochs, so a shorter budget trains a prefix of the longer run.
     total_steps = max(hparams.epochs, budget.epochs) * len(batches)
     shuffle = torch.Generator().manual_seed(derive_seed(seed, "shuffle"))  # on the host: same order on any device
-    step = 0
-    for epoch in range(1, budget.epochs + 1):
+    first_epoch = 1
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        shuffle.set_state(resume["shuffle"])
+        model.dropout_generators.__setstate__(resume["dropout"])
+        evaluation.train_loss, evaluation.val_accs = list(resume["train_loss"]), list(resume["val_accs"])
+        evaluation.resumed_at = evaluation.epochs_trained = first_epoch = int(resume["epoch"])
+        first_epoch += 1
+    step = (first_epoch - 1) * len(batches)
+    for epoch in range(first_epoch, budget.epochs + 1):
         model.train()
         order = torch.randperm(len(data.y_train), generator=shuffle).to(data.device)
         loss_sum = torch.zeros((), dtype=torch.float32, device=device)
@@ -221,10 +266,14 @@ def _run_epochs(model: nn.Module, candidate: Candidate, data: TrainData, evaluat
         if mean_loss > DIVERGENCE_FACTOR * first and mean_loss > DIVERGENCE_FLOOR:
             raise _Stop(f"training diverged: the mean loss rose from {first:.3g} in epoch 1 to {mean_loss:.3g} in "
                         f"epoch {epoch}; lower the learning rate (now {hparams.lr:g}).")
+    if budget.epochs < hparams.epochs:
+        return _checkpoint(model, optimizer, shuffle, evaluation)
+    return None
 
 
 def _train_into(outcome: TrainOutcome, data: TrainData, seed: int, device: torch.device,
-                max_params: int | None, init_weights: dict[str, torch.Tensor] | None, started: float) -> None:
+                max_params: int | None, init_weights: dict[str, torch.Tensor] | None,
+                resume: dict[str, Any] | None, measure_test: bool, started: float) -> None:
     """The body of `train`. A separate frame, so on failure the model and optimizer die with it."""
     evaluation = outcome.evaluation
     candidate = evaluation.candidate
@@ -234,23 +283,29 @@ def _train_into(outcome: TrainOutcome, data: TrainData, seed: int, device: torch
                   max_params=max_params)
     if init_weights:
         evaluation.inherited = _inherit(model, init_weights)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
     model.to(device)
-    _run_epochs(model, candidate, data, evaluation, seed, device, started)
+    outcome.checkpoint = _run_epochs(model, candidate, data, evaluation, seed, device, started, resume)
     if not evaluation.val_accs:  # a budget of 0 epochs evaluates the initial (or inherited) weights
         evaluation.val_accs.append(_accuracy(model, data.x_val, data.y_val, device))
     evaluation.val_acc = evaluation.val_accs[-1]
-    evaluation.test_acc = _accuracy(model, data.x_test, data.y_test, device)
+    if measure_test:
+        evaluation.test_acc = _accuracy(model, data.x_test, data.y_test, device)
     outcome.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     outcome.model = model
 
 
 def train(candidate: Candidate, data: TrainData, *, seed: int = 0, device: str | torch.device | None = None,
-          max_params: int | None = None, init_weights: dict[str, torch.Tensor] | None = None) -> TrainOutcome:
+          max_params: int | None = None, init_weights: dict[str, torch.Tensor] | None = None,
+          resume: dict[str, Any] | None = None, measure_test: bool = True) -> TrainOutcome:
     """Train `candidate` on `data`; every failure comes back as a FAILED evaluation with a reason.
 
     `device` defaults to CUDA when present; data left on the host is moved batch by batch.
     `init_weights` (a state dict, e.g. a parent's) initialises every tensor whose key and
-    shape match; `inherited` lists them.
+    shape match; `inherited` lists them. `resume` (a shorter run's `checkpoint`) continues
+    that run up to this candidate's budget instead of starting afresh. `measure_test=False`
+    leaves the test split untouched (refinement decides on validation accuracy alone).
     """
     started = time.perf_counter()
     device = pick_device(device)
@@ -258,7 +313,7 @@ def train(candidate: Candidate, data: TrainData, *, seed: int = 0, device: str |
     outcome = TrainOutcome(evaluation)
     out_of_memory = False
     try:
-        _train_into(outcome, data, seed, device, max_params, init_weights, started)
+        _train_into(outcome, data, seed, device, max_params, init_weights, resume, measure_test, started)
     except ArchitectureError as exc:
         evaluation.status, evaluation.reason = FAILED, str(exc)
     except _Stop as stop:
@@ -272,7 +327,7 @@ def train(candidate: Candidate, data: TrainData, *, seed: int = 0, device: str |
                              f"smaller batch size (now {candidate.hparams.batch_size}) or a smaller network, "
                              "or run fewer trials at once on this device.")
     if evaluation.status == FAILED:
-        outcome.model, outcome.weights = None, None
+        outcome.model, outcome.weights, outcome.checkpoint = None, None, None
     if out_of_memory:  # the failed frames are gone now, so their tensors can really be released
         gc.collect()
         if device.type == "cuda":

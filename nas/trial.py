@@ -40,12 +40,13 @@ class Candidate:
     budget: Budget
     parents: tuple[str, ...] = ()  # lineage run ids of the parents
     inherit_from: str | None = None  # run whose weights initialise this one
+    resume_from: str | None = None  # shorter run of the same network that this one continues
     generation: int = 0
     info: dict[str, Any] = field(default_factory=dict)  # strategy notes, e.g. {"mutation": ...}
 
     def trial_key(self, data_fingerprint: str, seed: int) -> str:
         """Everything that decides the training result, hashed: equal keys train identically."""
-        return digest({
+        decisive = {
             "graph": self.arch.to_json(),
             "hparams": self.hparams.to_json(),
             "budget": self.budget.to_json(),
@@ -53,7 +54,10 @@ class Candidate:
             "data": data_fingerprint,
             "seed": seed,
             "version": TRAINING_VERSION,
-        })
+        }
+        if self.resume_from:  # only when set, so keys of ordinary trials keep their values
+            decisive["resume_from"] = self.resume_from
+        return digest(decisive)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,6 +66,7 @@ class Candidate:
             "budget": self.budget.to_json(),
             "parents": list(self.parents),
             "inherit_from": self.inherit_from,
+            "resume_from": self.resume_from,
             "generation": self.generation,
             "info": self.info,
         }
@@ -74,6 +79,7 @@ class Candidate:
             budget=Budget.from_json(data["budget"]),
             parents=tuple(data.get("parents", ())),
             inherit_from=data.get("inherit_from"),
+            resume_from=data.get("resume_from"),
             generation=int(data.get("generation", 0)),
             info=dict(data.get("info", {})),
         )
@@ -95,6 +101,7 @@ class Evaluation:
     flops: int = 0
     seconds: float = 0.0
     epochs_trained: int = 0
+    resumed_at: int = 0  # epochs a resumed run had already trained: it spent epochs_trained - resumed_at
     device: str = "cpu"
     inherited: list[str] = field(default_factory=list)  # state-dict keys taken from a parent's weights
     run_id: str | None = None
@@ -126,6 +133,7 @@ class Evaluation:
             "flops": self.flops,
             "seconds": self.seconds,
             "epochs_trained": self.epochs_trained,
+            "resumed_at": self.resumed_at,
             "device": self.device,
             "inherited": self.inherited,
             "run_id": self.run_id,

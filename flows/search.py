@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +25,29 @@ from nas.build import build
 from nas.config import ConfigError, SearchConfig
 from nas.data import BUILTINS, DataError, DataMeta, load_split, read_meta, source_name
 from nas.lineage import LineageStore, resolve_tracking_uri
+from nas.provenance import provenance_tags
 from nas.space import SearchSpace
 from nas.strategies import STRATEGIES, make_strategy
+from nas.strategies.hyperband import SCHEDULERS, Hyperband
 from nas.trial import Budget, Candidate, Evaluation
 from tasks.prepare import prepare_data
 from tasks.train import train_candidate
 
 
-def git_commit(root: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _describe(e: Evaluation) -> str:
+def describe(e: Evaluation) -> str:
     if not e.ok:
         return f"{e.arch_id} failed: {e.reason}"
-    return (f"{e.arch_id} val {e.val_acc:.4f} test {e.test_acc:.4f} "
-            f"({e.params:,} params, {e.seconds:.1f}s, run {e.run_id})")
+    test = f" test {e.test_acc:.4f}" if e.test_acc is not None else ""
+    return f"{e.arch_id} val {e.val_acc:.4f}{test} ({e.params:,} params, {e.seconds:.1f}s, run {e.run_id})"
+
+
+def torch_threads(concurrency: int) -> int:
+    """Torch threads per trial worker.
+
+    Trials share the cores, and each also needs one for Python-side work (Prefect, MLflow,
+    batching); torch gets the rest. More threads than that only add contention.
+    """
+    return max(1, (os.cpu_count() or 1) // concurrency - 1)
 
 
 def _best(evaluations: list[Evaluation]) -> Evaluation | None:
@@ -98,22 +100,20 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
     tracking_uri = resolve_tracking_uri(cfg.tracking_uri, root)
     store = LineageStore(tracking_uri, cfg.experiment_name, root)
     store.ensure()  # create the database and experiment once, before trial threads race to do it
-    commit = git_commit(root)
-    context_tags = {"prefect.flow_run_id": str(flow_run.id)}
-    if commit:
-        context_tags["mlflow.source.git.commit"] = commit
+    context_tags = {"prefect.flow_run_id": str(flow_run.id), **provenance_tags(root)}
     parent = store.start_search(cfg.to_json(), Path(cfg.space), meta.fingerprint, tags=context_tags)
     options = {"population_size": cfg.population} if cfg.population else {}
     strategy = make_strategy(cfg.strategy, space, Budget(cfg.epochs, cfg.max_seconds), seed=cfg.seed, **options)
+    if cfg.scheduler:
+        strategy = Hyperband(strategy, cfg.min_epochs, cfg.epochs, cfg.eta,
+                             successive_halving=cfg.scheduler == "successive-halving")
     if cfg.from_experiment:
         seeds = _best_runs(LineageStore(tracking_uri, cfg.from_experiment, root), cfg.top_k)
         strategy.warm_start(seeds)
         logger.info("warm start: the best %d runs of experiment '%s'", len(seeds), cfg.from_experiment)
     logger.info("searching %s with %s: %d trials of %d epochs, %d at a time; MLflow run %s in %s",
                 meta.name, cfg.strategy, cfg.trials, cfg.epochs, cfg.concurrency, parent, tracking_uri)
-    # Trials share the cores, and each also needs one for Python-side work (Prefect,
-    # MLflow, batching); torch gets the rest. More threads than that only add contention.
-    threads = max(1, (os.cpu_count() or 1) // cfg.concurrency - 1)
+    threads = torch_threads(cfg.concurrency)
 
     def submit(candidate: Candidate) -> PrefectFuture:
         return train_candidate.submit(
@@ -129,12 +129,13 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
         strategy.tell(results)
         for e in results:
             evaluations.append(e)
-            logger.info("trial %d/%d: %s", len(evaluations), cfg.trials, _describe(e))
+            logger.info("trial %d/%d: %s", len(evaluations), cfg.trials, describe(e))
         bar.update(len(results))
         if best := _best(evaluations):
             bar.set_postfix(best_val=f"{best.val_acc:.4f}")
 
-    with tqdm(total=cfg.trials, desc=f"{cfg.strategy} search", unit="trial", dynamic_ncols=True) as bar:
+    method = f"{cfg.strategy} + {cfg.scheduler}" if cfg.scheduler else cfg.strategy
+    with tqdm(total=cfg.trials, desc=f"{method} search", unit="trial", dynamic_ncols=True) as bar:
         if cfg.asynchronous:
             # Each finished trial is told at once and its worker gets the next candidate:
             # no worker waits for the slowest of a round, but the order, and so the
@@ -166,7 +167,7 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
                        best_test_acc=best.test_acc, best_params=best.params)
         if store.model_source(parent) != best.run_id:  # a repeated search keeps its one model
             _log_best_model(store, parent, best, meta, data_dir)
-        logger.info("best: %s", _describe(best))
+        logger.info("best: %s", describe(best))
     store.finish_search(parent, summary)
     return summary
 
@@ -177,6 +178,12 @@ def preflight(config: SearchConfig) -> None:
     if config.strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy '{config.strategy}'; choose one of {sorted(STRATEGIES)} "
                           "with --strategy.")
+    if config.scheduler and config.scheduler not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler '{config.scheduler}'; choose one of {list(SCHEDULERS)} with "
+                          "--scheduler, or leave it out to train every candidate for --epochs.")
+    if config.scheduler and config.min_epochs > config.epochs:
+        raise ConfigError(f"--min-epochs {config.min_epochs} exceeds --epochs {config.epochs}: the scheduler's "
+                          "first rung must be no longer than its last.")
     if config.population and "population_size" not in inspect.signature(STRATEGIES[config.strategy]).parameters:
         raise ConfigError(f"--population applies to population-based strategies; '{config.strategy}' has none.")
     if config.from_experiment and not LineageStore(config.tracking_uri, config.from_experiment).leaderboard(1):

@@ -51,6 +51,47 @@ def _add_store_options(p: argparse.ArgumentParser) -> None:
                                           "sqlite:///mlflow/mlflow.db)")
 
 
+def _add_search_options(p: argparse.ArgumentParser) -> None:
+    _add_data_options(p)
+    p.add_argument("--space", help="search-space YAML file (default: spaces/small-cnn.yaml)")
+    p.add_argument("--strategy", help="search method: random, grid, evolution (Real et al. 2017: tournaments, "
+                                      "mutations, weight inheritance), aging-evolution (Real et al. 2019), "
+                                      "codeepneat (Miikkulainen et al. 2017) or bayes (Gaussian-process "
+                                      "Bayesian optimisation, expected improvement) (default: random)")
+    p.add_argument("--trials", type=int, help="how many candidates to train (default: 20); with --scheduler, "
+                                              "how many runs (each rung of a candidate is one)")
+    p.add_argument("--scheduler", choices=["hyperband", "successive-halving"],
+                   help="train candidates for a few epochs, continue only the best 1/eta from their checkpoints "
+                        "(Li et al. 2018); the strategy picks what to try. --strategy bayes makes it BOHB-like")
+    p.add_argument("--min-epochs", type=int, help="the scheduler's shortest rung in epochs (default: 1); "
+                                                  "--epochs is the longest")
+    p.add_argument("--eta", type=int, help="the scheduler keeps the best 1/eta of each rung (default: 3)")
+    p.add_argument("--population", type=int, help="population size of the evolution strategies (default: 10)")
+    p.add_argument("--async", dest="asynchronous", action="store_true", default=None,
+                   help="tell each finished trial at once and start the next (keeps a cluster busy; the "
+                        "order then depends on timing, so a re-run does not replay exactly)")
+    p.add_argument("--from-experiment", help="warm-start the strategy from this experiment's best runs, "
+                                             "whatever strategy produced them")
+    p.add_argument("--top-k", type=int, help="how many runs --from-experiment takes (default: 10)")
+    p.add_argument("--epochs", type=int, help="training epochs per candidate (default: 20)")
+    p.add_argument("--seed", type=int, help="seed of the strategy and of training (default: 0)")
+    p.add_argument("--concurrency", type=int, help="candidates trained at once (default: 2)")
+    p.add_argument("--max-seconds", type=float, help="per-trial time limit in seconds (default: 120)")
+    p.add_argument("--max-params", type=int, help="reject networks with more parameters (default: the space's)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="training device (default: cuda when available)")
+    p.add_argument("--plots-dir", default="plots", help="CSV files for `dvc plots` (default: plots)")
+    _add_store_options(p)
+
+
+def _add_refine_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    p.add_argument(f"--{prefix}method", dest="refine_method", choices=["grid", "bayes"],
+                   help="how to search the training settings (default: grid)")
+    p.add_argument(f"--{prefix}top-k", dest="refine_top_k", type=int,
+                   help="how many of the search's best architectures to refine (default: 2)")
+    p.add_argument(f"--{prefix}trials", dest="refine_trials", type=int,
+                   help="training settings tried per architecture (default: 4)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nas", description="Search neural architectures and their hyper-parameters; every trial is "
@@ -68,28 +109,51 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Search the space with a strategy; each trial trains a network and is "
                        "logged as an MLflow run nested under one run for the search. Re-running the same "
                        "command retrains nothing that already finished.")
-    _add_data_options(p)
-    p.add_argument("--space", help="search-space YAML file (default: spaces/small-cnn.yaml)")
-    p.add_argument("--strategy", help="search method: random, grid, evolution (Real et al. 2017: tournaments, "
-                                      "mutations, weight inheritance), aging-evolution (Real et al. 2019) or "
-                                      "codeepneat (Miikkulainen et al. 2017) (default: random)")
-    p.add_argument("--trials", type=int, help="how many candidates to train (default: 20)")
-    p.add_argument("--population", type=int, help="population size of the evolution strategies (default: 10)")
-    p.add_argument("--async", dest="asynchronous", action="store_true", default=None,
-                   help="tell each finished trial at once and start the next (keeps a cluster busy; the "
-                        "order then depends on timing, so a re-run does not replay exactly)")
-    p.add_argument("--from-experiment", help="warm-start the strategy from this experiment's best runs, "
-                                             "whatever strategy produced them")
-    p.add_argument("--top-k", type=int, help="how many runs --from-experiment takes (default: 10)")
-    p.add_argument("--epochs", type=int, help="training epochs per candidate (default: 20)")
-    p.add_argument("--seed", type=int, help="seed of the strategy and of training (default: 0)")
-    p.add_argument("--concurrency", type=int, help="candidates trained at once (default: 2)")
-    p.add_argument("--max-seconds", type=float, help="per-trial time limit in seconds (default: 120)")
-    p.add_argument("--max-params", type=int, help="reject networks with more parameters (default: the space's)")
-    p.add_argument("--device", choices=["cpu", "cuda"], help="training device (default: cuda when available)")
+    _add_search_options(p)
     p.add_argument("--metrics-out", default="metrics/search.json", help="summary JSON for DVC "
                                                                        "(default: metrics/search.json)")
+
+    p = sub.add_parser("refine", help="tune the training settings of a search's best architectures",
+                       description="Take the top-k architectures of a search, search their learning rate, weight "
+                       "decay, batch size and epochs (params.yaml `refine`), train the winner on train+val and log "
+                       "it as an MLflow model. Runs are children of each architecture's search run.")
+    _add_data_options(p)
+    p.add_argument("--search-run", help="the search to refine (default: --from-summary, else the experiment's "
+                                        "latest search)")
+    p.add_argument("--from-summary", help="a search summary JSON (nas search --metrics-out) naming the search")
+    _add_refine_options(p)
+    p.add_argument("--seed", type=int, help="seed of the refinement search and training (default: 0)")
+    p.add_argument("--concurrency", type=int, help="settings trained at once (default: 2)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="training device (default: cuda when available)")
+    p.add_argument("--metrics-out", default="metrics/refine.json", help="summary JSON (default: metrics/refine.json)")
     _add_store_options(p)
+
+    p = sub.add_parser("evaluate", help="measure the refined model on the test split and register it",
+                       description="Load the refined model with mlflow.pytorch.load_model, measure its test accuracy "
+                       "(the only look at the test split), and register it in the MLflow Model Registry.")
+    _add_data_options(p)
+    p.add_argument("--from-summary", default="metrics/refine.json",
+                   help="the refine summary JSON (default: metrics/refine.json)")
+    p.add_argument("--model-name", help="Model Registry name (default: params.yaml evaluate.model_name, else "
+                                        "nas-<experiment>)")
+    p.add_argument("--metrics-out", default="metrics/final.json", help="result JSON (default: metrics/final.json)")
+
+    p = sub.add_parser("pipeline", help="prepare, search, refine, evaluate and register in one flow",
+                       description="The whole pipeline, as `make run` runs it: every step a cached Prefect task or "
+                       "subflow. Writes metrics/search.json, metrics/refine.json, metrics/final.json and the "
+                       "plots CSVs.")
+    _add_search_options(p)
+    _add_refine_options(p, prefix="refine-")
+    p.add_argument("--model-name", help="Model Registry name (default: params.yaml evaluate.model_name, else "
+                                        "nas-<experiment>)")
+
+    p = sub.add_parser("report", help="draw a search's trajectory and Pareto front to PNGs",
+                       description="Best-so-far validation accuracy over trials, and accuracy against parameter "
+                       "count with the Pareto front marked; both PNGs are also logged to the search's run.")
+    p.add_argument("experiment", metavar="EXPERIMENT")
+    p.add_argument("--search-run", help="which search (default: the experiment's latest)")
+    p.add_argument("--out-dir", default="reports", help="folder for the PNGs (default: reports)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: as for search)")
 
     p = sub.add_parser("runs", help="leaderboard of an experiment's trials",
                        description="The best finished trials of an experiment, by validation accuracy.")
@@ -132,24 +196,45 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_search(args: argparse.Namespace) -> int:
+def _search_config(args: argparse.Namespace):
     from nas.config import load_params
     from nas.data import parse_shape
 
-    config = load_params(args.params).override(
-        source=args.source, label_column=args.label_column, data_dir=args.data_dir,
-        shape=parse_shape(args.shape) if args.shape else None,
-        space=args.space, strategy=args.strategy, trials=args.trials, epochs=args.epochs, population=args.population,
-        from_experiment=args.from_experiment, top_k=args.top_k, asynchronous=args.asynchronous,
-        concurrency=args.concurrency, max_seconds=args.max_seconds, max_params=args.max_params,
-        device=args.device, experiment=args.experiment, tracking_uri=args.tracking_uri, seed=args.seed,
-        split_seed=args.split_seed)
+    options = {name: getattr(args, name, None) for name in (
+        "source", "label_column", "data_dir", "split_seed", "space", "strategy", "scheduler", "min_epochs", "eta",
+        "trials", "epochs", "population", "from_experiment", "top_k", "asynchronous", "concurrency", "max_seconds",
+        "max_params", "device", "experiment", "tracking_uri", "seed")}
+    shape = getattr(args, "shape", None)
+    return load_params(args.params).override(shape=parse_shape(shape) if shape else None, **options)
 
-    from flows.search import run_search
 
-    summary = run_search(config)
-    Path(args.metrics_out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.metrics_out).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+def _refine_config(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from nas.config import load_refine_params
+
+    given = dict(method=getattr(args, "refine_method", None), top_k=getattr(args, "refine_top_k", None),
+                 trials=getattr(args, "refine_trials", None))
+    return replace(load_refine_params(args.params), **{k: v for k, v in given.items() if v is not None})
+
+
+def _model_name(args: argparse.Namespace) -> str | None:
+    from nas.config import load_model_name
+
+    return args.model_name or load_model_name(args.params)
+
+
+def _write_json(path: str | Path, value: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def _report_search(summary: dict, plots_dir: str) -> None:
+    from nas.lineage import LineageStore
+    from nas.reports import write_plot_data
+
+    store = LineageStore(summary["tracking_uri"], summary["experiment"])
+    write_plot_data(store.trials_of(summary["parent_run_id"]), plots_dir)
     _print_leaderboard(summary["tracking_uri"], summary["experiment"], 5)
     if summary.get("best_run_id"):
         print(f"\nbest: run {summary['best_run_id']} (architecture {summary['best_arch_id']}): "
@@ -157,7 +242,103 @@ def cmd_search(args: argparse.Namespace) -> int:
               f"{summary['best_params']:,} parameters")
     else:
         print("\nno trial finished successfully; see the reasons above or with `nas runs`.")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from flows.search import run_search
+
+    summary = run_search(_search_config(args))
+    _write_json(args.metrics_out, summary)
+    _report_search(summary, args.plots_dir)
     print(f"browse: nas ui    (experiment '{summary['experiment']}', search run {summary['parent_run_id']})")
+    return 0
+
+
+def _search_run(args: argparse.Namespace, config) -> str:
+    from nas.config import ConfigError
+    from nas.lineage import LineageStore
+
+    if args.search_run:
+        return args.search_run
+    if args.from_summary:
+        try:
+            return json.loads(Path(args.from_summary).read_text())["parent_run_id"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"cannot read the search run from {args.from_summary} ({exc}); pass the JSON that "
+                              "`nas search --metrics-out` wrote, or --search-run RUN_ID.") from None
+    latest = LineageStore(config.tracking_uri, config.experiment_name).latest_search()
+    if latest is None:
+        raise ConfigError(f"experiment '{config.experiment_name}' has no search to refine; run `nas search` first.")
+    return latest
+
+
+def _print_refined(refined: dict) -> None:
+    print(f"refined {refined['refined_architectures']} architectures with {refined['refine_trials']} settings; "
+          f"winner {refined['arch_id']} (val {refined['winner_val_acc']:.4f}) with {refined['hparams']}, "
+          f"trained on train+val as run {refined['final_run_id']}")
+
+
+def _print_final(final: dict) -> None:
+    print(f"test accuracy {final['test_acc']:.4f} on {final['test_examples']} examples; registered as "
+          f"{final['registered_uri']} (load it with mlflow.pytorch.load_model)")
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    from flows.refine import run_refine
+
+    config = _search_config(args)
+    refined = run_refine(config, _refine_config(args), _search_run(args, config))
+    _write_json(args.metrics_out, refined)
+    _print_refined(refined)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from flows.pipeline import evaluate
+    from nas.config import ConfigError
+
+    try:
+        refined = json.loads(Path(args.from_summary).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the refine summary {args.from_summary} ({exc}); run `nas refine` first, "
+                          "or pass --from-summary with the JSON it wrote.") from None
+    final = evaluate(_search_config(args).to_json(), refined, _model_name(args))
+    _write_json(args.metrics_out, final)
+    _print_final(final)
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from flows.pipeline import run_pipeline
+
+    result = run_pipeline(_search_config(args), _refine_config(args), _model_name(args))
+    for name in ("search", "refine", "final"):
+        _write_json(Path("metrics") / f"{name}.json", result[name])
+    _report_search(result["search"], args.plots_dir)
+    _print_refined(result["refine"])
+    _print_final(result["final"])
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from nas.config import load_params
+    from nas.lineage import LineageStore
+    from nas.reports import pareto_plot, trajectory_plot
+
+    uri = load_params(args.params).override(tracking_uri=args.tracking_uri).tracking_uri
+    store = LineageStore(uri, args.experiment)
+    search = args.search_run or store.latest_search()
+    if search is None:
+        print(f"experiment '{args.experiment}' has no search yet; run `nas search --experiment {args.experiment}`.")
+        return 1
+    history = store.trials_of(search)
+    title = f"{args.experiment}: search {search[:8]}, {len(history)} trials"
+    out = Path(args.out_dir)
+    paths = [trajectory_plot(history, out / f"trajectory-{args.experiment}.png", title),
+             pareto_plot(history, out / f"pareto-{args.experiment}.png", title)]
+    for path in paths:
+        store.log_file(search, path)
+    print(f"{len(history)} trials -> " + ", ".join(map(str, paths)) + f" (logged to run {search})")
     return 0
 
 
@@ -171,8 +352,9 @@ def _print_leaderboard(tracking_uri: str | None, experiment: str, limit: int) ->
     print(f"{'rank':>4}  {'run id':<32}  {'architecture':<16}  {'val':>6}  {'test':>6}  {'params':>9}  "
           f"{'secs':>6}  strategy")
     for rank, row in enumerate(rows, start=1):
+        test = "-" if row["test_acc"] is None else f"{row['test_acc']:.4f}"  # refinement leaves test alone
         print(f"{rank:>4}  {row['run_id']:<32}  {row['arch_id']:<16}  {row['val_acc']:>6.4f}  "
-              f"{row['test_acc']:>6.4f}  {int(row['params']):>9,}  {row['seconds']:>6.1f}  {row['strategy']}")
+              f"{test:>6}  {int(row['params']):>9,}  {row['seconds']:>6.1f}  {row['strategy']}")
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -236,7 +418,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"prepare": cmd_prepare, "search": cmd_search, "runs": cmd_runs, "show": cmd_show,
+COMMANDS = {"prepare": cmd_prepare, "search": cmd_search, "refine": cmd_refine, "evaluate": cmd_evaluate,
+            "pipeline": cmd_pipeline, "report": cmd_report, "runs": cmd_runs, "show": cmd_show,
             "lineage": cmd_lineage, "ui": cmd_ui}
 
 

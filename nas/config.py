@@ -47,13 +47,16 @@ class SearchConfig:
     max_seconds: float | None = 120.0  # per-trial time limit
     max_params: int | None = None  # overrides the space file's limit
     population: int | None = None  # evolution's population size (default: the strategy's)
+    scheduler: str | None = None  # hyperband | successive-halving: the strategy becomes its sampler
+    min_epochs: int = 1  # the scheduler's first rung; `epochs` is its last
+    eta: int = 3  # the scheduler keeps the best 1/eta of each rung
     asynchronous: bool = False  # tell each result as it finishes instead of in rounds
     from_experiment: str | None = None  # warm-start from this experiment's best runs ...
     top_k: int = 10  # ... this many of them
     device: str | None = None  # "cpu" or "cuda"; default: cuda when available
 
     def __post_init__(self) -> None:
-        for name in ("trials", "epochs", "concurrency"):
+        for name in ("trials", "epochs", "concurrency", "min_epochs", "eta"):
             if not (type(getattr(self, name)) is int and getattr(self, name) >= 1):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer.")
 
@@ -79,18 +82,73 @@ class SearchConfig:
         return replace(self, data=data, **rest)
 
 
+REFINE_METHODS = ("grid", "bayes")
+DEFAULT_REFINE_HPARAMS = {"lr": [2.0e-3, 5.0e-3], "weight_decay": [0.0, 1.0e-4], "batch_size": [32],
+                          "epochs": [30]}
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Final refinement: which architectures of a search, and which training settings to try."""
+
+    top_k: int = 2  # the search's best architectures (distinct) to refine
+    trials: int = 4  # training settings tried per architecture
+    method: str = "grid"  # grid | bayes
+    hparams: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_REFINE_HPARAMS))
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "trials"):
+            if not (type(getattr(self, name)) is int and getattr(self, name) >= 1):
+                raise ConfigError(f"refine.{name}={getattr(self, name)!r} must be a positive integer.")
+        if self.method not in REFINE_METHODS:
+            raise ConfigError(f"refine.method '{self.method}' is unknown; use one of {list(REFINE_METHODS)}.")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(raw: dict[str, Any]) -> RefineConfig:
+        try:
+            return RefineConfig(**raw)
+        except TypeError:
+            raise ConfigError(f"the refine section takes the keys {[f.name for f in fields(RefineConfig)]}, "
+                              f"got {sorted(raw)}.") from None
+
+
+def _read_params(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML ({exc}); fix the syntax and run again.") from None
+    if not isinstance(raw or {}, dict):
+        raise ConfigError(f"{path} must be a mapping with sections `data:`, `search:` and `refine:`.")
+    return raw or {}
+
+
+def load_refine_params(path: str | Path = PARAMS_FILE) -> RefineConfig:
+    """The `refine` section of params.yaml, or the defaults."""
+    section = _read_params(Path(path)).get("refine") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: the refine section must be a mapping of {[f.name for f in fields(RefineConfig)]}.")
+    return RefineConfig.from_json(section)
+
+
+def load_model_name(path: str | Path = PARAMS_FILE) -> str | None:
+    """The Model Registry name of params.yaml's `evaluate` section, if it sets one."""
+    name = (_read_params(Path(path)).get("evaluate") or {}).get("model_name")
+    return None if name is None else str(name)
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> SearchConfig:
     """The search configuration of params.yaml (sections `data` and `search`), or the defaults."""
     path = Path(path)
-    if not path.is_file():
-        return SearchConfig()
+    raw = _read_params(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
         data = dict(raw.get("data") or {})
         if isinstance(data.get("shape"), str):
             data["shape"] = parse_shape(data["shape"])
         return SearchConfig.from_json({**(raw.get("search") or {}), "data": data})
-    except (yaml.YAMLError, TypeError, AttributeError) as exc:
+    except (TypeError, AttributeError) as exc:
         raise ConfigError(f"{path} is malformed ({exc}); it needs sections `data:` and `search:` whose keys "
                           f"are {[f.name for f in fields(DataConfig)]} and "
                           f"{[f.name for f in fields(SearchConfig) if f.name != 'data']}.") from None

@@ -58,11 +58,13 @@ MAX_TAG_CHARS = 5000
 EVALUATION_FILE = "evaluation.json"
 ARCHITECTURE_FILE = "architecture.json"
 WEIGHTS_FILE = "weights.safetensors"
+CHECKPOINT_FILE = "checkpoint.pt"  # weights, optimizer and RNG states of a run that can be continued
 CONFIG_FILE = "config.json"
 MODEL_NAME = "model"
 
 KIND_SEARCH = "search"
 KIND_TRIAL = "trial"
+KIND_FINAL = "final"  # a refined winner trained on train+val: its val metrics are in-sample
 RUNNING = "running"
 
 FIX_HINT = ("start the tracking server, check MLFLOW_TRACKING_URI, or pass --tracking-uri "
@@ -242,7 +244,8 @@ class LineageStore:
         return self._evaluation(found[0]) if found else None
 
     def start_trial(self, candidate: Candidate, trial_key: str, *, parent_run_id: str | None,
-                    strategy: str, data_fingerprint: str, tags: dict[str, str] | None = None) -> str:
+                    strategy: str, data_fingerprint: str, tags: dict[str, str] | None = None,
+                    kind: str = KIND_TRIAL) -> str:
         """Create the candidate's run, replacing any unfinished (killed or crashed) attempt.
 
         A finished run of the same trial key is left alone: callers look it up with find()
@@ -264,10 +267,12 @@ class LineageStore:
             "nas.budget": str(candidate.budget.epochs),
             "nas.data_fp": data_fingerprint,
             "nas.status": RUNNING,
-            "nas.kind": KIND_TRIAL,
+            "nas.kind": kind,
         })
         if candidate.inherit_from:
             run_tags["nas.inherit_from"] = candidate.inherit_from
+        if candidate.resume_from:
+            run_tags["nas.resume_from"] = candidate.resume_from
         if parent_run_id:
             run_tags["mlflow.parentRunId"] = parent_run_id
         run_tags.update(tags or {})
@@ -283,8 +288,8 @@ class LineageStore:
                                       "hparams": candidate.hparams.to_json()}, ARCHITECTURE_FILE)
         return run_id
 
-    def finish_trial(self, run_id: str, evaluation: Evaluation,
-                     weights: dict[str, torch.Tensor] | None = None) -> None:
+    def finish_trial(self, run_id: str, evaluation: Evaluation, weights: dict[str, torch.Tensor] | None = None,
+                     checkpoint: dict[str, Any] | None = None) -> None:
         """Record the outcome; a failed candidate is still a FINISHED run: it was evaluated."""
         now = _now_ms()
         metrics = [Metric("train_loss", float(v), now, i) for i, v in enumerate(evaluation.train_loss)]
@@ -308,6 +313,10 @@ class LineageStore:
         self.client.log_dict(run_id, record, EVALUATION_FILE)
         if weights is not None:
             self._log_weights(run_id, weights)
+        if checkpoint is not None:
+            self._log_checkpoint(run_id, checkpoint)
+        if evaluation.resumed_at:
+            self._set_tags(run_id, {"nas.resumed_at": str(evaluation.resumed_at)})
         # Last: find() trusts a FINISHED run to hold everything above.
         self._terminate(run_id, "FINISHED")
 
@@ -332,12 +341,27 @@ class LineageStore:
             save_file(tensors, str(path))
             self.client.log_artifact(run_id, str(path))
 
+    def _log_checkpoint(self, run_id: str, checkpoint: dict[str, Any]) -> None:
+        import torch
+
+        with tempfile.TemporaryDirectory(prefix="nas-checkpoint-") as folder:
+            path = Path(folder) / CHECKPOINT_FILE
+            torch.save(checkpoint, path)
+            self.client.log_artifact(run_id, str(path))
+
     # -- reading -----------------------------------------------------------------------
 
     def history(self) -> list[Evaluation]:
         """Every evaluated candidate of the experiment (failures included), oldest first."""
         runs = self._search(f"tags.`nas.kind` = '{KIND_TRIAL}' and attributes.status = 'FINISHED'",
                             order_by=["attributes.start_time ASC"])
+        return [self._evaluation(run) for run in runs]
+
+    def trials_of(self, search_run_id: str) -> list[Evaluation]:
+        """The evaluated candidates of one search (or the children of any run), oldest first."""
+        self._get_run(search_run_id)  # a clear error for a wrong id, not an empty list
+        runs = self._search(f"tags.`nas.kind` = '{KIND_TRIAL}' and attributes.status = 'FINISHED' and "
+                            f"tags.`mlflow.parentRunId` = '{search_run_id}'", order_by=["attributes.start_time ASC"])
         return [self._evaluation(run) for run in runs]
 
     def latest_search(self) -> str | None:
@@ -361,6 +385,19 @@ class LineageStore:
             raise LineageError(f"run {run_id} has no {WEIGHTS_FILE}: it failed or was logged "
                                "without weights. Pick a finished ok run from `nas runs`.")
         return load(data)
+
+    def checkpoint(self, run_id: str) -> dict[str, Any]:
+        """The state a shorter run left to be continued (see nas.train.TrainOutcome.checkpoint)."""
+        import io
+
+        import torch
+
+        data = self._read(self._get_run(run_id), CHECKPOINT_FILE)
+        if data is None:
+            raise LineageError(f"run {run_id} has no {CHECKPOINT_FILE}: only a run stopped before the end of its "
+                               "learning-rate schedule keeps one. Promote a lower rung of the same search.")
+        # weights_only: tensors and plain containers, never arbitrary pickled code.
+        return torch.load(io.BytesIO(data), weights_only=True)
 
     def leaderboard(self, limit: int = 20) -> list[dict[str, Any]]:
         """Best finished candidates by validation accuracy, from one query (no artifact reads).
@@ -434,7 +471,12 @@ class LineageStore:
         import mlflow.pytorch
         import torch
 
+        from mlflow.models import infer_signature
+
         self._get_run(run_id)
+        with torch.no_grad():
+            logits = model(torch.as_tensor(input_example)).float().numpy()
+        signature = infer_signature(input_example, logits)  # inputs: the example's shape; outputs: class logits
         package = Path(__file__).resolve().parent
         uses_package = any(type(m).__module__.split(".")[0] == package.name for m in model.modules())
         # Under the write lock: log_model writes to the database too, through its own client.
@@ -450,6 +492,7 @@ class LineageStore:
                 model_id=logged.model_id,
                 run_id=run_id,
                 input_example=input_example,
+                signature=signature,
                 # Explicit, because inferring them costs seconds; the local "+cpu" tag of a
                 # wheel is not installable from PyPI.
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
@@ -461,6 +504,33 @@ class LineageStore:
             tags["nas.model_of"] = source_run_id
         self._set_tags(run_id, tags)
         return info.model_uri
+
+    def load_model(self, model_uri: str) -> torch.nn.Module:
+        import mlflow.pytorch
+
+        with _global_tracking_uri(self.tracking_uri), _quiet_logger("mlflow.pytorch"):
+            return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+
+    def log_result(self, run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
+        """Add final numbers and notes to a finished run (e.g. the one test measurement)."""
+        now = _now_ms()
+        self._log_metrics(run_id, [Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        self._set_tags(run_id, tags)
+
+    def register(self, model_uri: str, name: str, source_run_id: str, tags: dict[str, str]) -> str:
+        """Put a logged model in the Model Registry under `name`; its version number.
+
+        Registering the same run's model again returns the existing version, so a repeated
+        pipeline does not pile up identical versions.
+        """
+        with self._writing() as client:
+            for version in client.search_model_versions(f"name = '{name}'"):
+                if version.tags.get("nas.source_run") == source_run_id:
+                    return str(version.version)
+        version_tags = {**tags, "nas.source_run": source_run_id}
+        with self._writing(), _global_tracking_uri(self.tracking_uri), _quiet_logger("mlflow"):
+            registered = mlflow.register_model(model_uri, name, tags=version_tags)
+        return str(registered.version)
 
     def ui_command(self) -> list[str]:
         command = ["mlflow", "ui", "--backend-store-uri", self.tracking_uri,

@@ -1,0 +1,94 @@
+"""The refine flow: tune the training recipe of a search's best architectures, then train the winner.
+
+For each of the top-k architectures of a search, a grid or Bayesian search over its
+learning rate, weight decay, batch size and epochs; every setting is a run nested under
+that architecture's own search run. The best setting on validation accuracy (the search's
+own result included, so refinement never makes things worse) is trained on train+val
+with its full budget and logged as an MLflow model. The test split is left to `evaluate`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.search import describe, prepared_data, torch_threads
+from nas.config import ConfigError, RefineConfig, SearchConfig
+from nas.lineage import LineageStore, resolve_tracking_uri
+from nas.provenance import provenance_tags
+from nas.refine import as_refinements, refinement_space, refinement_strategy, top_architectures
+from nas.space import SearchSpace
+from nas.trial import Budget, Candidate, Evaluation
+from tasks.train import train_candidate, train_final
+
+
+@flow(name="nas-refine", log_prints=True)
+def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id: str) -> dict[str, Any]:
+    cfg, rcfg = SearchConfig.from_json(config), RefineConfig.from_json(refine_config)
+    root = Path.cwd()
+    logger = get_run_logger()
+    logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
+    data_dir = cfg.data.resolved_dir(root)
+    meta = prepared_data(cfg, data_dir)
+    tracking_uri = resolve_tracking_uri(cfg.tracking_uri, root)
+    store = LineageStore(tracking_uri, cfg.experiment_name, root)
+    store.ensure()
+    bases = top_architectures(store.trials_of(search_run_id), rcfg.top_k)
+    if not bases:
+        raise ConfigError(f"search run {search_run_id} has no successful trial to refine; run `nas search` "
+                          "first, or pass --search-run with a search that finished some trials.")
+    space = SearchSpace.load(cfg.space).bind(meta.shape, len(meta.classes))
+    tags = {"prefect.flow_run_id": str(flow_run.id), "nas.search_run": search_run_id, **provenance_tags(root)}
+    common = dict(data_dir=str(data_dir), seed=cfg.seed, experiment=cfg.experiment_name, tracking_uri=tracking_uri,
+                  max_params=cfg.max_params or space.max_params, device=cfg.device, tags=tags)
+    logger.info("refining the %d best architectures of search %s: %s search over %s, %d settings each",
+                len(bases), search_run_id, rcfg.method, sorted(rcfg.hparams), rcfg.trials)
+
+    results: list[Evaluation] = list(bases)
+    for base in bases:
+        strategy = refinement_strategy(rcfg.method, refinement_space(space, base.candidate.arch,
+                                                                     base.candidate.hparams, rcfg.hparams),
+                                       base, cfg.seed, cfg.max_seconds)
+        tried = 0
+        while tried < rcfg.trials and not strategy.done():
+            batch = as_refinements(strategy.ask(min(cfg.concurrency, rcfg.trials - tried)), base, cfg.max_seconds)
+            if not batch:
+                break
+            futures = [train_candidate.submit(c.to_json(), c.trial_key(meta.fingerprint, cfg.seed),
+                                              parent_run_id=base.run_id, strategy=f"refine-{rcfg.method}",
+                                              threads=torch_threads(cfg.concurrency), measure_test=False, **common)
+                       for c in batch]
+            told = [Evaluation.from_json(f.result()) for f in futures]
+            strategy.tell(told)
+            results.extend(told)
+            tried += len(told)
+            for e in told:
+                logger.info("refine %s: %s", base.arch_id, describe(e))
+
+    winner = max(results, key=lambda e: e.score)  # ties: the search's own run, listed first
+    final = Candidate(winner.candidate.arch, winner.candidate.hparams,
+                      Budget(winner.candidate.hparams.epochs, cfg.max_seconds), parents=(winner.run_id,))
+    logger.info("winner: %s with %s; training it on train+val for %d epochs", winner.arch_id,
+                winner.candidate.hparams.to_json(), final.budget.epochs)
+    trained = Evaluation.from_json(train_final(
+        final.to_json(), final.trial_key(f"{meta.fingerprint}+val", cfg.seed), parent_run_id=winner.run_id,
+        **common))
+    if not trained.ok:
+        raise RuntimeError(f"the final training of {winner.arch_id} failed: {trained.reason}")
+    return {
+        "experiment": cfg.experiment_name, "tracking_uri": tracking_uri, "search_run_id": search_run_id,
+        "refined_architectures": len(bases), "refine_trials": len(results) - len(bases),
+        "winner_run_id": winner.run_id, "winner_val_acc": winner.val_acc, "arch_id": winner.arch_id,
+        "hparams": winner.candidate.hparams.to_json(), "final_run_id": trained.run_id,
+        "model_uri": store.run_summary(trained.run_id)["tags"]["nas.model_uri"],
+    }
+
+
+def run_refine(config: SearchConfig, refine_config: RefineConfig, search_run_id: str) -> dict[str, Any]:
+    runner = ThreadPoolTaskRunner(max_workers=config.concurrency)
+    return refine.with_options(task_runner=runner)(config.to_json(), refine_config.to_json(), search_run_id)

@@ -1,0 +1,88 @@
+"""Final refinement: tune the training recipe of a search's best architectures.
+
+A search compares architectures under one short, shared recipe. Refinement takes the
+top k distinct architectures and searches their learning rate, weight decay, batch size
+and epochs (grid or Bayesian), judged on validation accuracy alone. The flow then trains
+the winner on train+val, and evaluation touches the test split once.
+
+    >>> import random
+    >>> from nas.space import SearchSpace
+    >>> space = SearchSpace.load("spaces/small-cnn.yaml").bind((1, 8, 8), 10)
+    >>> arch, hparams = space.sample(random.Random(0))
+    >>> tuning = refinement_space(space, arch, hparams, {"lr": [1e-3, 1e-2], "epochs": [30]})
+    >>> sorted({(h.lr, h.epochs) for a, h in tuning.enumerate() if a == arch})
+    [(0.001, 30), (0.01, 30)]
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from nas.space import Architecture, HParams, SearchSpace
+from nas.space.domain import Domain, SpaceError
+from nas.strategies import BayesianOptimization, GridSearch, Strategy
+from nas.trial import Budget, Candidate, Evaluation
+
+REFINED = ("lr", "weight_decay", "batch_size", "epochs")
+
+
+@dataclass(frozen=True)
+class OneArchitecture(SearchSpace):
+    """A space holding a single architecture: every sample, grid point and mutation keeps it."""
+
+    arch: Architecture | None = None
+
+    def sample_arch(self, rng: random.Random) -> Architecture:
+        return self.arch
+
+    def grid_size(self) -> int:
+        return len(self._choices(self.hparams))
+
+    def enumerate(self) -> Iterator[tuple[Architecture, HParams]]:
+        for values in self._choices(self.hparams):
+            yield self.arch, HParams(**values)
+
+
+def refinement_space(space: SearchSpace, arch: Architecture, hparams: HParams,
+                     domains: dict[str, Any]) -> OneArchitecture:
+    """`space` reduced to `arch`, with the refined hyper-parameters' domains from `domains`.
+
+    The rest (optimizer, initialisation) stays as the search chose it for this network.
+    """
+    unknown = set(domains) - set(REFINED)
+    if unknown:
+        raise SpaceError(f"refine.hparams names {sorted(unknown)}; refinement tunes {list(REFINED)}. "
+                         "Remove the others from params.yaml.")
+    pinned = {name: Domain(choices=(value,)) for name, value in asdict(hparams).items()}
+    parsed = {name: Domain.parse(raw, f"params.yaml refine.hparams.{name}") for name, raw in domains.items()}
+    fields_ = {f: getattr(space, f) for f in space.__dataclass_fields__}
+    return OneArchitecture(**{**fields_, "hparams": {**pinned, **parsed}, "arch": arch})
+
+
+def top_architectures(history: list[Evaluation], k: int) -> list[Evaluation]:
+    """The best finished run of each of the k best distinct architectures (ties: the earlier run)."""
+    best: dict[str, Evaluation] = {}
+    for e in history:
+        if e.ok and (e.arch_id not in best or e.score > best[e.arch_id].score):
+            best[e.arch_id] = e
+    return sorted(best.values(), key=lambda e: -e.score)[:k]
+
+
+def refinement_strategy(method: str, space: OneArchitecture, base: Evaluation, seed: int,
+                        max_seconds: float | None) -> Strategy:
+    """Grid or Bayesian search over `space`, told the search's own result for this architecture first."""
+    budget = Budget(max(space.hparams["epochs"].values()), max_seconds)
+    if method == "grid":
+        strategy: Strategy = GridSearch(space, budget, seed=seed)
+    else:  # mutations other than the learning rate's would change the architecture
+        strategy = BayesianOptimization(space, budget, seed=seed, initial=2, mutations=("alter-learning-rate",))
+    strategy.warm_start([base])
+    return strategy
+
+
+def as_refinements(candidates: list[Candidate], base: Evaluation, max_seconds: float | None) -> list[Candidate]:
+    """Children of the architecture's search run, each trained for the epochs its own settings name."""
+    return [replace(c, budget=Budget(c.hparams.epochs, max_seconds), parents=(base.run_id,)) for c in candidates]

@@ -1,0 +1,81 @@
+"""Hyperband, refinement and the whole pipeline through the real flows, Prefect API and MLflow store."""
+
+import json
+
+import mlflow
+import numpy as np
+import torch
+
+from flows.pipeline import run_pipeline
+from flows.search import run_search
+from nas.cli import main as nas
+from nas.config import RefineConfig
+from nas.data import load_split
+from nas.lineage import LineageStore
+from tests.flows.test_search import config, trial_runs
+
+TINY_REFINE = RefineConfig(top_k=2, trials=2, hparams={"lr": [2e-3, 5e-3], "epochs": [3]})
+
+
+def test_hyperband_promotions_continue_their_checkpoints(tmp_path, digits_dir, prefect_api):
+    cfg = config(tmp_path, digits_dir, scheduler="hyperband", trials=12, epochs=9, min_epochs=1,
+                 experiment="hyperband")
+    assert run_search(cfg)["trials"] == 12
+    store = LineageStore(cfg.tracking_uri, cfg.experiment)
+    runs = {e.run_id: e for e in store.history()}
+    promoted = [e for e in runs.values() if e.candidate.resume_from]
+    assert promoted
+    for e in promoted:
+        rung = runs[e.candidate.resume_from]
+        assert e.resumed_at == rung.epochs_trained == rung.candidate.budget.epochs
+        assert e.epochs_trained == e.candidate.budget.epochs > rung.epochs_trained
+        assert e.val_accs[:rung.epochs_trained] == rung.val_accs  # the curve goes on where the rung stopped
+        assert store.checkpoint(rung.run_id)["epoch"] == rung.epochs_trained
+    tags = {r.info.run_id: r.data.tags for r in trial_runs(cfg)}
+    assert all(tags[e.run_id]["nas.resume_from"] == e.candidate.resume_from for e in promoted)
+    assert {t["nas.rung"] for t in tags.values()} >= {"0", "1"}
+
+
+def test_pipeline_registers_a_model_that_reproduces_its_test_accuracy(tmp_path, digits_dir, prefect_api,
+                                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = config(tmp_path, digits_dir, trials=4, epochs=2, experiment="pipeline")
+    result = run_pipeline(cfg, TINY_REFINE, model_name="digits-net")
+    refined, final = result["refine"], result["final"]
+    assert refined["refine_trials"] == 4 and refined["search_run_id"] == result["search"]["parent_run_id"]
+
+    client = mlflow.MlflowClient(cfg.tracking_uri)
+    trials = {r.info.run_id: r for r in trial_runs(cfg)}
+    refinements = [r for r in trials.values() if r.data.tags["nas.strategy"] == "refine-grid"]
+    assert len(refinements) == 4
+    for run in refinements:  # children of the architecture's search run, judged on validation alone
+        parent = trials[run.data.tags["mlflow.parentRunId"]]
+        assert parent.data.tags["nas.strategy"] == "random"
+        assert json.loads(run.data.tags["nas.parents"]) == [parent.info.run_id]
+        assert run.data.tags["nas.arch_id"] == parent.data.tags["nas.arch_id"]
+        assert "test_acc" not in run.data.metrics
+    final_run = client.get_run(final["final_run_id"])
+    assert final_run.data.tags["nas.kind"] == "final" and final_run.info.run_id not in trials
+    assert final_run.data.metrics["test_acc"] == final["test_acc"]  # measured once, by evaluate
+
+    version = client.get_model_version("digits-net", final["model_version"])
+    assert version.tags["nas.arch_id"] == refined["arch_id"] and version.tags["nas.source_run"] == final_run.info.run_id
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    try:
+        model = mlflow.pytorch.load_model("models:/digits-net/1")
+    finally:
+        mlflow.set_tracking_uri(None)
+    x, y = load_split(digits_dir, "test")
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(x)).argmax(1).numpy()
+    assert np.mean(predicted == y) == final["test_acc"] > 0.5
+
+    again = run_pipeline(cfg, TINY_REFINE, model_name="digits-net")  # everything cached: one version, same numbers
+    assert again["final"] == final
+    assert len(client.search_model_versions("name = 'digits-net'")) == 1
+
+    assert nas(["report", "pipeline", "--tracking-uri", cfg.tracking_uri, "--out-dir", str(tmp_path / "r")]) == 0
+    pngs = sorted(p.name for p in (tmp_path / "r").iterdir())
+    assert pngs == ["pareto-pipeline.png", "trajectory-pipeline.png"]
+    logged = {a.path for a in client.list_artifacts(result["search"]["parent_run_id"])}
+    assert set(pngs) <= logged

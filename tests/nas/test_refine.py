@@ -1,0 +1,64 @@
+"""Refinement: the best distinct architectures, and searches that only ever change the training recipe."""
+
+import random
+
+import pytest
+
+from nas.config import ConfigError, RefineConfig, load_refine_params
+from nas.refine import as_refinements, refinement_space, refinement_strategy, top_architectures
+from nas.space import SearchSpace, SpaceError
+from nas.trial import Budget, Candidate, Evaluation
+from tests.conftest import ROOT
+
+SPACE = SearchSpace.load(ROOT / "spaces/small-cnn.yaml").bind((1, 8, 8), 10).with_hparams(epochs=20)
+DOMAINS = {"lr": {"log": [1e-3, 1e-2]}, "weight_decay": [0.0, 1e-4], "batch_size": [32, 64], "epochs": [30]}
+
+
+def evaluation(arch, hparams, val, run_id, ok=True):
+    return Evaluation(Candidate(arch, hparams, Budget(20)), run_id, status="ok" if ok else "failed",
+                      val_acc=val if ok else None, run_id=run_id)
+
+
+def test_top_architectures_are_distinct_and_best_first():
+    rng = random.Random(0)
+    (a, ha), (b, hb), (c, hc) = (SPACE.sample(rng) for _ in range(3))
+    history = [evaluation(a, ha, 0.90, "a1"), evaluation(b, hb, 0.95, "b1"), evaluation(a, ha, 0.97, "a2"),
+               evaluation(c, hc, 0.99, "c1", ok=False), evaluation(b, hb, 0.95, "b2")]
+    assert [e.run_id for e in top_architectures(history, 5)] == ["a2", "b1"]
+    assert [e.run_id for e in top_architectures(history, 1)] == ["a2"]
+
+
+@pytest.mark.parametrize("method", ["grid", "bayes"])
+def test_refinement_keeps_the_architecture_and_the_optimizer(method):
+    arch, hparams = SPACE.sample(random.Random(3))
+    base = evaluation(arch, hparams, 0.9, "base")
+    space = refinement_space(SPACE, arch, hparams, DOMAINS)
+    strategy = refinement_strategy(method, space, base, seed=0, max_seconds=60)
+    proposed = []
+    for round_ in range(4):
+        batch = as_refinements(strategy.ask(2), base, 60)
+        strategy.tell([Evaluation(c, f"{round_}{i}", val_acc=0.8 + 0.01 * i, run_id=f"{round_}{i}")
+                       for i, c in enumerate(batch)])
+        proposed += batch
+    assert len(proposed) == 8
+    for c in proposed:
+        assert c.arch == arch and c.parents == ("base",)
+        assert (c.hparams.optimizer, c.hparams.init) == (hparams.optimizer, hparams.init)
+        assert c.hparams.epochs == c.budget.epochs == 30 and c.hparams.batch_size in (32, 64)
+        assert 1e-3 <= c.hparams.lr <= 1e-2
+    assert len({c.hparams for c in proposed}) == 8 and hparams not in {c.hparams for c in proposed}
+
+
+def test_refinement_errors_name_the_fix(tmp_path):
+    arch, hparams = SPACE.sample(random.Random(0))
+    with pytest.raises(SpaceError, match="refinement tunes"):
+        refinement_space(SPACE, arch, hparams, {"dropout": [0.1]})
+    with pytest.raises(ConfigError, match="method"):
+        RefineConfig(method="annealing")
+    params = tmp_path / "params.yaml"
+    params.write_text("refine:\n  top_k: 0\n")
+    with pytest.raises(ConfigError, match="top_k"):
+        load_refine_params(params)
+    params.write_text("refine:\n  topk: 2\n")
+    with pytest.raises(ConfigError, match="takes the keys"):
+        load_refine_params(params)

@@ -13,9 +13,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/nas prepare
-	$(BIN)/nas search
-	$(BIN)/nas runs --limit 10
+	$(BIN)/nas pipeline
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
@@ -24,4 +22,4 @@ ui: $(BIN)/.installed
 	$(BIN)/nas ui
 
 clean:
-	rm -rf $(VENV) .prefect data metrics/*.json mlflow/mlflow.db mlflow/artifacts
+	rm -rf $(VENV) .prefect data metrics/*.json plots reports mlflow/mlflow.db mlflow/artifacts

@@ -24,12 +24,10 @@ from tasks.evaluate import evaluate_model, register_model
 
 
 @flow(name="nas-evaluate", log_prints=True)
-def evaluate(config: dict[str, Any], refined: dict[str, Any], model_name: str | None = None) -> dict[str, Any]:
-    """Measure the refined model on the test split, then register it (default name: nas-<experiment>)."""
-    cfg = SearchConfig.from_json(config)
-    data_dir = str(cfg.data.resolved_dir(Path.cwd()))
+def evaluate(refined: dict[str, Any], model_name: str | None = None) -> dict[str, Any]:
+    """Measure the refined model (the refine flow's summary) on the test split, then register it."""
     where = dict(tracking_uri=refined["tracking_uri"], experiment=refined["experiment"])
-    measured = evaluate_model(refined["model_uri"], refined["final_run_id"], data_dir=data_dir, **where)
+    measured = evaluate_model(refined["model_uri"], refined["final_run_id"], data_dir=refined["data_dir"], **where)
     lineage = {"nas.arch_id": refined["arch_id"], "nas.search_run": refined["search_run_id"],
                "nas.arch_run": refined["winner_run_id"], "nas.hparams": json.dumps(refined["hparams"]),
                "nas.test_acc": f"{measured['test_acc']:.6f}", **provenance_tags(Path.cwd())}
@@ -46,7 +44,7 @@ def pipeline(config: dict[str, Any], refine_config: dict[str, Any], model_name: 
     threads = ThreadPoolTaskRunner(max_workers=SearchConfig.from_json(config).concurrency)
     searched = search.with_options(task_runner=threads)(config)
     refined = refine.with_options(task_runner=threads)(config, refine_config, searched["parent_run_id"])
-    final = evaluate(config, refined, model_name)
+    final = evaluate(refined, model_name)
     return {"search": searched, "refine": refined, "final": final}
 
 

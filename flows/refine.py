@@ -40,8 +40,9 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
     store.ensure()
     bases = top_architectures(store.trials_of(search_run_id), rcfg.top_k)
     if not bases:
-        raise ConfigError(f"search run {search_run_id} has no successful trial to refine; run `nas search` "
-                          "first, or pass --search-run with a search that finished some trials.")
+        raise ConfigError(f"search run {search_run_id} has no successful trial in experiment "
+                          f"'{cfg.experiment_name}' to refine; pass --search-run with a search that finished some "
+                          "trials (and --experiment, if it is another experiment's).")
     space = SearchSpace.load(cfg.space).bind(meta.shape, len(meta.classes))
     tags = {"prefect.flow_run_id": str(flow_run.id), "nas.search_run": search_run_id, **provenance_tags(root)}
     common = dict(data_dir=str(data_dir), seed=cfg.seed, experiment=cfg.experiment_name, tracking_uri=tracking_uri,
@@ -81,7 +82,8 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
     if not trained.ok:
         raise RuntimeError(f"the final training of {winner.arch_id} failed: {trained.reason}")
     return {
-        "experiment": cfg.experiment_name, "tracking_uri": tracking_uri, "search_run_id": search_run_id,
+        "experiment": cfg.experiment_name, "tracking_uri": tracking_uri, "data_dir": str(data_dir),
+        "search_run_id": search_run_id,
         "refined_architectures": len(bases), "refine_trials": len(results) - len(bases),
         "winner_run_id": winner.run_id, "winner_val_acc": winner.val_acc, "arch_id": winner.arch_id,
         "hparams": winner.candidate.hparams.to_json(), "final_run_id": trained.run_id,
@@ -90,5 +92,6 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
 
 
 def run_refine(config: SearchConfig, refine_config: RefineConfig, search_run_id: str) -> dict[str, Any]:
+    """Refine a search; `config` is the search's own (LineageStore.search_config), so data and space match."""
     runner = ThreadPoolTaskRunner(max_workers=config.concurrency)
     return refine.with_options(task_runner=runner)(config.to_json(), refine_config.to_json(), search_run_id)

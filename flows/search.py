@@ -111,8 +111,9 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
         seeds = _best_runs(LineageStore(tracking_uri, cfg.from_experiment, root), cfg.top_k)
         strategy.warm_start(seeds)
         logger.info("warm start: the best %d runs of experiment '%s'", len(seeds), cfg.from_experiment)
-    logger.info("searching %s with %s: %d trials of %d epochs, %d at a time; MLflow run %s in %s",
-                meta.name, cfg.strategy, cfg.trials, cfg.epochs, cfg.concurrency, parent, tracking_uri)
+    method = f"{cfg.strategy} + {cfg.scheduler}" if cfg.scheduler else cfg.strategy
+    logger.info("searching %s with %s: %d trials of up to %d epochs, %d at a time; MLflow run %s in %s",
+                meta.name, method, cfg.trials, cfg.epochs, cfg.concurrency, parent, tracking_uri)
     threads = torch_threads(cfg.concurrency)
 
     def submit(candidate: Candidate) -> PrefectFuture:
@@ -134,7 +135,6 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
         if best := _best(evaluations):
             bar.set_postfix(best_val=f"{best.val_acc:.4f}")
 
-    method = f"{cfg.strategy} + {cfg.scheduler}" if cfg.scheduler else cfg.strategy
     with tqdm(total=cfg.trials, desc=f"{method} search", unit="trial", dynamic_ncols=True) as bar:
         if cfg.asynchronous:
             # Each finished trial is told at once and its worker gets the next candidate:

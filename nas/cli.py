@@ -131,7 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="measure the refined model on the test split and register it",
                        description="Load the refined model with mlflow.pytorch.load_model, measure its test accuracy "
                        "(the only look at the test split), and register it in the MLflow Model Registry.")
-    _add_data_options(p)
     p.add_argument("--from-summary", default="metrics/refine.json",
                    help="the refine summary JSON (default: metrics/refine.json)")
     p.add_argument("--model-name", help="Model Registry name (default: params.yaml evaluate.model_name, else "
@@ -285,9 +284,16 @@ def _print_final(final: dict) -> None:
 
 def cmd_refine(args: argparse.Namespace) -> int:
     from flows.refine import run_refine
+    from nas.config import SearchConfig
+    from nas.lineage import LineageStore
 
-    config = _search_config(args)
-    refined = run_refine(config, _refine_config(args), _search_run(args, config))
+    given = _search_config(args)
+    search_run = _search_run(args, given)
+    # The search's own data, space and seed, so the architectures are refined where they were found.
+    recorded = SearchConfig.from_json(LineageStore(given.tracking_uri, given.experiment_name).search_config(search_run))
+    config = recorded.override(tracking_uri=given.tracking_uri, concurrency=args.concurrency, device=args.device,
+                               data_dir=args.data_dir)
+    refined = run_refine(config, _refine_config(args), search_run)
     _write_json(args.metrics_out, refined)
     _print_refined(refined)
     return 0
@@ -302,7 +308,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the refine summary {args.from_summary} ({exc}); run `nas refine` first, "
                           "or pass --from-summary with the JSON it wrote.") from None
-    final = evaluate(_search_config(args).to_json(), refined, _model_name(args))
+    final = evaluate(refined, _model_name(args))
     _write_json(args.metrics_out, final)
     _print_final(final)
     return 0

@@ -364,6 +364,14 @@ class LineageStore:
                             f"tags.`mlflow.parentRunId` = '{search_run_id}'", order_by=["attributes.start_time ASC"])
         return [self._evaluation(run) for run in runs]
 
+    def search_config(self, search_run_id: str) -> dict[str, Any]:
+        """The configuration a search ran with (what `start_search` recorded)."""
+        data = self._read(self._get_run(search_run_id), CONFIG_FILE)
+        if data is None:
+            raise LineageError(f"run {search_run_id} has no {CONFIG_FILE}, so it is not a search; pass the run id "
+                               "of a search (`nas runs` lists trials; their parent is the search).")
+        return json.loads(data)
+
     def latest_search(self) -> str | None:
         """The run id of the experiment's most recent search, if any."""
         runs = self._search(f"tags.`nas.kind` = '{KIND_SEARCH}'", order_by=["attributes.start_time DESC"],

@@ -23,6 +23,7 @@ from nas.lineage import LineageStore, resolve_tracking_uri
 from nas.provenance import provenance_tags
 from nas.refine import as_refinements, refinement_space, refinement_strategy, top_architectures
 from nas.space import SearchSpace
+from nas.train import with_validation
 from nas.trial import Budget, Candidate, Evaluation
 from tasks.train import train_candidate, train_final
 
@@ -77,7 +78,7 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
     logger.info("winner: %s with %s; training it on train+val for %d epochs", winner.arch_id,
                 winner.candidate.hparams.to_json(), final.budget.epochs)
     trained = Evaluation.from_json(train_final(
-        final.to_json(), final.trial_key(f"{meta.fingerprint}+val", cfg.seed), parent_run_id=winner.run_id,
+        final.to_json(), final.trial_key(with_validation(meta.fingerprint), cfg.seed), parent_run_id=winner.run_id,
         **common))
     if not trained.ok:
         raise RuntimeError(f"the final training of {winner.arch_id} failed: {trained.reason}")

@@ -181,12 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from nas.config import load_params
-    from nas.data import parse_shape, prepare
+    from nas.data import prepare
 
-    data = load_params(args.params).override(
-        source=args.source, label_column=args.label_column, data_dir=args.data_dir,
-        shape=parse_shape(args.shape) if args.shape else None, split_seed=args.split_seed).data
+    data = _search_config(args).data
     out = data.resolved_dir(Path.cwd())
     meta = prepare(data.source, out, label_column=data.label_column, shape=data.shape, seed=data.split_seed)
     print(f"prepared {meta.name}: shape {meta.shape}, {len(meta.classes)} classes, "
@@ -196,6 +193,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _search_config(args: argparse.Namespace):
+    """params.yaml's search configuration with the options this command was given."""
     from nas.config import load_params
     from nas.data import parse_shape
 
@@ -305,6 +303,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         refined = json.loads(Path(args.from_summary).read_text())
+        missing = sorted({"model_uri", "final_run_id", "data_dir", "tracking_uri", "experiment"} - set(refined))
+        if missing:
+            raise ValueError(f"it lacks {missing}")
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the refine summary {args.from_summary} ({exc}); run `nas refine` first, "
                           "or pass --from-summary with the JSON it wrote.") from None

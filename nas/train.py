@@ -36,12 +36,18 @@ from nas.space.architecture import Architecture, ArchitectureError, HParams
 from nas.space.shapes import infer
 from nas.trial import FAILED, Budget, Candidate, Evaluation
 
-__all__ = ["TrainData", "TrainOutcome", "fit", "load_data", "pick_device", "predict_accuracy", "train"]
+__all__ = ["TrainData", "TrainOutcome", "fit", "load_data", "pick_device", "predict_accuracy", "train",
+           "with_validation"]
 
 EVAL_BATCH = 4096  # evaluation keeps no activations for backward, so batches can be large
 DIVERGENCE_FACTOR = 10.0  # an epoch's mean loss this many times the first epoch's ...
 DIVERGENCE_FLOOR = 10.0  # ... and above this, is divergence (small losses may wobble freely)
 DEVICE_DATA_FRACTION = 0.25  # data larger than this share of free GPU memory stays on the host
+
+
+def with_validation(fingerprint: str) -> str:
+    """The fingerprint of a prepared data set whose val split joined its training split."""
+    return f"{fingerprint}+val"
 
 
 @dataclass
@@ -69,7 +75,7 @@ class TrainData:
         the fingerprint changes, so such a run never shares a trial key with an ordinary one.
         """
         return replace(self, x_train=torch.cat([self.x_train, self.x_val]),
-                       y_train=torch.cat([self.y_train, self.y_val]), fingerprint=f"{self.fingerprint}+val")
+                       y_train=torch.cat([self.y_train, self.y_val]), fingerprint=with_validation(self.fingerprint))
 
 
 @dataclass

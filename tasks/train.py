@@ -87,7 +87,7 @@ def train_final(candidate: dict[str, Any], trial_key: str, *, data_dir: str, see
                 tags: dict[str, str] | None = None) -> dict[str, Any]:
     """The chosen network and recipe trained on train+val, logged as an MLflow model; test stays untouched.
 
-    `trial_key` must be computed with the train+val fingerprint (TrainData.with_validation_in_training).
+    `trial_key` must be computed with the train+val fingerprint (nas.train.with_validation).
     """
     data = load_data(data_dir, device).with_validation_in_training()
     return _train_and_record(candidate, trial_key, data, seed=seed, experiment=experiment, tracking_uri=tracking_uri,

@@ -17,7 +17,8 @@ def nas(*args, cwd=ROOT, timeout=120):
     return result, time.perf_counter() - started
 
 
-@pytest.mark.parametrize("command", [[], ["search"], ["prepare"], ["runs"], ["show"], ["ui"]])
+@pytest.mark.parametrize("command", [[], ["search"], ["prepare"], ["refine"], ["evaluate"], ["pipeline"], ["report"],
+                                     ["runs"], ["show"], ["ui"]])
 def test_help_explains_every_option_quickly(command):
     result, seconds = nas(*command, "--help")
     assert result.returncode == 0
@@ -58,3 +59,16 @@ def test_show_unknown_run_names_the_id(tmp_path):
     result, _ = nas("show", "0123456789abcdef", "--tracking-uri", f"sqlite:///{tmp_path}/m.db")
     assert result.returncode == 2
     assert "0123456789abcdef" in result.stderr and "nas runs" in result.stderr
+
+
+@pytest.mark.parametrize("command, says", [
+    (["refine", "--tracking-uri", "sqlite:///m.db"], "has no search to refine"),
+    (["refine", "--search-run", "0123456789abcdef", "--tracking-uri", "sqlite:///m.db"], "0123456789abcdef"),
+    (["evaluate", "--from-summary", "missing.json"], "run `nas refine` first"),
+    (["search", "--scheduler", "hyperband", "--epochs", "3", "--min-epochs", "9", "--space",
+      str(ROOT / "spaces/small-cnn.yaml")], "--min-epochs 9 exceeds"),
+])
+def test_pipeline_steps_out_of_order_say_what_to_run(tmp_path, command, says):
+    result, _ = nas(*command, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr

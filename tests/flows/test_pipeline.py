@@ -36,6 +36,15 @@ def test_hyperband_promotions_continue_their_checkpoints(tmp_path, digits_dir, p
     assert {t["nas.rung"] for t in tags.values()} >= {"0", "1"}
 
 
+def test_successive_halving_over_bayes_is_bohb_like(tmp_path, digits_dir, prefect_api):
+    cfg = config(tmp_path, digits_dir, strategy="bayes", scheduler="successive-halving", trials=10, epochs=4,
+                 min_epochs=1, eta=2, experiment="bohb")
+    assert run_search(cfg)["trials"] == 10
+    history = LineageStore(cfg.tracking_uri, cfg.experiment).history()
+    assert {e.candidate.budget.epochs for e in history} >= {1, 2}
+    assert all(e.candidate.hparams.epochs == 4 for e in history)
+
+
 def test_pipeline_registers_a_model_that_reproduces_its_test_accuracy(tmp_path, digits_dir, prefect_api,
                                                                         monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -85,11 +85,15 @@ def test_same_seed_same_search(tmp_path, digits_dir, prefect_api):
     assert len(store.history()) == 2
 
 
-@pytest.mark.parametrize("strategy", ["grid", "codeepneat"])
+@pytest.mark.parametrize("strategy", ["grid", "codeepneat", "bayes"])
 def test_other_strategies_run_through_the_flow(tmp_path, digits_dir, prefect_api, strategy):
-    cfg = config(tmp_path, digits_dir, strategy=strategy, trials=4, epochs=1, experiment=strategy,
+    trials = 8 if strategy == "bayes" else 4  # bayes: random until five results are told, then the model's
+    cfg = config(tmp_path, digits_dir, strategy=strategy, trials=trials, epochs=1, experiment=strategy,
                  space=str(ROOT / ("spaces/mlp.yaml" if strategy == "grid" else "spaces/cnn.yaml")))
-    assert run_search(cfg)["trials"] == 4
+    assert run_search(cfg)["trials"] == trials
+    if strategy == "bayes":
+        proposals = [r.data.tags["nas.proposal"] for r in trial_runs(cfg)]
+        assert proposals.count("random") == 6 and proposals.count("model") == 2  # batches of two
     if strategy == "codeepneat":  # assembled networks name the genomes they came from
         for run in trial_runs(cfg):
             assert {"nas.blueprint", "nas.modules", "nas.species"} <= set(run.data.tags)

@@ -114,14 +114,19 @@ class Hyperband(Strategy):
         return asked
 
     def _next(self, bracket: Bracket) -> Candidate | None:
+        if bracket.finished:
+            return None
         if bracket.queue:
             bracket.waiting += 1
             return bracket.queue.pop(0)
         if bracket.rung > 0 or bracket.drawn >= bracket.sizes[0]:
             return None
         proposal = self.sampler.ask(1)
-        if not proposal:
-            bracket.sizes[0] = bracket.drawn  # the sampler ran dry: the rung is as big as it got
+        if not proposal:  # the sampler ran dry: the rung is as big as it got
+            bracket.sizes[0] = bracket.drawn
+            if bracket.drawn and not bracket.waiting:  # and complete already: nothing else would end it
+                self._promote(bracket)
+                return self._next(bracket)
             return None
         bracket.drawn += 1
         bracket.waiting += 1

@@ -106,3 +106,23 @@ def test_a_promoted_run_continues_its_checkpoint_exactly(digits_dir):
     # and the starting point really was the rung's weights, not a fresh initialisation
     fresh = train(Candidate(arch, hparams, Budget(3)), data, seed=1)
     assert promoted.evaluation.val_accs[2:] != fresh.evaluation.val_accs
+
+
+def test_a_sampler_that_runs_dry_still_gets_its_configurations_promoted():
+    space = SearchSpace.from_dict({  # a grid of 12 networks
+        "ops": {"flatten": {}, "dense": {"units": [8, 16, 32], "activation": ["relu", "tanh"], "dropout": [0.0]}},
+        "layout": {"reduce": ["flatten"], "dense_layers": [1]}, "hparams": {"lr": [1e-3, 1e-2]}}).bind((20,), 3)
+    grid = make_strategy("grid", space, Budget(9), seed=0)
+    hb = Hyperband(grid, min_epochs=1, max_epochs=9, eta=3, successive_halving=True)
+    size, told = space.grid_size(), []
+    for _ in range(200):
+        asked = hb.ask(1)
+        if not asked:
+            break
+        hb.tell([Evaluation(asked[0], str(len(told)), val_acc=random.Random(len(told)).random(),
+                            run_id=f"r{len(told)}")])
+        told.append(asked[0])
+    assert hb.done()
+    # 12 configurations: a full bracket of 9, then a partial one of 3 that still reaches the top rung
+    assert sum(c.resume_from is None for c in told) == size == 12
+    assert sum(c.budget.epochs == 9 for c in told) == 2

@@ -127,20 +127,15 @@ def pareto_front(points: list[tuple[int, float]]) -> list[int]:
 
 def pareto_rows(history: list[Evaluation]) -> list[dict[str, Any]]:
     """One row per finished trial in history order, `pareto` marking the accuracy/size front."""
-    done = [(e, e.val_acc) for e in history if e.ok and e.val_acc is not None]
+    done = [(e, e.val_acc) for e in history if _finished(e)]
     front = set(pareto_front([(e.params, val) for e, val in done]))
     return [{"run_id": e.run_id, "arch_id": e.arch_id, "params": e.params, "val_acc": val,
              "pareto": i in front} for i, (e, val) in enumerate(done)]
 
 
-def write_csv(rows: list[dict[str, Any]], path: str | Path, columns: Sequence[str] | None = None) -> Path:
-    """Write rows as CSV (None as an empty cell) with `columns` as the header, by default the first
-    row's keys. Pass columns (e.g. TRAJECTORY_COLUMNS) where rows may be empty: the file then still
-    has a header, which `dvc plots` needs. Returns the path."""
-    if columns is None:
-        if not rows:
-            raise ValueError(f"write_csv({str(path)!r}): no rows to take a header from; pass columns")
-        columns = list(rows[0])
+def write_csv(rows: list[dict[str, Any]], path: str | Path, columns: Sequence[str]) -> Path:
+    """Write rows as CSV (None as an empty cell) under the header `columns`, which an empty file
+    still gets: `dvc plots` needs it. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:

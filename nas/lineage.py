@@ -307,6 +307,8 @@ class LineageStore:
             outcome["nas.reason"] = evaluation.reason
         if evaluation.inherited:  # the full list is in evaluation.json
             outcome["nas.inherited_tensors"] = str(len(evaluation.inherited))
+        if evaluation.resumed_at:
+            outcome["nas.resumed_at"] = str(evaluation.resumed_at)
         self._set_tags(run_id, outcome)
         record = evaluation.to_json()
         record["run_id"] = run_id
@@ -315,8 +317,6 @@ class LineageStore:
             self._log_weights(run_id, weights)
         if checkpoint is not None:
             self._log_checkpoint(run_id, checkpoint)
-        if evaluation.resumed_at:
-            self._set_tags(run_id, {"nas.resumed_at": str(evaluation.resumed_at)})
         # Last: find() trusts a FINISHED run to hold everything above.
         self._terminate(run_id, "FINISHED")
 
@@ -478,7 +478,6 @@ class LineageStore:
         """
         import mlflow.pytorch
         import torch
-
         from mlflow.models import infer_signature
 
         self._get_run(run_id)

@@ -16,6 +16,9 @@ from nas.space import Architecture, HParams, SearchSpace
 from nas.space.architecture import digest
 from nas.trial import Budget, Candidate, Evaluation
 
+# Duplicate draws in a row after which random sampling takes the space as exhausted.
+MAX_DUPLICATE_DRAWS = 1000
+
 
 def _json_rng_state(rng: random.Random) -> list:
     version, internal, gauss = rng.getstate()
@@ -91,6 +94,18 @@ class Strategy(ABC):
             return False
         self.proposed.add(key)
         return True
+
+    def _sample_fresh(self, n: int, **info: Any) -> list[Candidate]:
+        """Up to n random samples never proposed before; fewer means the space ran dry."""
+        candidates: list[Candidate] = []
+        misses = 0
+        while len(candidates) < n and misses < MAX_DUPLICATE_DRAWS:
+            arch, hparams = self.space.sample(self.rng)
+            if self._fresh(arch, hparams):
+                candidates.append(self._candidate(arch, hparams, info=dict(info)))
+            else:
+                misses += 1
+        return candidates
 
     def _candidate(self, arch: Architecture, hparams: HParams, **lineage: Any) -> Candidate:
         return Candidate(arch=arch, hparams=hparams, budget=self.budget, **lineage)

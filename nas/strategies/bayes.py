@@ -33,7 +33,6 @@ from nas.space.mutations import MUTATIONS, NotApplicable, mutate
 from nas.strategies.base import Strategy, proposal_key
 from nas.trial import Budget, Candidate, Evaluation
 
-MAX_DUPLICATE_DRAWS = 1000
 XI = 0.01  # expected-improvement margin, in accuracy units: a little exploration
 
 
@@ -85,7 +84,7 @@ class BayesianOptimization(Strategy):
         # Equal scores (a single result, or only failures) rank nothing: the model would
         # pick an arbitrary pool member, so say honestly that the proposal is random.
         gp = self._fit(x, y) if len(usable) >= self.initial and np.ptp(y) > 0 else None
-        candidates = self._random(n) if gp is None else self._model(n, gp, x, y, usable)
+        candidates = self._sample_fresh(n, proposal="random") if gp is None else self._model(n, gp, x, y, usable)
         self._exhausted = len(candidates) < n
         return candidates
 
@@ -128,17 +127,6 @@ class BayesianOptimization(Strategy):
 
     # ---- proposals -----------------------------------------------------------------
 
-    def _random(self, n: int) -> list[Candidate]:
-        candidates: list[Candidate] = []
-        misses = 0
-        while len(candidates) < n and misses < MAX_DUPLICATE_DRAWS:
-            arch, hparams = self.space.sample(self.rng)
-            if self._fresh(arch, hparams):
-                candidates.append(self._candidate(arch, hparams, info={"proposal": "random"}))
-            else:
-                misses += 1
-        return candidates
-
     def _pool(self, usable: list[Evaluation]) -> list[tuple[Architecture, HParams]]:
         pool = [self.space.sample(self.rng) for _ in range(self.pool_size)]
         finished = [e for e in usable if e.ok and e.val_acc is not None]
@@ -171,7 +159,7 @@ class BayesianOptimization(Strategy):
             if len(candidates) < n and pool:
                 gp = self._fit(x, y, kernel=gp.kernel_)
                 if gp is None:  # the lie made the data degenerate: fill the batch at random
-                    return candidates + self._random(n - len(candidates))
+                    return candidates + self._sample_fresh(n - len(candidates), proposal="random")
         return candidates
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 from nas.strategies.base import Strategy
 from nas.trial import Candidate
 
-MAX_DUPLICATE_DRAWS = 1000
-
 
 class RandomSearch(Strategy):
     name = "random"
@@ -25,16 +23,9 @@ class RandomSearch(Strategy):
         self._exhausted = False
 
     def ask(self, n: int) -> list[Candidate]:
-        candidates: list[Candidate] = []
-        misses = 0
-        while len(candidates) < n and misses < MAX_DUPLICATE_DRAWS:
-            arch, hparams = self.space.sample(self.rng)
-            if self._fresh(arch, hparams):
-                candidates.append(self._candidate(arch, hparams))
-            else:
-                misses += 1
+        candidates = self._sample_fresh(n)
         # A small space can run dry: stop asking instead of looping forever on duplicates.
-        self._exhausted = misses >= MAX_DUPLICATE_DRAWS
+        self._exhausted = len(candidates) < n
         return candidates
 
     def done(self) -> bool:

@@ -274,6 +274,14 @@ def apply_mutation(name: str, space: SearchSpace, arch: Architecture, hparams: H
     return Mutated(name, arch, hparams, None if name == "reset-weights" else everything)
 
 
+def allowed_mutations(names: Sequence[str] | None) -> tuple[str, ...]:
+    """The mutations a strategy may draw: all of them by default; unknown names are refused at once."""
+    unknown = sorted(set(names or ()) - set(MUTATIONS))
+    if unknown:
+        raise ValueError(f"unknown mutations {unknown}; choose from {list(MUTATIONS)}.")
+    return tuple(names) if names else MUTATIONS
+
+
 def mutate(space: SearchSpace, arch: Architecture, hparams: HParams, rng: random.Random,
            allowed: Sequence[str] = MUTATIONS) -> Mutated:
     """A mutation drawn uniformly from `allowed`; redrawn among the rest until one applies."""

@@ -48,18 +48,23 @@ class Strategy(ABC):
         self.rng = random.Random(seed)
         self.history: list[Evaluation] = []
         self.proposed: set[str] = set()
+        self._exhausted = False  # set by strategies whose supply of proposals can run out
 
     @abstractmethod
     def ask(self, n: int) -> list[Candidate]:
         """Up to n new candidates (fewer, or none, when the strategy has nothing left)."""
 
     def tell(self, evaluations: list[Evaluation]) -> None:
+        self._record(evaluations)
+
+    def _record(self, evaluations: list[Evaluation]) -> None:
+        """Remember results as told; subclasses that learn differently from a warm start call it alone."""
         self.history.extend(evaluations)
         for evaluation in evaluations:
             self.proposed.add(proposal_key(evaluation.candidate.arch, evaluation.candidate.hparams))
 
     def done(self) -> bool:
-        return False
+        return self._exhausted
 
     def warm_start(self, history: list[Evaluation]) -> None:
         """Learn from earlier results, e.g. the lineage store's, as if they had been told."""

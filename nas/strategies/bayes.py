@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from nas.space import Architecture, HParams, SearchSpace
-from nas.space.mutations import MUTATIONS, NotApplicable, mutate
+from nas.space.mutations import NotApplicable, allowed_mutations, mutate
 from nas.strategies.base import Strategy, proposal_key
 from nas.trial import Budget, Candidate, Evaluation
 
@@ -75,8 +75,7 @@ class BayesianOptimization(Strategy):
         self.pool_size = pool_size
         self.mutations_per_point = mutations_per_point
         self.top_points = top_points
-        self.mutations = tuple(mutations or MUTATIONS)  # which mutations make pool members
-        self._exhausted = False
+        self.mutations = allowed_mutations(mutations)  # which mutations make pool members
 
     def ask(self, n: int) -> list[Candidate]:
         usable = [e for e in self.history if self.space.is_valid(e.candidate.arch, e.candidate.hparams)]
@@ -87,9 +86,6 @@ class BayesianOptimization(Strategy):
         candidates = self._sample_fresh(n, proposal="random") if gp is None else self._model(n, gp, x, y, usable)
         self._exhausted = len(candidates) < n
         return candidates
-
-    def done(self) -> bool:
-        return self._exhausted
 
     # ---- the model -----------------------------------------------------------------
 

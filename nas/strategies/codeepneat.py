@@ -41,6 +41,7 @@ from typing import Any
 
 from nas.space import Architecture, ArchitectureError, HParams, Node, SearchSpace, SpaceError
 from nas.space.architecture import AttrValue
+from nas.space.space import SAMPLE_TRIES
 from nas.strategies.base import Strategy
 from nas.trial import Budget, Candidate, Evaluation
 
@@ -49,7 +50,6 @@ MAX_MODULE_LAYERS = 3
 MAX_SLOTS = 4
 MAX_ASSEMBLY_TRIES = 50  # draws of (blueprint, modules) per network before accepting a repeat
 MAX_MUTATION_TRIES = 10  # mutations that break the space are retried, then the child is a plain copy
-SAMPLE_TRIES = 200
 CROSSOVER_RATE = 0.5
 
 Traits = dict[str, AttrValue]  # what a gene is, compared attribute by attribute in the distance
@@ -433,7 +433,7 @@ class CoDeepNEAT(Strategy):
         Networks of other methods are not assemblies of this search's modules, so they give
         no fitness to credit; the populations start from random genomes as usual.
         """
-        Strategy.tell(self, history)
+        self._record(history)
 
     # ---- evolution -------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from abc import abstractmethod
 from typing import Any
 
 from nas.space import Architecture, ArchitectureError, Node, SearchSpace, SpaceError
-from nas.space.mutations import MUTATIONS, Mutated, NotApplicable, mutate
+from nas.space.mutations import Mutated, NotApplicable, allowed_mutations, mutate
 from nas.strategies.base import Strategy
 from nas.trial import Budget, Candidate, Evaluation
 
@@ -50,11 +50,8 @@ class _Evolution(Strategy):
         if population_size < 2:
             raise ValueError(f"population_size={population_size} is too small; evolution needs at least 2 "
                              "individuals to compare.")
-        unknown = set(mutations or ()) - set(MUTATIONS)
-        if unknown:
-            raise ValueError(f"unknown mutations {sorted(unknown)}; choose from {list(MUTATIONS)}.")
         self.population_size = population_size
-        self.mutations = tuple(mutations) if mutations else MUTATIONS
+        self.mutations = allowed_mutations(mutations)
         self.population: list[Evaluation] = []
         self.initial_asked = 0  # initial individuals proposed so far (seeds from warm_start count)
         self.pending = 0  # candidates asked and not yet told
@@ -102,7 +99,7 @@ class _Evolution(Strategy):
         They replace (some of) the initial individuals, so evolution can start from what
         another method found. Ties in score keep the earlier result; ages follow history order.
         """
-        Strategy.tell(self, history)
+        self._record(history)
         # Results of another space (the lineage store holds every search) cannot be mutated here.
         usable = [e for e in history if self.space.is_valid(e.candidate.arch, e.candidate.hparams)]
         pool = self.population + usable

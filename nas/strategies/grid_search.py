@@ -27,7 +27,6 @@ class GridSearch(Strategy):
         super().__init__(*args, **kwargs)
         self._grid = self.space.enumerate()
         self._position = 0  # grid points consumed, so a restored state skips ahead
-        self._exhausted = False
 
     def ask(self, n: int) -> list[Candidate]:
         candidates: list[Candidate] = []
@@ -40,9 +39,6 @@ class GridSearch(Strategy):
             if self._fresh(*point):
                 candidates.append(self._candidate(*point))
         return candidates
-
-    def done(self) -> bool:
-        return self._exhausted
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "position": self._position}

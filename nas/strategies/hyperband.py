@@ -170,7 +170,7 @@ class Hyperband(Strategy):
         return self.sampler.done() and not any(b.queue or b.waiting for b in self.brackets)
 
     def warm_start(self, history: list[Evaluation]) -> None:
-        Strategy.tell(self, history)
+        self._record(history)
         self.sampler.warm_start(history)
 
     def state_dict(self) -> dict[str, Any]:

@@ -18,15 +18,8 @@ from nas.trial import Candidate
 class RandomSearch(Strategy):
     name = "random"
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._exhausted = False
-
     def ask(self, n: int) -> list[Candidate]:
         candidates = self._sample_fresh(n)
         # A small space can run dry: stop asking instead of looping forever on duplicates.
         self._exhausted = len(candidates) < n
         return candidates
-
-    def done(self) -> bool:
-        return self._exhausted

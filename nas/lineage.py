@@ -180,6 +180,24 @@ class LineageStore:
                 "or choose another experiment name.")
         return found.experiment_id
 
+    def _find_experiment(self) -> str | None:
+        """The experiment's id if it exists. Reading never creates a store or an experiment:
+        a SQLite store costs seconds of migrations, and a mistyped name would stay behind."""
+        if self._experiment_id is None:
+            database = _sqlite_file(self.tracking_uri)
+            if database is not None and not database.exists():
+                return None
+            client = MlflowClient(tracking_uri=self.tracking_uri)
+            found = client.get_experiment_by_name(self.experiment)
+            if found is None or found.lifecycle_stage != "active":
+                return None
+            self._client, self._experiment_id = client, found.experiment_id  # client first: see `client`
+        return self._experiment_id
+
+    def _reader(self) -> MlflowClient:
+        """A client for reads by run id, which need no experiment of this store's (run ids are global)."""
+        return self._client or MlflowClient(tracking_uri=self.tracking_uri)
+
     @property
     def experiment_id(self) -> str:
         return self._experiment_id or self.ensure()
@@ -229,10 +247,8 @@ class LineageStore:
     def finish_search(self, run_id: str, summary: dict[str, float | str],
                       status: str = "FINISHED") -> None:
         """Numbers become metrics, strings become tags nas.best.<key>; then the run ends."""
-        now = _now_ms()
-        metrics = [Metric(k, float(v), now, 0) for k, v in summary.items() if not isinstance(v, str)]
-        self._log_metrics(run_id, metrics)
-        self._set_tags(run_id, {f"nas.best.{k}": v for k, v in summary.items() if isinstance(v, str)})
+        self.log_result(run_id, {k: v for k, v in summary.items() if not isinstance(v, str)},
+                        {f"nas.best.{k}": v for k, v in summary.items() if isinstance(v, str)})
         self._terminate(run_id, status)
 
     # -- trials ------------------------------------------------------------------------
@@ -302,7 +318,7 @@ class LineageStore:
         last_step = max(len(evaluation.val_accs) - 1, 0)
         metrics += [Metric(k, float(v), now + 1, last_step) for k, v in finals.items() if v is not None]
         self._log_metrics(run_id, metrics)
-        outcome = {"nas.status": OK if evaluation.ok else FAILED, "nas.device": evaluation.device}
+        outcome = {"nas.status": evaluation.status, "nas.device": evaluation.device}
         if evaluation.reason:
             outcome["nas.reason"] = evaluation.reason
         if evaluation.inherited:  # the full list is in evaluation.json
@@ -366,11 +382,9 @@ class LineageStore:
 
     def search_config(self, search_run_id: str) -> dict[str, Any]:
         """The configuration a search ran with (what `start_search` recorded)."""
-        data = self._read(self._get_run(search_run_id), CONFIG_FILE)
-        if data is None:
-            raise LineageError(f"run {search_run_id} has no {CONFIG_FILE}, so it is not a search; pass the run id "
-                               "of a search (`nas runs` lists trials; their parent is the search).")
-        return json.loads(data)
+        return json.loads(self._require(self._get_run(search_run_id), CONFIG_FILE, (
+            ", so it is not a search; pass the run id of a search (`nas runs` lists trials; their parent is "
+            "the search).")))
 
     def latest_search(self) -> str | None:
         """The run id of the experiment's most recent search, if any."""
@@ -388,11 +402,8 @@ class LineageStore:
     def weights(self, run_id: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load
 
-        data = self._read(self._get_run(run_id), WEIGHTS_FILE)
-        if data is None:
-            raise LineageError(f"run {run_id} has no {WEIGHTS_FILE}: it failed or was logged "
-                               "without weights. Pick a finished ok run from `nas runs`.")
-        return load(data)
+        return load(self._require(self._get_run(run_id), WEIGHTS_FILE, (
+            ": it failed or was logged without weights. Pick a finished ok run from `nas runs`.")))
 
     def checkpoint(self, run_id: str) -> dict[str, Any]:
         """The state a shorter run left to be continued (see nas.train.TrainOutcome.checkpoint)."""
@@ -400,33 +411,21 @@ class LineageStore:
 
         import torch
 
-        data = self._read(self._get_run(run_id), CHECKPOINT_FILE)
-        if data is None:
-            raise LineageError(f"run {run_id} has no {CHECKPOINT_FILE}: only a run stopped before the end of its "
-                               "learning-rate schedule keeps one. Promote a lower rung of the same search.")
+        data = self._require(self._get_run(run_id), CHECKPOINT_FILE, (
+            ": only a run stopped before the end of its learning-rate schedule keeps one. Promote a lower rung "
+            "of the same search."))
         # weights_only: tensors and plain containers, never arbitrary pickled code.
         return torch.load(io.BytesIO(data), weights_only=True)
 
     def leaderboard(self, limit: int = 20) -> list[dict[str, Any]]:
         """Best finished candidates by validation accuracy, from one query (no artifact reads).
 
-        Read-only: a store or experiment that does not exist yet is an empty leaderboard,
-        not something to create (creating a SQLite store costs seconds of migrations).
+        A store or experiment that does not exist yet is an empty leaderboard.
         """
-        database = _sqlite_file(self.tracking_uri)
-        if database is not None and not database.exists():
-            return []
-        client = MlflowClient(tracking_uri=self.tracking_uri)
-        experiment = client.get_experiment_by_name(self.experiment)
-        if experiment is None:
-            return []
-        runs = client.search_runs(
-            [experiment.experiment_id],
-            filter_string=(f"tags.`nas.kind` = '{KIND_TRIAL}' and tags.`nas.status` = '{OK}' "
-                           "and attributes.status = 'FINISHED'"),
-            order_by=["metrics.val_acc DESC", "attributes.start_time ASC"],  # ties: the earlier run, as strategies pick
-            max_results=limit,
-        )
+        runs = self._search(f"tags.`nas.kind` = '{KIND_TRIAL}' and tags.`nas.status` = '{OK}' "
+                            "and attributes.status = 'FINISHED'",
+                            order_by=["metrics.val_acc DESC", "attributes.start_time ASC"],  # ties: the earlier run
+                            max_results=limit)
         rows = []
         for run in runs:
             tags, metrics = run.data.tags, run.data.metrics
@@ -550,12 +549,18 @@ class LineageStore:
 
     def _search(self, filter_string: str, order_by: list[str] | None = None,
                 max_results: int | None = None) -> list[Run]:
-        """Runs of this experiment matching filter_string, following pages past MLflow's 1000."""
+        """Runs of this experiment matching filter_string, following pages past MLflow's 1000.
+
+        Empty where the experiment does not exist yet: searching never creates it.
+        """
+        experiment_id = self._find_experiment()
+        if experiment_id is None:
+            return []
         runs: list[Run] = []
         token = None
         while True:
             page_size = min(1000, max_results - len(runs)) if max_results else 1000
-            page = self.client.search_runs([self.experiment_id], filter_string=filter_string,
+            page = self.client.search_runs([experiment_id], filter_string=filter_string,
                                            order_by=order_by, max_results=page_size, page_token=token)
             runs.extend(page)
             token = page.token
@@ -564,7 +569,7 @@ class LineageStore:
 
     def _get_run(self, run_id: str) -> Run:
         try:
-            return self.client.get_run(run_id)
+            return self._reader().get_run(run_id)
         except MlflowException as error:
             if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 raise LineageError(f"no run '{run_id}' in the MLflow store at {self.tracking_uri}; "
@@ -572,11 +577,14 @@ class LineageStore:
             raise
 
     def _evaluation(self, run: Run) -> Evaluation:
-        data = self._read(run, EVALUATION_FILE)
+        return Evaluation.from_json(json.loads(self._require(
+            run, EVALUATION_FILE, ", so this finished trial was not written by this tool: delete it in `nas ui`.")))
+
+    def _require(self, run: Run, artifact: str, why_and_fix: str) -> bytes:
+        data = self._read(run, artifact)
         if data is None:
-            raise LineageError(f"run {run.info.run_id} is a finished trial without {EVALUATION_FILE}, "
-                               "so it was not written by this tool: delete it in `nas ui`.")
-        return Evaluation.from_json(json.loads(data))
+            raise LineageError(f"run {run.info.run_id} has no {artifact}{why_and_fix}")
+        return data
 
     def _read(self, run: Run, artifact: str) -> bytes | None:
         """One artifact's bytes, or None if the run has no such file."""
@@ -584,13 +592,13 @@ class LineageStore:
         if local is not None:  # read in place: a download costs ~10 ms, and history() reads hundreds
             path = local / artifact
             return path.read_bytes() if path.is_file() else None
-        if artifact not in {f.path for f in self.client.list_artifacts(run.info.run_id)}:
+        if artifact not in {f.path for f in self._reader().list_artifacts(run.info.run_id)}:
             return None
         with tempfile.TemporaryDirectory(prefix="nas-lineage-") as folder:
-            return Path(self.client.download_artifacts(run.info.run_id, artifact, dst_path=folder)).read_bytes()
+            return Path(self._reader().download_artifacts(run.info.run_id, artifact, dst_path=folder)).read_bytes()
 
     def _artifact_paths(self, run_id: str, path: str | None = None) -> Iterator[str]:
-        for info in self.client.list_artifacts(run_id, path):
+        for info in self._reader().list_artifacts(run_id, path):
             if info.is_dir:
                 yield from self._artifact_paths(run_id, info.path)
             else:

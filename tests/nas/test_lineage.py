@@ -261,3 +261,10 @@ def test_many_threads_each_with_its_own_store_on_a_fresh_database(tmp_path):
         run_ids = list(pool.map(trial, range(1, 97)))
     lineage = LineageStore(uri, experiment="threads", root=tmp_path)
     assert sorted(e.run_id for e in lineage.history()) == sorted(run_ids)
+
+
+def test_reading_never_creates_an_experiment(store, search):
+    other = LineageStore(store.tracking_uri, "typo")
+    assert other.history() == [] and other.leaderboard() == [] and other.latest_search() is None
+    assert other.run_summary(search)["run_id"] == search  # run ids are global
+    assert MlflowClient(store.tracking_uri).get_experiment_by_name("typo") is None

@@ -194,15 +194,24 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def _search_config(args: argparse.Namespace):
     """params.yaml's search configuration with the options this command was given."""
-    from nas.config import load_params
+    from dataclasses import fields
+
+    from nas.config import DataConfig, SearchConfig, load_params
     from nas.data import parse_shape
 
-    options = {name: getattr(args, name, None) for name in (
-        "source", "label_column", "data_dir", "split_seed", "space", "strategy", "scheduler", "min_epochs", "eta",
-        "trials", "epochs", "population", "from_experiment", "top_k", "asynchronous", "concurrency", "max_seconds",
-        "max_params", "device", "experiment", "tracking_uri", "seed")}
+    # Every configuration field the command has an option for (the data source's is --data).
+    names = [f.name for f in fields(SearchConfig) + fields(DataConfig) if f.name not in ("data", "shape")]
+    options = {name: getattr(args, name, None) for name in names}
     shape = getattr(args, "shape", None)
     return load_params(args.params).override(shape=parse_shape(shape) if shape else None, **options)
+
+
+def _store(args: argparse.Namespace):
+    """The lineage store this command's options (or params.yaml) name."""
+    from nas.lineage import LineageStore
+
+    config = _search_config(args)
+    return LineageStore(config.tracking_uri, config.experiment_name)
 
 
 def _refine_config(args: argparse.Namespace):
@@ -232,7 +241,7 @@ def _report_search(summary: dict, plots_dir: str) -> None:
 
     store = LineageStore(summary["tracking_uri"], summary["experiment"])
     write_plot_data(store.trials_of(summary["parent_run_id"]), plots_dir)
-    _print_leaderboard(summary["tracking_uri"], summary["experiment"], 5)
+    _print_leaderboard(store, 5)
     if summary.get("best_run_id"):
         print(f"\nbest: run {summary['best_run_id']} (architecture {summary['best_arch_id']}): "
               f"val {summary['best_val_acc']:.4f}, test {summary['best_test_acc']:.4f}, "
@@ -251,9 +260,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _search_run(args: argparse.Namespace, config) -> str:
+def _search_run(args: argparse.Namespace, store) -> str:
     from nas.config import ConfigError
-    from nas.lineage import LineageStore
 
     if args.search_run:
         return args.search_run
@@ -263,9 +271,9 @@ def _search_run(args: argparse.Namespace, config) -> str:
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(f"cannot read the search run from {args.from_summary} ({exc}); pass the JSON that "
                               "`nas search --metrics-out` wrote, or --search-run RUN_ID.") from None
-    latest = LineageStore(config.tracking_uri, config.experiment_name).latest_search()
+    latest = store.latest_search()
     if latest is None:
-        raise ConfigError(f"experiment '{config.experiment_name}' has no search to refine; run `nas search` first.")
+        raise ConfigError(f"experiment '{store.experiment}' has no search to refine; run `nas search` first.")
     return latest
 
 
@@ -283,13 +291,12 @@ def _print_final(final: dict) -> None:
 def cmd_refine(args: argparse.Namespace) -> int:
     from flows.refine import run_refine
     from nas.config import SearchConfig
-    from nas.lineage import LineageStore
 
-    given = _search_config(args)
-    search_run = _search_run(args, given)
+    store = _store(args)
+    search_run = _search_run(args, store)
     # The search's own data, space and seed, so the architectures are refined where they were found.
-    recorded = SearchConfig.from_json(LineageStore(given.tracking_uri, given.experiment_name).search_config(search_run))
-    config = recorded.override(tracking_uri=given.tracking_uri, concurrency=args.concurrency, device=args.device,
+    recorded = SearchConfig.from_json(store.search_config(search_run))
+    config = recorded.override(tracking_uri=store.tracking_uri, concurrency=args.concurrency, device=args.device,
                                data_dir=args.data_dir)
     refined = run_refine(config, _refine_config(args), search_run)
     _write_json(args.metrics_out, refined)
@@ -328,12 +335,9 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from nas.config import load_params
-    from nas.lineage import LineageStore
     from nas.reports import pareto_plot, trajectory_plot
 
-    uri = load_params(args.params).override(tracking_uri=args.tracking_uri).tracking_uri
-    store = LineageStore(uri, args.experiment)
+    store = _store(args)
     search = args.search_run or store.latest_search()
     if search is None:
         print(f"experiment '{args.experiment}' has no search yet; run `nas search --experiment {args.experiment}`.")
@@ -349,12 +353,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_leaderboard(tracking_uri: str | None, experiment: str, limit: int) -> None:
-    from nas.lineage import LineageStore
-
-    rows = LineageStore(tracking_uri, experiment).leaderboard(limit)
+def _print_leaderboard(store, limit: int) -> None:
+    rows = store.leaderboard(limit)
     if not rows:
-        print(f"no finished trials in experiment '{experiment}' yet; run `nas search`.")
+        print(f"no finished trials in experiment '{store.experiment}' yet; run `nas search`.")
         return
     print(f"{'rank':>4}  {'run id':<32}  {'architecture':<16}  {'val':>6}  {'test':>6}  {'params':>9}  "
           f"{'secs':>6}  strategy")
@@ -365,19 +367,12 @@ def _print_leaderboard(tracking_uri: str | None, experiment: str, limit: int) ->
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from nas.config import load_params
-
-    config = load_params(args.params).override(experiment=args.experiment, tracking_uri=args.tracking_uri)
-    _print_leaderboard(config.tracking_uri, config.experiment_name, args.limit)
+    _print_leaderboard(_store(args), args.limit)
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from nas.config import load_params
-    from nas.lineage import LineageStore
-
-    config = load_params(args.params).override(experiment=args.experiment, tracking_uri=args.tracking_uri)
-    summary = LineageStore(config.tracking_uri, config.experiment_name).run_summary(args.run_id)
+    summary = _store(args).run_summary(args.run_id)
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
         return 0
@@ -396,12 +391,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from nas.config import load_params
-    from nas.lineage import LineageStore
     from nas.reports import family_tree
 
-    uri = load_params(args.params).override(tracking_uri=args.tracking_uri).tracking_uri
-    store = LineageStore(uri, args.experiment)
+    store = _store(args)
     if not store.leaderboard(1):
         print(f"no finished trials in experiment '{args.experiment}' yet; run `nas search` first.")
         return 1
@@ -416,9 +408,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from nas.lineage import LineageStore
-
-    command = LineageStore(args.tracking_uri).ui_command()
+    command = _store(args).ui_command()
     command[command.index("--port") + 1] = str(args.port)
     print(f"MLflow UI on http://127.0.0.1:{args.port}  (Ctrl-C stops it)")
     os.execvp(command[0], command)

@@ -6,7 +6,7 @@ store and the MLflow lineage store unchanged, and strategies never need torch or
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from nas.space.architecture import Architecture, HParams, digest
@@ -24,7 +24,7 @@ class Budget:
     max_seconds: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "max_seconds": self.max_seconds}
+        return asdict(self)
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> Budget:
@@ -120,24 +120,8 @@ class Evaluation:
         return self.candidate.arch.arch_id
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "candidate": self.candidate.to_json(),
-            "trial_key": self.trial_key,
-            "status": self.status,
-            "reason": self.reason,
-            "val_acc": self.val_acc,
-            "test_acc": self.test_acc,
-            "train_loss": self.train_loss,
-            "val_accs": self.val_accs,
-            "params": self.params,
-            "flops": self.flops,
-            "seconds": self.seconds,
-            "epochs_trained": self.epochs_trained,
-            "resumed_at": self.resumed_at,
-            "device": self.device,
-            "inherited": self.inherited,
-            "run_id": self.run_id,
-        }
+        # Every field, in declaration order, so a new field can never be left out.
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "candidate": self.candidate.to_json()}
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> Evaluation:

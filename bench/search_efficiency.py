@@ -49,14 +49,11 @@ def _init_worker() -> None:
 
 
 def _make_strategy(method: str, space, budget, seed: int, cfg: dict):
-    from nas.strategies import make_strategy
-    from nas.strategies.hyperband import Hyperband
+    from nas.strategies import make_search
     sampler = SCHEDULED.get(method, method)
-    options = {"population_size": cfg["population"]} if sampler in POPULATION else {}
-    strategy = make_strategy(sampler, space, budget, seed=seed, **options)
-    if method in SCHEDULED:
-        strategy = Hyperband(strategy, cfg["min_epochs"], cfg["epochs"], cfg["eta"])
-    return strategy
+    return make_search(sampler, space, budget, seed, population=cfg["population"] if sampler in POPULATION else None,
+                       scheduler="hyperband" if method in SCHEDULED else None, min_epochs=cfg["min_epochs"],
+                       eta=cfg["eta"])
 
 
 def run_job(job: tuple[str, int, dict]) -> dict:
@@ -65,7 +62,7 @@ def run_job(job: tuple[str, int, dict]) -> dict:
     record = {"method": method, "seed": seed, "trials": [], "error": None}
     started = time.perf_counter()
     try:
-        from nas.build import remap_state
+        from nas.build import inherited_weights
         from nas.space import SearchSpace
         from nas.train import load_data, train
         from nas.trial import Budget
@@ -87,9 +84,8 @@ def run_job(job: tuple[str, int, dict]) -> dict:
             if not asked:
                 break
             cand, n = asked[0], len(record["trials"]) + 1
-            init = weights.get(cand.inherit_from) if cand.inherit_from else None
-            if init is not None and "node_map" in cand.info:  # a mutation renumbered the parent's nodes
-                init = remap_state(init, {int(c): p for c, p in cand.info["node_map"].items()})
+            init = inherited_weights(weights[cand.inherit_from], cand.info.get("node_map")) \
+                if cand.inherit_from in weights else None  # a failed parent left no weights
             tick = time.perf_counter()
             outcome = train(cand, data, seed=seed, device=cfg["device"], max_params=space.max_params,
                             init_weights=init, resume=checkpoints.get(cand.resume_from))

@@ -27,8 +27,8 @@ from nas.data import BUILTINS, DataError, DataMeta, load_split, read_meta, sourc
 from nas.lineage import LineageStore, resolve_tracking_uri
 from nas.provenance import provenance_tags
 from nas.space import SearchSpace
-from nas.strategies import STRATEGIES, make_strategy
-from nas.strategies.hyperband import SCHEDULERS, Hyperband
+from nas.strategies import STRATEGIES, make_search
+from nas.strategies.hyperband import SCHEDULERS
 from nas.trial import Budget, Candidate, Evaluation
 from tasks.prepare import prepare_data
 from tasks.train import train_candidate
@@ -102,11 +102,8 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
     store.ensure()  # create the database and experiment once, before trial threads race to do it
     context_tags = {"prefect.flow_run_id": str(flow_run.id), **provenance_tags(root)}
     parent = store.start_search(cfg.to_json(), Path(cfg.space), meta.fingerprint, tags=context_tags)
-    options = {"population_size": cfg.population} if cfg.population else {}
-    strategy = make_strategy(cfg.strategy, space, Budget(cfg.epochs, cfg.max_seconds), seed=cfg.seed, **options)
-    if cfg.scheduler:
-        strategy = Hyperband(strategy, cfg.min_epochs, cfg.epochs, cfg.eta,
-                             successive_halving=cfg.scheduler == "successive-halving")
+    strategy = make_search(cfg.strategy, space, Budget(cfg.epochs, cfg.max_seconds), seed=cfg.seed,
+                           population=cfg.population, scheduler=cfg.scheduler, min_epochs=cfg.min_epochs, eta=cfg.eta)
     if cfg.from_experiment:
         seeds = _best_runs(LineageStore(tracking_uri, cfg.from_experiment, root), cfg.top_k)
         strategy.warm_start(seeds)

@@ -28,7 +28,7 @@ from torch import nn
 from nas.space.architecture import INITS, Architecture, ArchitectureError
 from nas.space.shapes import NodePlan, Plan, Projection, Shape, infer
 
-__all__ = ["Network", "build", "derive_seed", "remap_state"]
+__all__ = ["Network", "build", "derive_seed", "inherited_weights", "remap_state"]
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -306,6 +306,13 @@ def build(arch: Architecture, input_shape: Sequence[int], num_classes: int, *, s
     network.to_empty(device="cpu")
     _initialise(network, init, torch.Generator().manual_seed(seed))
     return network
+
+
+def inherited_weights(parent: dict[str, torch.Tensor],
+                      node_map: dict[str, int] | None) -> dict[str, torch.Tensor]:
+    """A parent's weights for its child: renamed through the mutation's node map (child -> parent,
+    string keys as candidates carry them in JSON) when there is one, else as they are."""
+    return parent if node_map is None else remap_state(parent, {int(c): p for c, p in node_map.items()})
 
 
 def remap_state(state: dict[str, torch.Tensor], node_map: dict[int, int]) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ from prefect import task
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run, task_run
 
-from nas.build import remap_state
+from nas.build import inherited_weights
 from nas.lineage import KIND_FINAL, KIND_TRIAL, LineageStore
 from nas.space.architecture import ArchitectureError, digest
 from nas.train import TrainData, load_data, train
@@ -45,11 +45,8 @@ def _train_and_record(candidate: dict[str, Any], trial_key: str, data: TrainData
     run_id = store.start_trial(cand, trial_key, parent_run_id=parent_run_id, strategy=strategy,
                                data_fingerprint=data.fingerprint, tags=run_tags, kind=kind)
     try:
-        init = None
-        if cand.inherit_from:
-            init = store.weights(cand.inherit_from)
-            if "node_map" in cand.info:  # a mutation renumbered the parent's nodes
-                init = remap_state(init, {int(c): p for c, p in cand.info["node_map"].items()})
+        init = inherited_weights(store.weights(cand.inherit_from), cand.info.get("node_map")) \
+            if cand.inherit_from else None
         resume = store.checkpoint(cand.resume_from) if cand.resume_from else None
         outcome = train(cand, data, seed=seed, device=device, max_params=max_params, init_weights=init,
                         resume=resume, measure_test=measure_test)

@@ -10,6 +10,7 @@ from nas.strategies.bayes import BayesianOptimization
 from nas.strategies.codeepneat import CoDeepNEAT
 from nas.strategies.evolution import AgingEvolution, LargeScaleEvolution
 from nas.strategies.grid_search import GridSearch
+from nas.strategies.hyperband import Hyperband
 from nas.strategies.random_search import RandomSearch
 from nas.trial import Budget
 
@@ -28,5 +29,16 @@ def make_strategy(name: str, space: SearchSpace, budget: Budget, seed: int = 0, 
         raise ValueError(f"strategy '{name}' takes no option among {sorted(options)}.") from None
 
 
-__all__ = ["STRATEGIES", "AgingEvolution", "BayesianOptimization", "CoDeepNEAT", "GridSearch", "LargeScaleEvolution",
-           "RandomSearch", "Strategy", "make_strategy"]
+def make_search(name: str, space: SearchSpace, budget: Budget, seed: int = 0, *, population: int | None = None,
+                scheduler: str | None = None, min_epochs: int = 1, eta: int = 3) -> Strategy:
+    """The strategy a search runs: `name`, with its population size if given, inside a
+    budget scheduler (`hyperband` or `successive-halving`) if one is named."""
+    strategy = make_strategy(name, space, budget, seed, **({"population_size": population} if population else {}))
+    if scheduler:
+        strategy = Hyperband(strategy, min_epochs, budget.epochs, eta,
+                             successive_halving=scheduler == "successive-halving")
+    return strategy
+
+
+__all__ = ["STRATEGIES", "AgingEvolution", "BayesianOptimization", "CoDeepNEAT", "GridSearch", "Hyperband",
+           "LargeScaleEvolution", "RandomSearch", "Strategy", "make_search", "make_strategy"]

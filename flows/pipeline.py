@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.common import thread_runner
 from flows.refine import refine
 from flows.search import preflight, search
 from nas.config import RefineConfig, SearchConfig
@@ -41,7 +41,7 @@ def evaluate(refined: dict[str, Any], model_name: str | None = None) -> dict[str
 
 @flow(name="nas-pipeline", log_prints=True)
 def pipeline(config: dict[str, Any], refine_config: dict[str, Any], model_name: str | None = None) -> dict[str, Any]:
-    threads = ThreadPoolTaskRunner(max_workers=SearchConfig.from_json(config).concurrency)
+    threads = thread_runner(SearchConfig.from_json(config).concurrency)
     searched = search.with_options(task_runner=threads)(config)
     refined = refine.with_options(task_runner=threads)(config, refine_config, searched["parent_run_id"])
     final = evaluate(refined, model_name)

@@ -15,9 +15,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.search import describe, prepared_data, torch_threads
+from flows.common import describe, prepared_data, thread_runner, torch_threads
 from nas.config import ConfigError, RefineConfig, SearchConfig
 from nas.lineage import LineageStore, resolve_tracking_uri
 from nas.provenance import provenance_tags
@@ -94,5 +93,5 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
 
 def run_refine(config: SearchConfig, refine_config: RefineConfig, search_run_id: str) -> dict[str, Any]:
     """Refine a search; `config` is the search's own (LineageStore.search_config), so data and space match."""
-    runner = ThreadPoolTaskRunner(max_workers=config.concurrency)
+    runner = thread_runner(config.concurrency)
     return refine.with_options(task_runner=runner)(config.to_json(), refine_config.to_json(), search_run_id)

@@ -11,43 +11,25 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
+from flows.common import describe, prepared_data, thread_runner, torch_threads
 from nas.build import build
 from nas.config import ConfigError, SearchConfig
-from nas.data import BUILTINS, DataError, DataMeta, load_split, read_meta, source_name
+from nas.data import BUILTINS, DataError, DataMeta, load_split, source_name
 from nas.lineage import LineageStore, resolve_tracking_uri
 from nas.provenance import provenance_tags
 from nas.space import SearchSpace
 from nas.strategies import STRATEGIES, make_search
 from nas.strategies.hyperband import SCHEDULERS
 from nas.trial import Budget, Candidate, Evaluation
-from tasks.prepare import prepare_data
 from tasks.train import train_candidate
-
-
-def describe(e: Evaluation) -> str:
-    if not e.ok:
-        return f"{e.arch_id} failed: {e.reason}"
-    test = f" test {e.test_acc:.4f}" if e.test_acc is not None else ""
-    return f"{e.arch_id} val {e.val_acc:.4f}{test} ({e.params:,} params, {e.seconds:.1f}s, run {e.run_id})"
-
-
-def torch_threads(concurrency: int) -> int:
-    """Torch threads per trial worker.
-
-    Trials share the cores, and each also needs one for Python-side work (Prefect, MLflow,
-    batching); torch gets the rest. More threads than that only add contention.
-    """
-    return max(1, (os.cpu_count() or 1) // concurrency - 1)
 
 
 def _best(evaluations: list[Evaluation]) -> Evaluation | None:
@@ -68,23 +50,6 @@ def _log_best_model(store: LineageStore, parent_run_id: str, best: Evaluation, m
     model.eval()
     example = load_split(data_dir, "test")[0][:4]
     store.log_model(parent_run_id, model, example, source_run_id=best.run_id)
-
-
-def _fingerprint_on_disk(data_dir: Path) -> str | None:
-    try:
-        return read_meta(data_dir).fingerprint
-    except DataError:
-        return None
-
-
-def prepared_data(cfg: SearchConfig, data_dir: Path) -> DataMeta:
-    """The prepare task's result, redone when the cache remembers files that are gone or replaced."""
-    options = dict(source=cfg.data.source, out_dir=str(data_dir), label_column=cfg.data.label_column,
-                   shape=list(cfg.data.shape) if cfg.data.shape else None, seed=cfg.data.split_seed)
-    meta = DataMeta.from_json(prepare_data(**options))
-    if _fingerprint_on_disk(data_dir) != meta.fingerprint:
-        meta = DataMeta.from_json(prepare_data.with_options(refresh_cache=True)(**options))
-    return meta
 
 
 @flow(name="nas-search", log_prints=True)
@@ -195,5 +160,4 @@ def preflight(config: SearchConfig) -> None:
 def run_search(config: SearchConfig) -> dict[str, Any]:
     """Check the inputs, then run the flow with as many trial threads as the configuration asks for."""
     preflight(config)
-    runner = ThreadPoolTaskRunner(max_workers=config.concurrency)
-    return search.with_options(task_runner=runner)(config.to_json())
+    return search.with_options(task_runner=thread_runner(config.concurrency))(config.to_json())

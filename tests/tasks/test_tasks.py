@@ -6,7 +6,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.states import Failed
 
-from flows.search import prepared_data
+from flows.common import prepared_data
 from nas.config import DataConfig, SearchConfig
 from nas.lineage import LineageError
 from nas.space import ArchitectureError

@@ -37,11 +37,6 @@ def _best(evaluations: list[Evaluation]) -> Evaluation | None:
     return max((e for e in evaluations if e.ok), key=lambda e: e.score, default=None)
 
 
-def _best_runs(store: LineageStore, k: int) -> list[Evaluation]:
-    """Another experiment's k best finished trials, whatever strategy produced them."""
-    return sorted((e for e in store.history() if e.ok), key=lambda e: e.score, reverse=True)[:k]
-
-
 def _log_best_model(store: LineageStore, parent_run_id: str, best: Evaluation, meta: DataMeta,
                     data_dir: Path) -> None:
     """The winner as an MLflow model on the search's run, loadable with mlflow.pytorch.load_model."""
@@ -70,7 +65,7 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
     strategy = make_search(cfg.strategy, space, Budget(cfg.epochs, cfg.max_seconds), seed=cfg.seed,
                            population=cfg.population, scheduler=cfg.scheduler, min_epochs=cfg.min_epochs, eta=cfg.eta)
     if cfg.from_experiment:
-        seeds = _best_runs(LineageStore(tracking_uri, cfg.from_experiment, root), cfg.top_k)
+        seeds = LineageStore(tracking_uri, cfg.from_experiment, root).best(cfg.top_k)
         strategy.warm_start(seeds)
         logger.info("warm start: the best %d runs of experiment '%s'", len(seeds), cfg.from_experiment)
     method = f"{cfg.strategy} + {cfg.scheduler}" if cfg.scheduler else cfg.strategy

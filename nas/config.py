@@ -21,6 +21,13 @@ class ConfigError(ValueError):
     """A malformed params.yaml or an impossible option."""
 
 
+def _require_positive(config: Any, names: tuple[str, ...], section: str = "") -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not (type(value) is int and value >= 1):
+            raise ConfigError(f"{section}{name}={value!r} must be a positive integer.")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "digits"
@@ -56,9 +63,7 @@ class SearchConfig:
     device: str | None = None  # "cpu" or "cuda"; default: cuda when available
 
     def __post_init__(self) -> None:
-        for name in ("trials", "epochs", "concurrency", "min_epochs", "eta"):
-            if not (type(getattr(self, name)) is int and getattr(self, name) >= 1):
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer.")
+        _require_positive(self, ("trials", "epochs", "concurrency", "min_epochs", "eta"))
 
     @property
     def experiment_name(self) -> str:
@@ -97,9 +102,7 @@ class RefineConfig:
     hparams: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_REFINE_HPARAMS))
 
     def __post_init__(self) -> None:
-        for name in ("top_k", "trials"):
-            if not (type(getattr(self, name)) is int and getattr(self, name) >= 1):
-                raise ConfigError(f"refine.{name}={getattr(self, name)!r} must be a positive integer.")
+        _require_positive(self, ("top_k", "trials"), section="refine.")
         if self.method not in REFINE_METHODS:
             raise ConfigError(f"refine.method '{self.method}' is unknown; use one of {list(REFINE_METHODS)}.")
 

@@ -417,17 +417,23 @@ class LineageStore:
         # weights_only: tensors and plain containers, never arbitrary pickled code.
         return torch.load(io.BytesIO(data), weights_only=True)
 
+    def best(self, k: int) -> list[Evaluation]:
+        """The k best successful trials of the experiment, whatever strategy produced them."""
+        return [self._evaluation(run) for run in self._best_runs(k)]
+
+    def _best_runs(self, k: int) -> list[Run]:
+        return self._search(f"tags.`nas.kind` = '{KIND_TRIAL}' and tags.`nas.status` = '{OK}' "
+                            "and attributes.status = 'FINISHED'",
+                            order_by=["metrics.val_acc DESC", "attributes.start_time ASC"],  # ties: the earlier run
+                            max_results=k)
+
     def leaderboard(self, limit: int = 20) -> list[dict[str, Any]]:
         """Best finished candidates by validation accuracy, from one query (no artifact reads).
 
         A store or experiment that does not exist yet is an empty leaderboard.
         """
-        runs = self._search(f"tags.`nas.kind` = '{KIND_TRIAL}' and tags.`nas.status` = '{OK}' "
-                            "and attributes.status = 'FINISHED'",
-                            order_by=["metrics.val_acc DESC", "attributes.start_time ASC"],  # ties: the earlier run
-                            max_results=limit)
         rows = []
-        for run in runs:
+        for run in self._best_runs(limit):
             tags, metrics = run.data.tags, run.data.metrics
             rows.append({
                 "run_id": run.info.run_id,

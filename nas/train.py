@@ -201,15 +201,17 @@ def _is_out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
+def _to_host(value: Any) -> Any:
+    """A copy on the CPU of a tensor, or of every tensor in a (nested) dict."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    return {k: _to_host(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+
 def _checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, shuffle: torch.Generator,
                 evaluation: Evaluation) -> dict[str, Any]:
-    def host(value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            return value.detach().to("cpu", copy=True)
-        return {k: host(v) for k, v in value.items()} if isinstance(value, dict) else value
-
-    return {"epoch": evaluation.epochs_trained, "model": host(model.state_dict()),
-            "optimizer": host(optimizer.state_dict()), "shuffle": shuffle.get_state(),
+    return {"epoch": evaluation.epochs_trained, "model": _to_host(model.state_dict()),
+            "optimizer": _to_host(optimizer.state_dict()), "shuffle": shuffle.get_state(),
             "dropout": model.dropout_generators.__getstate__(),
             "train_loss": list(evaluation.train_loss), "val_accs": list(evaluation.val_accs)}
 
@@ -298,7 +300,8 @@ def _train_into(outcome: TrainOutcome, data: TrainData, seed: int, device: torch
     evaluation.val_acc = evaluation.val_accs[-1]
     if measure_test:
         evaluation.test_acc = _accuracy(model, data.x_test, data.y_test, device)
-    outcome.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    # A checkpoint already holds the weights on the host: copy them off the device once.
+    outcome.weights = outcome.checkpoint["model"] if outcome.checkpoint else _to_host(model.state_dict())
     outcome.model = model
 
 

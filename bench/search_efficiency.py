@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 import traceback
+from concurrent.futures import Future
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -63,6 +64,7 @@ def run_job(job: tuple[str, int, dict]) -> dict:
     started = time.perf_counter()
     try:
         from nas.build import inherited_weights
+        from nas.loop import run_loop
         from nas.space import SearchSpace
         from nas.train import load_data, train
         from nas.trial import Budget
@@ -74,16 +76,11 @@ def run_job(job: tuple[str, int, dict]) -> dict:
         epoch_budget = cfg["trials"] * cfg["epochs"]
         weights, checkpoints = {}, {}  # the lineage store's part that later candidates read
         spent = 0
-        while not strategy.done():
-            if (spent >= epoch_budget) if scheduled else (len(record["trials"]) >= cfg["trials"]):
-                break
-            if cfg["deadline"] and time.time() > cfg["deadline"]:
-                record["cut_short"] = True  # a lease on a borrowed machine ends: report what ran
-                break
-            asked = strategy.ask(1)
-            if not asked:
-                break
-            cand, n = asked[0], len(record["trials"]) + 1
+
+        def submit(cand):
+            """Train in this process, one at a time: the whole runner of this benchmark."""
+            future = Future()
+            n = len(record["trials"]) + 1
             init = inherited_weights(weights[cand.inherit_from], cand.info.get("node_map")) \
                 if cand.inherit_from in weights else None  # a failed parent left no weights
             tick = time.perf_counter()
@@ -95,13 +92,25 @@ def run_job(job: tuple[str, int, dict]) -> dict:
                 weights[ev.run_id] = outcome.weights
             if outcome.checkpoint is not None:
                 checkpoints[ev.run_id] = outcome.checkpoint
+            nonlocal spent
             spent += ev.epochs_trained - ev.resumed_at
             record["trials"].append({
                 "n": n, "ok": ev.ok, "val_acc": ev.val_acc if ev.ok else None,
                 "test_acc": ev.test_acc if ev.ok else None, "params": ev.params,
                 "epochs": ev.epochs_trained - ev.resumed_at, "cum_epochs": spent, "budget": cand.budget.epochs,
                 "seconds": round(time.perf_counter() - tick, 3), "reason": ev.reason})
-            strategy.tell([ev])
+            future.set_result(ev)
+            return future
+
+        def stop():
+            if cfg["deadline"] and time.time() > cfg["deadline"]:
+                record["cut_short"] = True  # a lease on a borrowed machine ends: report what ran
+                return "the machine's lease ends"
+            return "the epoch budget is spent" if scheduled and spent >= epoch_budget else None
+
+        # Schedulers are bounded by epochs, not trials: their trial count is only a ceiling.
+        outcome = run_loop(strategy, submit, trials=epoch_budget if scheduled else cfg["trials"], stop=stop)
+        record["stop"] = outcome.stop_reason
     except Exception:  # the job's trials so far are kept; the others run on
         record["error"] = traceback.format_exc()
     record["seconds"] = round(time.perf_counter() - started, 2)

@@ -1,16 +1,20 @@
-"""What the flows share: the prepared data, trial threads and how a result reads in the log."""
+"""What the flows share: the prepared data, the Prefect trial runner, and how a result reads in the log."""
 
 from __future__ import annotations
 
-import os
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from nas.config import SearchConfig
 from nas.data import DataError, DataMeta, read_meta
-from nas.trial import Evaluation
+from nas.loop import Submit
+from nas.runner import TrialJob, torch_threads
+from nas.trial import Candidate, Evaluation
 from tasks.prepare import prepare_data
+from tasks.train import train_candidate
 
 
 def describe(e: Evaluation) -> str:
@@ -18,15 +22,6 @@ def describe(e: Evaluation) -> str:
         return f"{e.arch_id} failed: {e.reason}"
     test = f" test {e.test_acc:.4f}" if e.test_acc is not None else ""
     return f"{e.arch_id} val {e.val_acc:.4f}{test} ({e.params:,} params, {e.seconds:.1f}s, run {e.run_id})"
-
-
-def torch_threads(concurrency: int) -> int:
-    """Torch threads per trial worker.
-
-    Trials share the cores, and each also needs one for Python-side work (Prefect, MLflow,
-    batching); torch gets the rest. More threads than that only add contention.
-    """
-    return max(1, (os.cpu_count() or 1) // concurrency - 1)
 
 
 def _fingerprint_on_disk(data_dir: Path) -> str | None:
@@ -49,3 +44,27 @@ def prepared_data(cfg: SearchConfig, data_dir: Path) -> DataMeta:
 def thread_runner(concurrency: int) -> ThreadPoolTaskRunner:
     """Trials as threads of this process, `concurrency` at a time (Prefect's default is unbounded)."""
     return ThreadPoolTaskRunner(max_workers=concurrency)
+
+
+def prefect_runner(job: TrialJob, data_dir: Path, concurrency: int) -> Submit:
+    """A runner for `nas.loop.run_loop`: each candidate becomes a cached `train_candidate` task."""
+    threads = torch_threads(concurrency)
+
+    def submit(candidate: Candidate) -> Future[Evaluation]:
+        return _as_future(train_candidate.submit(candidate.to_json(), candidate.trial_key(job.setting),
+                                                 job=job.to_json(), data_dir=str(data_dir), threads=threads))
+    return submit
+
+
+def _as_future(prefect_future: Any) -> Future[Evaluation]:
+    """A Prefect future as a standard one, which the loop can wait on with others."""
+    future: Future[Evaluation] = Future()
+
+    def settle(done: Any) -> None:
+        try:
+            future.set_result(Evaluation.from_json(done.result()))
+        except BaseException as error:  # the loop tells it as an ERROR result
+            future.set_exception(error)
+
+    prefect_future.add_done_callback(settle)
+    return future

@@ -3,28 +3,47 @@
 For each of the top-k architectures of a search, a grid or Bayesian search over its
 learning rate, weight decay, batch size and epochs; every setting is a run nested under
 that architecture's own search run. The best setting on validation accuracy (the search's
-own result included, so refinement never makes things worse) is trained on train+val
+own result included, so refinement never makes things worse; a result earned with
+inherited weights is re-scored from scratch first) is trained on train+val
 with its full budget and logged as an MLflow model. The test split is left to `evaluate`.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.common import describe, prepared_data, thread_runner, torch_threads
+from flows.common import describe, prefect_runner, prepared_data, thread_runner
 from nas.config import ConfigError, RefineConfig, SearchConfig
-from nas.lineage import LineageStore, resolve_tracking_uri
+from nas.lineage import KIND_FINAL, LineageStore, resolve_tracking_uri
+from nas.loop import Submit, run_loop
 from nas.provenance import provenance_tags
-from nas.refine import as_refinements, refinement_space, refinement_strategy, top_architectures
+from nas.refine import as_refinement, refinement_space, refinement_strategy, rescoring, top_architectures
+from nas.runner import TrialJob
 from nas.space import SearchSpace
-from nas.train import with_validation
-from nas.trial import Budget, Candidate, Evaluation
-from tasks.train import train_candidate, train_final
+from nas.train import pick_device, with_validation
+from nas.trial import Budget, Candidate, Evaluation, TrialSetting
+from tasks.train import train_final
+
+
+def _comparable(base: Evaluation, submit: Submit, logger: logging.Logger) -> Evaluation:
+    """The search's own result for this architecture, as refinement can compare it.
+
+    A score earned with a parent's inherited weights would not be reproduced by training
+    the same recipe from scratch, so such an architecture is re-scored from scratch first.
+    """
+    if not base.candidate.inherit_from:
+        return base
+    logger.info("refine %s: its search score %.4f came with weights inherited from run %s; re-scoring it from "
+                "scratch", base.arch_id, base.val_acc, base.candidate.inherit_from)
+    rescored = rescoring(base)
+    result = submit(rescored).result()
+    return replace(result, candidate=rescored)
 
 
 @flow(name="nas-refine", log_prints=True)
@@ -45,46 +64,43 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
                           "trials (and --experiment, if it is another experiment's).")
     space = SearchSpace.load(cfg.space).bind(meta.shape, len(meta.classes))
     tags = {"prefect.flow_run_id": str(flow_run.id), "nas.search_run": search_run_id, **provenance_tags(root)}
-    common = dict(data_dir=str(data_dir), seed=cfg.seed, experiment=cfg.experiment_name, tracking_uri=tracking_uri,
-                  max_params=cfg.max_params or space.max_params, device=cfg.device, tags=tags)
+    setting = TrialSetting(meta.fingerprint, cfg.seed, pick_device(cfg.device).type,
+                           cfg.max_params or space.max_params)
     logger.info("refining the %d best architectures of search %s: %s search over %s, %d settings each",
                 len(bases), search_run_id, rcfg.method, sorted(rcfg.hparams), rcfg.trials)
 
-    results: list[Evaluation] = list(bases)
+    results: list[Evaluation] = []
     for base in bases:
+        job = TrialJob(setting, cfg.experiment_name, tracking_uri, base.run_id, f"refine-{rcfg.method}", tags=tags,
+                       measure_test=False)
+        submit = prefect_runner(job, data_dir, cfg.concurrency)
+        results.append(_comparable(base, submit, logger))
         strategy = refinement_strategy(rcfg.method, refinement_space(space, base.candidate.arch,
                                                                      base.candidate.hparams, rcfg.hparams),
                                        base, cfg.seed, cfg.max_seconds)
-        tried = 0
-        while tried < rcfg.trials and not strategy.done():
-            batch = as_refinements(strategy.ask(min(cfg.concurrency, rcfg.trials - tried)), base, cfg.max_seconds)
-            if not batch:
-                break
-            futures = [train_candidate.submit(c.to_json(), c.trial_key(meta.fingerprint, cfg.seed),
-                                              parent_run_id=base.run_id, strategy=f"refine-{rcfg.method}",
-                                              threads=torch_threads(cfg.concurrency), measure_test=False, **common)
-                       for c in batch]
-            told = [Evaluation.from_json(f.result()) for f in futures]
-            strategy.tell(told)
-            results.extend(told)
-            tried += len(told)
-            for e in told:
-                logger.info("refine %s: %s", base.arch_id, describe(e))
+        # Each setting trains for the epochs it names, as a child of the architecture's run.
+        outcome = run_loop(strategy, lambda c: submit(as_refinement(c, base, cfg.max_seconds)), trials=rcfg.trials,
+                           concurrency=cfg.concurrency,
+                           on_result=lambda e: logger.info("refine %s: %s", base.arch_id, describe(e)))
+        results.extend(outcome.evaluations)
 
     winner = max(results, key=lambda e: e.score)  # ties: the search's own run, listed first
     final = Candidate(winner.candidate.arch, winner.candidate.hparams,
                       Budget(winner.candidate.hparams.epochs, cfg.max_seconds), parents=(winner.run_id,))
     logger.info("winner: %s with %s; training it on train+val for %d epochs", winner.arch_id,
                 winner.candidate.hparams.to_json(), final.budget.epochs)
-    trained = Evaluation.from_json(train_final(
-        final.to_json(), final.trial_key(with_validation(meta.fingerprint), cfg.seed), parent_run_id=winner.run_id,
-        **common))
+    final_job = TrialJob(replace(setting, data_fingerprint=with_validation(meta.fingerprint)), cfg.experiment_name,
+                         tracking_uri, winner.run_id, "final", tags=tags, kind=KIND_FINAL, measure_test=False,
+                         log_model=True)
+    trained = Evaluation.from_json(train_final(final.to_json(), final.trial_key(final_job.setting),
+                                               job=final_job.to_json(), data_dir=str(data_dir)))
     if not trained.ok:
         raise RuntimeError(f"the final training of {winner.arch_id} failed: {trained.reason}")
     return {
         "experiment": cfg.experiment_name, "tracking_uri": tracking_uri, "data_dir": str(data_dir),
         "search_run_id": search_run_id,
         "refined_architectures": len(bases), "refine_trials": len(results) - len(bases),
+        "rescored": sum(bool(b.candidate.inherit_from) for b in bases),
         "winner_run_id": winner.run_id, "winner_val_acc": winner.val_acc, "arch_id": winner.arch_id,
         "hparams": winner.candidate.hparams.to_json(), "final_run_id": trained.run_id,
         "model_uri": store.run_summary(trained.run_id)["tags"]["nas.model_uri"],

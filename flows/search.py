@@ -1,10 +1,9 @@
-"""The search flow: prepare the data, then ask -> train in parallel -> tell, until the trial budget is spent.
+"""The search flow: prepare the data, then run the ask -> train -> tell loop (`nas.loop`)
+with each trial a cached Prefect task, until the trial budget is spent.
 
-By default rounds are batch-synchronous (ask `concurrency` candidates, train them at once,
-tell all results in candidate order), so a seed fixes the whole search, and re-running a
-killed or finished search replays it: finished trials come back from the cache. The
-asynchronous mode keeps every worker busy instead, for clusters, at the price of that
-replay.
+Batch-synchronous by default, so a seed fixes the whole search and re-running a killed or
+finished search replays it: finished trials come back from the cache. `--async` keeps
+every worker busy instead, at the price of that replay.
 """
 
 from __future__ import annotations
@@ -15,21 +14,22 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from tqdm import tqdm
 
-from flows.common import describe, prepared_data, thread_runner, torch_threads
+from flows.common import describe, prefect_runner, prepared_data, thread_runner
 from nas.build import build
 from nas.config import ConfigError, SearchConfig
 from nas.data import BUILTINS, DataError, DataMeta, load_split, source_name
 from nas.lineage import LineageStore, resolve_tracking_uri
+from nas.loop import run_loop
 from nas.provenance import provenance_tags
+from nas.runner import TrialJob
 from nas.space import SearchSpace
-from nas.strategies import STRATEGIES, make_search
+from nas.strategies import make_search, strategy_class
 from nas.strategies.hyperband import SCHEDULERS
-from nas.trial import Budget, Candidate, Evaluation
-from tasks.train import train_candidate
+from nas.train import pick_device
+from nas.trial import Budget, Evaluation, TrialSetting
 
 
 def _best(evaluations: list[Evaluation]) -> Evaluation | None:
@@ -61,7 +61,8 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
     store = LineageStore(tracking_uri, cfg.experiment_name, root)
     store.ensure()  # create the database and experiment once, before trial threads race to do it
     context_tags = {"prefect.flow_run_id": str(flow_run.id), **provenance_tags(root)}
-    parent = store.start_search(cfg.to_json(), Path(cfg.space), meta.fingerprint, tags=context_tags)
+    parent = store.start_search(cfg.to_json(), Path(cfg.space), meta.fingerprint, tags=context_tags,
+                                identity=cfg.identity())
     strategy = make_search(cfg.strategy, space, Budget(cfg.epochs, cfg.max_seconds), seed=cfg.seed,
                            population=cfg.population, scheduler=cfg.scheduler, min_epochs=cfg.min_epochs, eta=cfg.eta)
     if cfg.from_experiment:
@@ -71,53 +72,30 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
     method = f"{cfg.strategy} + {cfg.scheduler}" if cfg.scheduler else cfg.strategy
     logger.info("searching %s with %s: %d trials of up to %d epochs, %d at a time; MLflow run %s in %s",
                 meta.name, method, cfg.trials, cfg.epochs, cfg.concurrency, parent, tracking_uri)
-    threads = torch_threads(cfg.concurrency)
+    setting = TrialSetting(meta.fingerprint, cfg.seed, pick_device(cfg.device).type,
+                           cfg.max_params or space.max_params)
+    job = TrialJob(setting, cfg.experiment_name, tracking_uri, parent, cfg.strategy, tags=context_tags)
 
-    def submit(candidate: Candidate) -> PrefectFuture:
-        return train_candidate.submit(
-            candidate.to_json(), candidate.trial_key(meta.fingerprint, cfg.seed), data_dir=str(data_dir),
-            seed=cfg.seed, experiment=cfg.experiment_name, tracking_uri=tracking_uri, parent_run_id=parent,
-            strategy=cfg.strategy, max_params=cfg.max_params or space.max_params, device=cfg.device,
-            threads=threads, tags=context_tags)
-
-    evaluations: list[Evaluation] = []
-
-    def record(futures: list[PrefectFuture]) -> None:
-        results = [Evaluation.from_json(f.result()) for f in futures]
-        strategy.tell(results)
-        for e in results:
-            evaluations.append(e)
-            logger.info("trial %d/%d: %s", len(evaluations), cfg.trials, describe(e))
-        bar.update(len(results))
-        if best := _best(evaluations):
-            bar.set_postfix(best_val=f"{best.val_acc:.4f}")
-
+    told: list[Evaluation] = []
     with tqdm(total=cfg.trials, desc=f"{method} search", unit="trial", dynamic_ncols=True) as bar:
-        if cfg.asynchronous:
-            # Each finished trial is told at once and its worker gets the next candidate:
-            # no worker waits for the slowest of a round, but the order, and so the
-            # search, depends on timing.
-            in_flight = [submit(c) for c in strategy.ask(min(cfg.concurrency, cfg.trials))]
-            asked = len(in_flight)
-            while in_flight:
-                finished = next(as_completed(in_flight))
-                in_flight.remove(finished)
-                record([finished])
-                if asked < cfg.trials and not strategy.done():
-                    more = strategy.ask(1)
-                    asked += len(more)
-                    in_flight.extend(submit(c) for c in more)
-        else:
-            while len(evaluations) < cfg.trials and not strategy.done():
-                batch = strategy.ask(min(cfg.concurrency, cfg.trials - len(evaluations)))
-                if not batch:
-                    break
-                record([submit(c) for c in batch])
+        def on_result(e: Evaluation) -> None:
+            told.append(e)
+            logger.info("trial %d/%d: %s", len(told), cfg.trials, describe(e))
+            bar.update(1)
+            if best := _best(told):
+                bar.set_postfix(best_val=f"{best.val_acc:.4f}")
+
+        outcome = run_loop(strategy, prefect_runner(job, data_dir, cfg.concurrency), trials=cfg.trials,
+                           concurrency=cfg.concurrency, asynchronous=cfg.asynchronous, on_result=on_result)
+    evaluations = outcome.evaluations
+    if len(evaluations) < cfg.trials:
+        logger.warning("stopped after %d of %d trials: %s", len(evaluations), cfg.trials, outcome.stop_reason)
 
     best = _best(evaluations)  # of this search: a warm start's runs belong to their own experiment
     summary: dict[str, Any] = {
         "experiment": cfg.experiment_name, "parent_run_id": parent, "tracking_uri": tracking_uri,
         "trials": len(evaluations), "failed": sum(not e.ok for e in evaluations),
+        "stop_reason": outcome.stop_reason,
     }
     if best is not None:
         summary.update(best_run_id=best.run_id, best_arch_id=best.arch_id, best_val_acc=best.val_acc,
@@ -132,16 +110,17 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
 def preflight(config: SearchConfig) -> None:
     """Reject a malformed space, an unknown strategy or a missing data file before any flow starts."""
     SearchSpace.load(config.space)
-    if config.strategy not in STRATEGIES:
-        raise ConfigError(f"unknown strategy '{config.strategy}'; choose one of {sorted(STRATEGIES)} "
-                          "with --strategy.")
+    try:
+        cls = strategy_class(config.strategy)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if config.scheduler and config.scheduler not in SCHEDULERS:
         raise ConfigError(f"unknown scheduler '{config.scheduler}'; choose one of {list(SCHEDULERS)} with "
                           "--scheduler, or leave it out to train every candidate for --epochs.")
     if config.scheduler and config.min_epochs > config.epochs:
         raise ConfigError(f"--min-epochs {config.min_epochs} exceeds --epochs {config.epochs}: the scheduler's "
                           "first rung must be no longer than its last.")
-    if config.population and "population_size" not in inspect.signature(STRATEGIES[config.strategy]).parameters:
+    if config.population and "population_size" not in inspect.signature(cls).parameters:
         raise ConfigError(f"--population applies to population-based strategies; '{config.strategy}' has none.")
     if config.from_experiment and not LineageStore(config.tracking_uri, config.from_experiment).leaderboard(1):
         raise ConfigError(f"--from-experiment '{config.from_experiment}' has no finished runs in this store; "

@@ -18,23 +18,17 @@ and a global RNG would make each trial's weights depend on its neighbours.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 
+from nas.ids import derive_seed
 from nas.space.architecture import INITS, Architecture, ArchitectureError
 from nas.space.shapes import NodePlan, Plan, Projection, Shape, infer
 
-__all__ = ["Network", "build", "derive_seed", "inherited_weights", "remap_state"]
-
-
-def derive_seed(seed: int, purpose: str) -> int:
-    """An independent seed per purpose (init, dropout, shuffling), so streams never overlap."""
-    text = f"{seed}:{purpose}".encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") & (2**63 - 1)
+__all__ = ["Network", "build", "inherited_weights", "remap_state"]
 
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU,

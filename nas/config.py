@@ -72,6 +72,16 @@ class SearchConfig:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def identity(self) -> dict[str, Any]:
+        """What names the search: the configuration less what cannot change a result (how many
+        trials run at once, where the store is, where the prepared data sits), so that a
+        resumed search with another --concurrency is the same search."""
+        config = self.to_json()
+        for name in ("concurrency", "tracking_uri"):
+            config.pop(name)
+        config["data"].pop("data_dir")
+        return config
+
     @staticmethod
     def from_json(raw: dict[str, Any]) -> SearchConfig:
         data = dict(raw.get("data") or {})

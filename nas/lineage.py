@@ -21,14 +21,18 @@ runs stays fast.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import shutil
+import socket
 import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -38,8 +42,8 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from nas.space.architecture import digest
-from nas.trial import FAILED, OK, Candidate, Evaluation
+from nas.ids import digest
+from nas.trial import Candidate, Evaluation, TrialStatus
 
 if TYPE_CHECKING:
     import numpy as np
@@ -65,7 +69,10 @@ MODEL_NAME = "model"
 KIND_SEARCH = "search"
 KIND_TRIAL = "trial"
 KIND_FINAL = "final"  # a refined winner trained on train+val: its val metrics are in-sample
-RUNNING = "running"
+
+CLAIMS_LOCK_FILE = "claims.lock"
+HEARTBEAT_SECONDS = 10.0  # how often a training run says it is alive ...
+CLAIM_LEASE_SECONDS = 60.0  # ... and how long without a word before another process takes it over
 
 FIX_HINT = ("start the tracking server, check MLFLOW_TRACKING_URI, or pass --tracking-uri "
             "(the default needs no server: a SQLite file under ./mlflow/)")
@@ -211,9 +218,11 @@ class LineageStore:
     # -- searches ----------------------------------------------------------------------
 
     def start_search(self, config: dict[str, Any], space_file: Path | None,
-                     data_fingerprint: str, tags: dict[str, str] | None = None) -> str:
-        """The parent run of one search; a repeated search (same config, same data) reuses it."""
-        key = digest({"config": config, "data": data_fingerprint})
+                     data_fingerprint: str, tags: dict[str, str] | None = None,
+                     identity: dict[str, Any] | None = None) -> str:
+        """The parent run of one search; a repeated search (same identity, default the whole
+        config, and same data) reuses it."""
+        key = digest({"config": identity if identity is not None else config, "data": data_fingerprint})
         found = self._search(f"tags.`nas.search_key` = '{key}' and tags.`nas.kind` = '{KIND_SEARCH}'",
                              max_results=1)
         search_tags = {
@@ -259,18 +268,88 @@ class LineageStore:
                              max_results=1)
         return self._evaluation(found[0]) if found else None
 
-    def start_trial(self, candidate: Candidate, trial_key: str, *, parent_run_id: str | None,
+    def claim_trial(self, candidate: Candidate, trial_key: str, *, parent_run_id: str | None,
                     strategy: str, data_fingerprint: str, tags: dict[str, str] | None = None,
-                    kind: str = KIND_TRIAL) -> str:
-        """Create the candidate's run, replacing any unfinished (killed or crashed) attempt.
+                    kind: str = KIND_TRIAL, poll_seconds: float = 0.5) -> Claim:
+        """The finished result of `trial_key`, or a new run of it that the caller now owns and must train.
 
-        A finished run of the same trial key is left alone: callers look it up with find()
-        first, and a deliberate retrain is theirs to decide.
+        Two threads or two processes asking for one key never both train it: checking for
+        a result or a live claim and creating the run happen under one lock (a file lock
+        beside a local database), and whoever finds a live claim waits for its result. A
+        claim whose owner died (its process is gone, or its heartbeat is older than
+        CLAIM_LEASE_SECONDS) is abandoned, explained in its tags, deleted with its
+        artifacts, and taken over.
         """
-        stale = self._search(f"tags.`nas.trial_key` = '{trial_key}' and attributes.status != 'FINISHED'")
+        while True:
+            with self._claim_lock():
+                found = self.find(trial_key)
+                if found is not None:
+                    return Claim(result=found)
+                if not self._live_claims(trial_key):
+                    return Claim(run_id=self._start_trial(candidate, trial_key, parent_run_id=parent_run_id,
+                                                          strategy=strategy, data_fingerprint=data_fingerprint,
+                                                          tags=tags, kind=kind))
+            time.sleep(poll_seconds)
+
+    def _live_claims(self, trial_key: str) -> list[Run]:
+        """Running runs of the key whose owner lives; dead owners' runs are abandoned on the way."""
+        live = []
+        for run in self._search(f"tags.`nas.trial_key` = '{trial_key}' and attributes.status = 'RUNNING'"):
+            why_dead = _dead_owner(run.data.tags)
+            if why_dead is None:
+                live.append(run)
+            else:
+                self._abandon(run, why_dead)
+        return live
+
+    def _abandon(self, run: Run, reason: str) -> None:
+        run_id = run.info.run_id
+        self._set_tags(run_id, {"nas.status": TrialStatus.ABANDONED.value, "nas.reason": reason})
+        self._terminate(run_id, "KILLED")
         with self._writing() as client:
-            for run in stale:
-                client.delete_run(run.info.run_id)
+            client.delete_run(run_id)
+        local = _local_dir(run.info.artifact_uri)
+        if local is not None:  # the partial attempt's files go with it; `mlflow gc` purges the row later
+            shutil.rmtree(local.parent if local.name == "artifacts" else local, ignore_errors=True)
+
+    @contextmanager
+    def heartbeat(self, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+        """Keep run_id's claim alive while the block runs (training), from a daemon thread."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every):
+                try:
+                    self._set_tags(run_id, {"nas.heartbeat": f"{time.time():.0f}"})
+                except Exception as error:  # a missed beat only shortens the lease
+                    logging.getLogger(__name__).warning("heartbeat of run %s failed: %s", run_id, error)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{run_id[:8]}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    @contextmanager
+    def _claim_lock(self) -> Iterator[None]:
+        """One claimant at a time, across threads (the store lock) and processes (a file lock for SQLite)."""
+        with self._lock:
+            if self.artifact_dir is None:  # a tracking server: its own transactions are all there is
+                yield
+                return
+            self.artifact_dir.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.artifact_dir.parent / CLAIMS_LOCK_FILE, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _start_trial(self, candidate: Candidate, trial_key: str, *, parent_run_id: str | None,
+                     strategy: str, data_fingerprint: str, tags: dict[str, str] | None = None,
+                     kind: str = KIND_TRIAL) -> str:
         arch_id = candidate.arch.arch_id
         # Strategy notes first, so that they can never overwrite the tags below.
         run_tags = {f"nas.{k}": _text(v) for k, v in candidate.info.items()}
@@ -282,8 +361,10 @@ class LineageStore:
             "nas.generation": str(candidate.generation),
             "nas.budget": str(candidate.budget.epochs),
             "nas.data_fp": data_fingerprint,
-            "nas.status": RUNNING,
+            "nas.status": TrialStatus.RUNNING.value,
             "nas.kind": kind,
+            "nas.owner": f"{socket.gethostname()}:{os.getpid()}",
+            "nas.heartbeat": f"{time.time():.0f}",
         })
         if candidate.inherit_from:
             run_tags["nas.inherit_from"] = candidate.inherit_from
@@ -318,7 +399,7 @@ class LineageStore:
         last_step = max(len(evaluation.val_accs) - 1, 0)
         metrics += [Metric(k, float(v), now + 1, last_step) for k, v in finals.items() if v is not None]
         self._log_metrics(run_id, metrics)
-        outcome = {"nas.status": evaluation.status, "nas.device": evaluation.device}
+        outcome = {"nas.status": evaluation.status.value, "nas.device": evaluation.device}
         if evaluation.reason:
             outcome["nas.reason"] = evaluation.reason
         if evaluation.inherited:  # the full list is in evaluation.json
@@ -333,12 +414,13 @@ class LineageStore:
             self._log_weights(run_id, weights)
         if checkpoint is not None:
             self._log_checkpoint(run_id, checkpoint)
-        # Last: find() trusts a FINISHED run to hold everything above.
-        self._terminate(run_id, "FINISHED")
+        # Last: find() trusts a FINISHED run to hold everything above. A failure of the
+        # environment ends FAILED instead, so that no later search takes it for a result.
+        self._terminate(run_id, "FAILED" if evaluation.retryable else "FINISHED")
 
     def fail_trial(self, run_id: str, reason: str) -> None:
-        """An infrastructure error, not a result: the run ends FAILED and a retry replaces it."""
-        self._set_tags(run_id, {"nas.status": FAILED, "nas.reason": reason})
+        """An infrastructure error, not a result: the run ends FAILED and a rerun trains the trial again."""
+        self._set_tags(run_id, {"nas.status": TrialStatus.ERROR.value, "nas.reason": reason})
         self._terminate(run_id, "FAILED")
 
     def _log_weights(self, run_id: str, weights: dict[str, torch.Tensor]) -> None:
@@ -422,7 +504,7 @@ class LineageStore:
         return [self._evaluation(run) for run in self._best_runs(k)]
 
     def _best_runs(self, k: int) -> list[Run]:
-        return self._search(f"tags.`nas.kind` = '{KIND_TRIAL}' and tags.`nas.status` = '{OK}' "
+        return self._search(f"tags.`nas.kind` = '{KIND_TRIAL}' and tags.`nas.status` = '{TrialStatus.OK.value}' "
                             "and attributes.status = 'FINISHED'",
                             order_by=["metrics.val_acc DESC", "attributes.start_time ASC"],  # ties: the earlier run
                             max_results=k)
@@ -678,6 +760,36 @@ def _quiet_logger(name: str) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What claim_trial found: a finished result, or the id of the run the caller now owns."""
+
+    result: Evaluation | None = None
+    run_id: str | None = None
+
+
+def _dead_owner(tags: dict[str, str]) -> str | None:
+    """Why a running claim's owner is dead, or None while it lives."""
+    host, _, pid = tags.get("nas.owner", ":").rpartition(":")
+    if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid)):
+        return f"its process {pid} on {host} is gone (killed or crashed); a new attempt took the trial over"
+    age = time.time() - float(tags.get("nas.heartbeat") or 0)
+    if age > CLAIM_LEASE_SECONDS:
+        return (f"no heartbeat from {tags.get('nas.owner', 'its owner')} for {age:.0f} s; a new attempt took "
+                "the trial over")
+    return None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _local_dir(uri: str) -> Path | None:

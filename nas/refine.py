@@ -83,6 +83,12 @@ def refinement_strategy(method: str, space: OneArchitecture, base: Evaluation, s
     return strategy
 
 
-def as_refinements(candidates: list[Candidate], base: Evaluation, max_seconds: float | None) -> list[Candidate]:
-    """Children of the architecture's search run, each trained for the epochs its own settings name."""
-    return [replace(c, budget=Budget(c.hparams.epochs, max_seconds), parents=(base.run_id,)) for c in candidates]
+def as_refinement(candidate: Candidate, base: Evaluation, max_seconds: float | None) -> Candidate:
+    """A child of the architecture's search run, trained for the epochs its own settings name."""
+    return replace(candidate, budget=Budget(candidate.hparams.epochs, max_seconds), parents=(base.run_id,))
+
+
+def rescoring(base: Evaluation) -> Candidate:
+    """The base's own recipe trained from scratch: what its search score would be without a parent's weights."""
+    return replace(base.candidate, inherit_from=None, parents=(base.run_id,),
+                   info={**base.candidate.info, "node_map": None, "refine": "rescored from scratch"})

@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas import data as datasets
-from nas.build import build, derive_seed
+from nas.build import build
+from nas.ids import derive_seed
 from nas.space.architecture import Architecture, ArchitectureError, HParams
 from nas.space.shapes import infer
-from nas.trial import FAILED, Budget, Candidate, Evaluation
+from nas.trial import Budget, Candidate, Evaluation, TrialSetting, TrialStatus
 
 __all__ = ["TrainData", "TrainOutcome", "fit", "load_data", "pick_device", "predict_accuracy", "train",
            "with_validation"]
@@ -94,11 +95,12 @@ class TrainOutcome:
 
 
 class _Stop(Exception):
-    """A trial that must end early; `reason` says why and what to do."""
+    """A trial that must end early; `reason` says why and what to do, `status` whose fault it was."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, status: TrialStatus = TrialStatus.FAILED) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.status = status
 
 
 def pick_device(preference: str | torch.device | None = None) -> torch.device:
@@ -260,8 +262,10 @@ def _run_epochs(model: nn.Module, candidate: Candidate, data: TrainData, evaluat
             loss_sum += loss.detach() * (end - start)
             step += 1
             if budget.max_seconds is not None and time.perf_counter() - started > budget.max_seconds:
+                # A busy machine can cause this as well as the network: not remembered as a result.
                 raise _Stop(f"exceeded the per-trial time limit of {budget.max_seconds:g} s in epoch {epoch}; "
-                            "raise budget.max_seconds, or train a smaller network or fewer epochs.")
+                            "raise budget.max_seconds, or train a smaller network or fewer epochs.",
+                            TrialStatus.ERROR)
         mean_loss = loss_sum.item() / sum(end - start for start, end in batches)
         if not math.isfinite(mean_loss):
             raise _Stop(f"loss became {'NaN' if math.isnan(mean_loss) else 'infinite'} at epoch {epoch}; lower "
@@ -308,7 +312,10 @@ def _train_into(outcome: TrainOutcome, data: TrainData, seed: int, device: torch
 def train(candidate: Candidate, data: TrainData, *, seed: int = 0, device: str | torch.device | None = None,
           max_params: int | None = None, init_weights: dict[str, torch.Tensor] | None = None,
           resume: dict[str, Any] | None = None, measure_test: bool = True) -> TrainOutcome:
-    """Train `candidate` on `data`; every failure comes back as a FAILED evaluation with a reason.
+    """Train `candidate` on `data`; every failure comes back as a failed evaluation with a reason.
+
+    `seed` is the search's: the trial trains with its own seed derived from it and the
+    candidate (`Candidate.trial_seed`).
 
     `device` defaults to CUDA when present; data left on the host is moved batch by batch.
     `init_weights` (a state dict, e.g. a parent's) initialises every tensor whose key and
@@ -318,24 +325,26 @@ def train(candidate: Candidate, data: TrainData, *, seed: int = 0, device: str |
     """
     started = time.perf_counter()
     device = pick_device(device)
-    evaluation = Evaluation(candidate, candidate.trial_key(data.fingerprint, seed), device=str(device))
+    setting = TrialSetting(data.fingerprint, seed, device.type, max_params)
+    evaluation = Evaluation(candidate, candidate.trial_key(setting), device=str(device))
     outcome = TrainOutcome(evaluation)
     out_of_memory = False
     try:
-        _train_into(outcome, data, seed, device, max_params, init_weights, resume, measure_test, started)
+        _train_into(outcome, data, candidate.trial_seed(setting), device, max_params, init_weights, resume,
+                    measure_test, started)
     except ArchitectureError as exc:
-        evaluation.status, evaluation.reason = FAILED, str(exc)
+        evaluation.status, evaluation.reason = TrialStatus.FAILED, str(exc)
     except _Stop as stop:
-        evaluation.status, evaluation.reason = FAILED, stop.reason
+        evaluation.status, evaluation.reason = stop.status, stop.reason
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
         if not _is_out_of_memory(exc):
             raise
         out_of_memory = True
-        evaluation.status = FAILED
+        evaluation.status = TrialStatus.ERROR  # another time, or fewer trials at once, it may fit
         evaluation.reason = (f"ran out of memory on {device} in epoch {evaluation.epochs_trained + 1}; use a "
                              f"smaller batch size (now {candidate.hparams.batch_size}) or a smaller network, "
                              "or run fewer trials at once on this device.")
-    if evaluation.status == FAILED:
+    if not evaluation.ok:
         outcome.model, outcome.weights, outcome.checkpoint = None, None, None
     if out_of_memory:  # the failed frames are gone now, so their tensors can really be released
         gc.collect()

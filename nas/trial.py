@@ -7,15 +7,41 @@ store and the MLflow lineage store unchanged, and strategies never need torch or
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
 from typing import Any
 
-from nas.space.architecture import Architecture, HParams, digest
+from nas.ids import derive_seed, digest
+from nas.space.architecture import Architecture, HParams
 
 # Bump when fit() changes what it computes: cached results of the old version stop matching.
-TRAINING_VERSION = "1"
+TRAINING_VERSION = "2"
 
-OK = "ok"
-FAILED = "failed"
+
+class TrialStatus(str, Enum):
+    """How a trial ended (or that it has not yet), as stored in the tag `nas.status`."""
+
+    OK = "ok"
+    FAILED = "failed"  # decided by the trial itself (invalid network, over the limit, diverged): remembered
+    ERROR = "error"  # the environment failed it (out of memory, time limit, a crash): retried on a rerun
+    RUNNING = "running"
+    ABANDONED = "abandoned"  # its owner died mid-way; the run was deleted and the trial taken over
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class TrialSetting:
+    """What a search fixes for all its trials and that decides their results."""
+
+    data_fingerprint: str
+    seed: int = 0
+    device: str = "cpu"  # the device type: "cpu" or "cuda"
+    max_params: int | None = None
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.device == "cuda" else "fp32"  # nas.train's autocast policy
 
 
 @dataclass(frozen=True)
@@ -43,21 +69,38 @@ class Candidate:
     resume_from: str | None = None  # shorter run of the same network that this one continues
     generation: int = 0
     info: dict[str, Any] = field(default_factory=dict)  # strategy notes, e.g. {"mutation": ...}
+    nonce: int | None = None  # set by a strategy that proposes the same training twice on purpose
 
-    def trial_key(self, data_fingerprint: str, seed: int) -> str:
-        """Everything that decides the training result, hashed: equal keys train identically."""
-        decisive = {
+    def trial_seed(self, setting: TrialSetting) -> int:
+        """This trial's own training seed: init, dropout and shuffling derive from it.
+
+        It leaves out the budget, so a longer run of the same network starts exactly as the
+        shorter one did, and a promotion that continues a checkpoint matches a run trained
+        straight through.
+        """
+        return derive_seed(setting.seed, digest({"graph": self.arch.to_json(), "hparams": self.hparams.to_json(),
+                                                 "inherit_from": self.inherit_from, "nonce": self.nonce}))
+
+    def trial_key(self, setting: TrialSetting) -> str:
+        """Everything that decides the training result, hashed, and nothing else: equal keys train identically.
+
+        Parents and strategy notes are lineage, not inputs, so two methods proposing the
+        same training share its result.
+        """
+        return digest({
             "graph": self.arch.to_json(),
             "hparams": self.hparams.to_json(),
             "budget": self.budget.to_json(),
             "inherit_from": self.inherit_from,
-            "data": data_fingerprint,
-            "seed": seed,
+            "resume_from": self.resume_from,
+            "nonce": self.nonce,
+            "data": setting.data_fingerprint,
+            "seed": self.trial_seed(setting),
+            "device": setting.device,
+            "precision": setting.precision,
+            "max_params": setting.max_params,
             "version": TRAINING_VERSION,
-        }
-        if self.resume_from:  # only when set, so keys of ordinary trials keep their values
-            decisive["resume_from"] = self.resume_from
-        return digest(decisive)
+        })
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,6 +112,7 @@ class Candidate:
             "resume_from": self.resume_from,
             "generation": self.generation,
             "info": self.info,
+            "nonce": self.nonce,
         }
 
     @staticmethod
@@ -82,6 +126,7 @@ class Candidate:
             resume_from=data.get("resume_from"),
             generation=int(data.get("generation", 0)),
             info=dict(data.get("info", {})),
+            nonce=data.get("nonce"),
         )
 
 
@@ -91,7 +136,7 @@ class Evaluation:
 
     candidate: Candidate
     trial_key: str
-    status: str = OK
+    status: TrialStatus = TrialStatus.OK
     reason: str | None = None
     val_acc: float | None = None
     test_acc: float | None = None
@@ -106,9 +151,17 @@ class Evaluation:
     inherited: list[str] = field(default_factory=list)  # state-dict keys taken from a parent's weights
     run_id: str | None = None
 
+    def __post_init__(self) -> None:
+        self.status = TrialStatus(self.status)  # a plain "ok" from JSON or a caller becomes the enum
+
     @property
     def ok(self) -> bool:
-        return self.status == OK
+        return self.status == TrialStatus.OK
+
+    @property
+    def retryable(self) -> bool:
+        """A failure of the environment, not of the network: a rerun trains it again."""
+        return self.status == TrialStatus.ERROR
 
     @property
     def score(self) -> float:
@@ -121,7 +174,8 @@ class Evaluation:
 
     def to_json(self) -> dict[str, Any]:
         # Every field, in declaration order, so a new field can never be left out.
-        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "candidate": self.candidate.to_json()}
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "candidate": self.candidate.to_json(),
+                "status": self.status.value}
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> Evaluation:

@@ -9,7 +9,7 @@ from prefect.context import TaskRunContext
 
 from nas.data import load_split, read_meta
 from nas.lineage import LineageStore
-from nas.space.architecture import digest
+from nas.ids import digest
 from nas.train import predict_accuracy
 
 

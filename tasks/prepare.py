@@ -10,7 +10,7 @@ from prefect import task
 from prefect.context import TaskRunContext
 
 from nas.data import BUILTINS, prepare
-from nas.space.architecture import digest
+from nas.ids import digest
 
 
 def _file_digest(path: Path) -> str:

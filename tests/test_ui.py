@@ -26,7 +26,7 @@ def test_ui_lists_the_trials_of_the_store(tmp_path):
     arch = Architecture((Node.make("input"), Node.make("flatten", [0]), Node.make("head", [1])))
     candidate = Candidate(arch, HParams(), Budget(1))
     parent = store.start_search({"strategy": "random"}, None, "fp")
-    run_id = store.start_trial(candidate, "key", parent_run_id=parent, strategy="random", data_fingerprint="fp")
+    run_id = store.claim_trial(candidate, "key", parent_run_id=parent, strategy="random", data_fingerprint="fp").run_id
     store.finish_trial(run_id, Evaluation(candidate, "key", val_acc=0.5, test_acc=0.4, run_id=run_id))
 
     shown = subprocess.run([sys.executable, "-m", "nas.cli", "show", run_id, "--tracking-uri", uri,

@@ -9,10 +9,10 @@ ever evaluated.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, fields, replace
 from typing import Any, Union
+
+from nas.ids import digest
 
 AttrValue = Union[bool, int, float, str]
 
@@ -22,14 +22,6 @@ INITS = ("kaiming", "xavier", "default")
 
 class ArchitectureError(ValueError):
     """A sentence that breaks a rule of the language or of a search space."""
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-def digest(value: Any, length: int = 16) -> str:
-    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:length]
 
 
 @dataclass(frozen=True)

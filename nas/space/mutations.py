@@ -2,8 +2,8 @@
 
 A mutation turns a parent (architecture, hyper-parameters) into a child that the search
 space accepts, and says which child nodes may inherit the parent's weights: `node_map`
-maps child node -> parent node for every node whose op, attributes and input shapes are
-unchanged (the convention of `nas.build.remap_state`). A mutation that cannot apply
+maps child node -> parent node for every node carried over with its op (the convention of
+`nas.build.remap_state`); training then loads each of those tensors whose shape is unchanged. A mutation that cannot apply
 raises NotApplicable with the reason; it never returns a child that `space.validate`
 rejects.
 
@@ -125,10 +125,10 @@ def _other_values(domain: Domain, current: AttrValue, keep: Callable[[int], bool
     return [v for v in domain.values() if v != current and isinstance(v, int) and keep(v)]
 
 
-def _same_params(child: NodePlan, parent: NodePlan) -> bool:
-    # Equal input shapes also mean equal merge projections, the only parameters a merge has.
-    return child.node.op == parent.node.op and child.node.attrs == parent.node.attrs \
-        and child.in_shapes == parent.in_shapes
+def _same_op(child: NodePlan, parent: NodePlan) -> bool:
+    # Same op, whatever its attributes or input shapes: the builder loads each of the
+    # parent's tensors whose shape still fits, so a conv after a changed stride keeps its kernel.
+    return child.node.op == parent.node.op
 
 
 def _first_valid(space: SearchSpace, hparams: HParams, candidates: Candidates) -> tuple[Edit, Plan]:
@@ -263,7 +263,7 @@ def apply_mutation(name: str, space: SearchSpace, arch: Architecture, hparams: H
     everything = {i: i for i in range(len(arch.nodes))}
     if name in _GRAPH_MUTATIONS:
         (nodes, origin), child = _first_valid(space, hparams, _GRAPH_MUTATIONS[name](space, arch.nodes, parent, rng))
-        node_map = {c: p for c, p in origin.items() if _same_params(child.nodes[c], parent.nodes[p])}
+        node_map = {c: p for c, p in origin.items() if _same_op(child.nodes[c], parent.nodes[p])}
         return Mutated(name, Architecture(nodes), hparams, node_map)
     if name == "alter-learning-rate":
         hparams = _alter_learning_rate(space, hparams, rng)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
 from typing import Any
 
 from nas.space import SearchSpace
@@ -19,12 +20,26 @@ STRATEGIES: dict[str, type[Strategy]] = {
                               CoDeepNEAT)}
 
 
+ENTRY_POINT_GROUP = "nas.strategies"  # where other packages register strategies of their own
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """A built-in strategy, or one another package registered under the entry-point group `nas.strategies`."""
+    if name in STRATEGIES:
+        return STRATEGIES[name]
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name == name:
+            return entry.load()
+    plugins = sorted(e.name for e in entry_points(group=ENTRY_POINT_GROUP))
+    raise ValueError(f"unknown strategy '{name}'; choose one of {sorted(STRATEGIES) + plugins} with --strategy, "
+                     f"or register yours under the entry-point group '{ENTRY_POINT_GROUP}'.")
+
+
 def make_strategy(name: str, space: SearchSpace, budget: Budget, seed: int = 0, **options: Any) -> Strategy:
     """The named strategy; `options` (e.g. population_size) go to its constructor."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy '{name}'; choose one of {sorted(STRATEGIES)} with --strategy.")
+    cls = strategy_class(name)
     try:
-        return STRATEGIES[name](space, budget, seed=seed, **options)
+        return cls(space, budget, seed=seed, **options)
     except TypeError:
         raise ValueError(f"strategy '{name}' takes no option among {sorted(options)}.") from None
 
@@ -40,5 +55,5 @@ def make_search(name: str, space: SearchSpace, budget: Budget, seed: int = 0, *,
     return strategy
 
 
-__all__ = ["STRATEGIES", "AgingEvolution", "BayesianOptimization", "CoDeepNEAT", "GridSearch", "Hyperband",
+__all__ = ["ENTRY_POINT_GROUP", "STRATEGIES", "strategy_class", "AgingEvolution", "BayesianOptimization", "CoDeepNEAT", "GridSearch", "Hyperband",
            "LargeScaleEvolution", "RandomSearch", "Strategy", "make_search", "make_strategy"]

@@ -17,7 +17,7 @@ the search can both explore and refine what already works.
     >>> batch = search.ask(3)  # three parallel workers: the constant liar keeps them apart
     >>> [c.info["proposal"] for c in batch]
     ['model', 'model', 'model']
-    >>> len({(c.arch.arch_id, c.hparams) for c in first + batch})
+    >>> len({(c.arch.arch_id, c.hparams) for c in [*first, *batch]})
     7
 """
 
@@ -77,15 +77,33 @@ class BayesianOptimization(Strategy):
         self.top_points = top_points
         self.mutations = allowed_mutations(mutations)  # which mutations make pool members
 
-    def ask(self, n: int) -> list[Candidate]:
-        usable = [e for e in self.history if self.space.is_valid(e.candidate.arch, e.candidate.hparams)]
+    def _propose(self, n: int) -> list[Candidate]:
+        usable = self._usable()
         x, y = self._data(usable)
         # Equal scores (a single result, or only failures) rank nothing: the model would
         # pick an arbitrary pool member, so say honestly that the proposal is random.
         gp = self._fit(x, y) if len(usable) >= self.initial and np.ptp(y) > 0 else None
-        candidates = self._sample_fresh(n, proposal="random") if gp is None else self._model(n, gp, x, y, usable)
-        self._exhausted = len(candidates) < n
+        if gp is None:
+            return self._sample_fresh(n, proposal="random")
+        candidates = self._model(n, gp, x, y, usable)
+        if len(candidates) < n:
+            self._finish("no network of the candidate pool was left unproposed: the space looks exhausted")
         return candidates
+
+    def _usable(self) -> list[Evaluation]:
+        """The results the model learns from: valid in this space, of one budget.
+
+        Under a budget scheduler results come at several budgets; as in BOHB (Falkner et
+        al. 2018) the model fits the largest budget with enough results to fit, since
+        short runs rank networks only roughly.
+        """
+        valid = [e for e in self.history if self.space.is_valid(e.candidate.arch, e.candidate.hparams)]
+        budgets = sorted({e.candidate.budget.epochs for e in valid}, reverse=True)
+        for epochs in budgets:
+            at = [e for e in valid if e.candidate.budget.epochs == epochs]
+            if len(at) >= self.initial:
+                return at
+        return [e for e in valid if e.candidate.budget.epochs == budgets[-1]] if budgets else []
 
     # ---- the model -----------------------------------------------------------------
 

@@ -21,8 +21,8 @@ into species.
     >>> space = SearchSpace.load("spaces/cnn.yaml").bind((1, 8, 8), 10)
     >>> search = CoDeepNEAT(space, Budget(epochs=5), seed=0, population_size=4)
     >>> first = search.ask(10)  # one generation is population_size networks
-    >>> len(first), search.ask(1)  # nothing more until the generation is told
-    (4, [])
+    >>> len(first), search.ask(1).state.value  # nothing more until the generation is told
+    (4, 'wait')
     >>> sorted(first[0].info)
     ['blueprint', 'modules', 'species']
     >>> search.tell([Evaluation(c, trial_key=str(i), val_acc=0.5, run_id=f"r{i}")
@@ -400,15 +400,15 @@ class CoDeepNEAT(Strategy):
 
     # ---- the protocol ----------------------------------------------------------------
 
-    def ask(self, n: int) -> list[Candidate]:
+    def _propose(self, n: int) -> list[Candidate]:
         candidates = []
         for _ in range(max(0, min(n, self.population_size - self.asked))):
             candidates.append(self._network())
             self.asked += 1
         return candidates
 
-    def tell(self, evaluations: list[Evaluation]) -> None:
-        super().tell(evaluations)
+    def _learn(self, evaluations: list[Evaluation]) -> None:
+        super()._learn(evaluations)
         blueprints = {b.id: b for b in self.blueprints}
         modules = {m.id: m for m in self.modules}
         for evaluation in evaluations:
@@ -423,9 +423,6 @@ class CoDeepNEAT(Strategy):
             self.told += 1
             if self.told >= self.population_size:
                 self._evolve()
-
-    def done(self) -> bool:
-        return False  # the trial budget ends the run
 
     def warm_start(self, history: list[Evaluation]) -> None:
         """Record earlier results as told (so they are never proposed again) without crediting genomes.

@@ -1,10 +1,12 @@
 """Evolution: large-scale evolution (Real et al. 2017) and its aging variant (Real et al. 2019).
 
 Both keep a population of evaluated individuals and make each child by mutating a parent
-chosen by a tournament. A child that keeps some of its parent's nodes inherits their
-trained weights (`inherit_from`), so a child identical to its parent (the identity
-mutation) means "train the parent for longer" and is a trial of its own: evolution never
-deduplicates by architecture.
+chosen by a tournament; a failed individual is never a parent. In large-scale evolution a
+child that keeps some of its parent's nodes inherits their trained weights
+(`inherit_from`), so a child identical to its parent means "train the parent for longer".
+Aging evolution trains children from scratch, as Real et al. 2019 did (`inherit=True`
+changes that). Every child carries its own `nonce`, so it is a trial of its own even when
+it repeats its parent's training exactly (reset-weights): evolution never deduplicates.
 
     >>> from nas.space import SearchSpace
     >>> from nas.trial import Budget, Evaluation
@@ -45,16 +47,17 @@ class _Evolution(Strategy):
     """
 
     def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0, population_size: int = 10,
-                 mutations: tuple[str, ...] | None = None) -> None:
+                 mutations: tuple[str, ...] | None = None, inherit: bool = True) -> None:
         super().__init__(space, budget, seed=seed)
         if population_size < 2:
             raise ValueError(f"population_size={population_size} is too small; evolution needs at least 2 "
                              "individuals to compare.")
         self.population_size = population_size
         self.mutations = allowed_mutations(mutations)
+        self.inherit = inherit
         self.population: list[Evaluation] = []
         self.initial_asked = 0  # initial individuals proposed so far (seeds from warm_start count)
-        self.pending = 0  # candidates asked and not yet told
+        self.children = 0  # children proposed so far: the next child's nonce
 
     # ---- what subclasses decide ----------------------------------------------------
 
@@ -68,30 +71,33 @@ class _Evolution(Strategy):
 
     # ---- the protocol --------------------------------------------------------------
 
-    def ask(self, n: int) -> list[Candidate]:
+    def _propose(self, n: int) -> list[Candidate]:
         initial = [self._initial_candidate() for _ in range(min(n, self.population_size - self.initial_asked))]
         self.initial_asked += len(initial)
         children = self._ask_children(n - len(initial)) if len(initial) < n else []
-        self.pending += len(initial) + len(children)
+        if not initial + children and not self.pending:
+            self._finish(f"no living individual can be a parent ({len(self.population)} alive, "
+                         f"{sum(e.ok for e in self.population)} of them trained successfully)")
         return initial + children
 
-    def tell(self, evaluations: list[Evaluation]) -> None:
-        super().tell(evaluations)
-        self.pending = max(0, self.pending - len(evaluations))
-        # Failed children join too: their score of -1 makes them lose their first tournament.
+    def _learn(self, evaluations: list[Evaluation]) -> None:
+        super()._learn(evaluations)
+        # Failed children join too: they are never parents, and lose their first tournament.
         self.population.extend(evaluations)
         self._cull()
 
+    def observe(self, evaluations: list[Evaluation]) -> None:
+        """A longer run of an individual (a scheduler's promotion) replaces it: its score and its weights."""
+        super().observe(evaluations)
+        by_run = {e.run_id: i for i, e in enumerate(self.population)}
+        for evaluation in evaluations:
+            i = by_run.get(evaluation.candidate.resume_from)
+            if i is not None and evaluation.ok:
+                self.population[i] = evaluation
+                by_run[evaluation.run_id] = i
+
     def _cull(self) -> None:
         """Hook run after individuals join; aging evolution kills the oldest here."""
-
-    def done(self) -> bool:
-        # Only a population too small to select from, with nothing in flight to refill it, ends it.
-        return (self.initial_asked >= self.population_size and self.pending == 0
-                and len(self.population) < self._min_living())
-
-    def _min_living(self) -> int:
-        return 2
 
     def warm_start(self, history: list[Evaluation]) -> None:
         """Seed the population with the best `population_size` results of `history`.
@@ -112,18 +118,20 @@ class _Evolution(Strategy):
             **super().state_dict(),
             "population": [e.to_json() for e in self.population],
             "initial_asked": self.initial_asked,
-            "pending": self.pending,
+            "children": self.children,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.population = [Evaluation.from_json(e) for e in state["population"]]
         self.initial_asked = int(state["initial_asked"])
-        self.pending = int(state["pending"])
+        self.children = int(state["children"])
 
     # ---- making a child ------------------------------------------------------------
 
     def _mutate(self, parent: Evaluation) -> Mutated | None:
+        if not parent.ok:  # a failed run has no weights and no score worth copying
+            return None
         candidate = parent.candidate
         try:  # mutate() only returns children the space accepts
             return mutate(self.space, candidate.arch, candidate.hparams, self.rng, allowed=self.mutations)
@@ -134,13 +142,16 @@ class _Evolution(Strategy):
         # Without a run id (results that never reached the lineage store) there are no
         # weights to inherit and no run to name as parent.
         run_id = parent.run_id
-        node_map = None if mutated.node_map is None else {str(c): p for c, p in mutated.node_map.items()}
+        inherits = self.inherit and mutated.node_map is not None and run_id is not None
+        node_map = {str(c): p for c, p in mutated.node_map.items()} if inherits else None
+        self.children += 1
         return self._candidate(
             mutated.arch, mutated.hparams,
             parents=(run_id,) if run_id is not None else (),
-            inherit_from=run_id if mutated.node_map is not None else None,
+            inherit_from=run_id if inherits else None,
             generation=parent.candidate.generation + 1,
             info={"mutation": mutated.mutation, "node_map": node_map},
+            nonce=self.children,
         )
 
 
@@ -179,8 +190,9 @@ class LargeScaleEvolution(_Evolution):
     name = "evolution"
 
     def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0, population_size: int = 10,
-                 mutations: tuple[str, ...] | None = None) -> None:
-        super().__init__(space, budget, seed=seed, population_size=population_size, mutations=mutations)
+                 mutations: tuple[str, ...] | None = None, inherit: bool = True) -> None:
+        super().__init__(space, budget, seed=seed, population_size=population_size, mutations=mutations,
+                         inherit=inherit)
         self._simplest = simplest_network(space)
 
     def _initial_candidate(self) -> Candidate:
@@ -200,6 +212,9 @@ class LargeScaleEvolution(_Evolution):
                 # i is older (lower index), so on equal scores it is the one that dies.
                 loser, winner = (i, j) if self.population[i].score <= self.population[j].score else (j, i)
                 parent = self.population[winner]
+                if not parent.ok:  # two failures met: one dies, and no child comes of it
+                    del self.population[loser]
+                    continue
                 mutated = self._mutate(parent)
                 if mutated is None:
                     continue  # nothing applies to this winner: the loser survives, try another pair
@@ -232,8 +247,9 @@ class AgingEvolution(_Evolution):
     name = "aging-evolution"
 
     def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0, population_size: int = 10,
-                 sample_size: int = 3, mutations: tuple[str, ...] | None = None) -> None:
-        super().__init__(space, budget, seed=seed, population_size=population_size, mutations=mutations)
+                 sample_size: int = 3, mutations: tuple[str, ...] | None = None, inherit: bool = False) -> None:
+        super().__init__(space, budget, seed=seed, population_size=population_size, mutations=mutations,
+                         inherit=inherit)
         if not 1 <= sample_size <= population_size:
             raise ValueError(f"sample_size={sample_size} must be between 1 and population_size="
                              f"{population_size}.")
@@ -243,9 +259,6 @@ class AgingEvolution(_Evolution):
         arch, hparams = self.space.sample(self.rng)
         return self._candidate(arch, hparams, info={"initial": True})
 
-    def _min_living(self) -> int:
-        return 1
-
     def _ask_children(self, n: int) -> list[Candidate]:
         children: list[Candidate] = []
         for _ in range(n):
@@ -253,7 +266,7 @@ class AgingEvolution(_Evolution):
                 if not self.population:
                     return children
                 drawn = self.rng.sample(self.population, min(self.sample_size, len(self.population)))
-                parent = max(drawn, key=lambda e: e.score)  # ties: the first drawn
+                parent = max(drawn, key=lambda e: e.score)  # ties: the first drawn; failed only if all are
                 mutated = self._mutate(parent)
                 if mutated is not None:
                     children.append(self._child(parent, mutated))

@@ -28,12 +28,12 @@ class GridSearch(Strategy):
         self._grid = self.space.enumerate()
         self._position = 0  # grid points consumed, so a restored state skips ahead
 
-    def ask(self, n: int) -> list[Candidate]:
+    def _propose(self, n: int) -> list[Candidate]:
         candidates: list[Candidate] = []
         while len(candidates) < n:
             point = next(self._grid, None)
             if point is None:
-                self._exhausted = True
+                self._finish(f"all {self._position} points of the grid were proposed")
                 break
             self._position += 1
             if self._fresh(*point):

@@ -6,6 +6,10 @@ for a few epochs, keeps the best 1/eta, trains those eta times longer, and so on
 `max_epochs`. Hyperband runs brackets from the most aggressive (many configurations,
 first rung `min_epochs`) to plain full training, and starts over.
 
+The sampler is told each configuration's first-rung result as it arrives, as the very
+candidate it proposed, so a sampler that waits for results (evolution, CoDeepNEAT) keeps
+feeding rung 0; longer rungs reach it through `observe` (BOHB's model prefers them).
+
 A promoted configuration continues its lower rung's run (`resume_from`, a checkpoint in
 the lineage store): no epoch is trained twice, and each rung is a run of its own linked
 to the one before. Every candidate's schedule spans `max_epochs`, so a rung is exactly
@@ -32,7 +36,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from nas.strategies.base import Strategy
+from nas.strategies.base import AskState, Strategy
 from nas.trial import Budget, Candidate, Evaluation
 
 SCHEDULERS = ("hyperband", "successive-halving")
@@ -86,6 +90,9 @@ class Hyperband(Strategy):
         self.successive_halving = successive_halving
         self.brackets: list[Bracket] = []  # open ones, oldest first
         self.opened = 0
+        self.configs = 0  # configurations drawn from the sampler: the next one's number
+        self.origins: dict[int, Candidate] = {}  # the sampler's own candidate of each config not yet told
+        self.sampler_state = AskState.READY  # what the sampler said last
 
     def _new_bracket(self, number: int) -> Bracket:
         s = self.s_max if self.successive_halving else self.s_max - number % (self.s_max + 1)
@@ -96,21 +103,22 @@ class Hyperband(Strategy):
 
     # ---- the protocol --------------------------------------------------------------
 
-    def ask(self, n: int) -> list[Candidate]:
+    def _propose(self, n: int) -> list[Candidate]:
         asked: list[Candidate] = []
         while len(asked) < n:
             candidate = next((c for b in self.brackets if (c := self._next(b))), None)
             if candidate is None:
-                # Every open bracket waits for results: open another, so no worker idles.
-                if self.sampler.done():
+                # Every open bracket waits for results: open another, so no worker idles,
+                # unless the sampler itself waits or is done (a new bracket could draw nothing).
+                if self.sampler_state != AskState.READY:
                     break
                 self.brackets.append(self._new_bracket(self.opened))
                 self.opened += 1
-                candidate = self._next(self.brackets[-1])
-                if candidate is None:  # the sampler had nothing left
-                    self.brackets.pop()
-                    break
+                continue
             asked.append(candidate)
+        self.brackets = [b for b in self.brackets if not b.finished]
+        if not asked and self.sampler_state == AskState.DONE and not self.brackets:
+            self._finish(f"the sampler is done ({self.sampler.done_reason}) and every bracket has ended")
         return asked
 
     def _next(self, bracket: Bracket) -> Candidate | None:
@@ -121,26 +129,48 @@ class Hyperband(Strategy):
             return bracket.queue.pop(0)
         if bracket.rung > 0 or bracket.drawn >= bracket.sizes[0]:
             return None
-        proposal = self.sampler.ask(1)
-        if not proposal:  # the sampler ran dry: the rung is as big as it got
-            bracket.sizes[0] = bracket.drawn
-            if bracket.drawn and not bracket.waiting:  # and complete already: nothing else would end it
-                self._promote(bracket)
-                return self._next(bracket)
+        if self.sampler_state == AskState.READY:
+            proposal = self.sampler.ask(1)
+            self.sampler_state = proposal.state
+            if proposal:
+                return self._first_rung(bracket, proposal[0])
+        if self.sampler_state == AskState.WAIT:  # more configurations once the sampler hears of the ones out
             return None
+        # The sampler is done: the rung is as big as it got.
+        bracket.sizes[0] = bracket.drawn
+        if not bracket.drawn:
+            bracket.rung = len(bracket.budgets)
+        elif not bracket.waiting:  # and complete already: nothing else would end it
+            self._promote(bracket)
+            return self._next(bracket)
+        return None
+
+    def _first_rung(self, bracket: Bracket, config: Candidate) -> Candidate:
         bracket.drawn += 1
         bracket.waiting += 1
-        config = proposal[0]
+        number = self.configs
+        self.configs += 1
+        self.origins[number] = config
         # The schedule spans max_epochs, so every rung is a prefix of the full run.
         return replace(config, hparams=replace(config.hparams, epochs=self.max_epochs),
                        budget=Budget(bracket.budgets[0], self.budget.max_seconds),
-                       info={**config.info, "bracket": bracket.id, "rung": 0})
+                       info={**config.info, "bracket": bracket.id, "rung": 0, "config": number})
 
-    def tell(self, evaluations: list[Evaluation]) -> None:
-        super().tell(evaluations)
+    def _learn(self, evaluations: list[Evaluation]) -> None:
+        super()._learn(evaluations)
         by_id = {b.id: b for b in self.brackets}
         for evaluation in evaluations:
-            bracket = by_id[evaluation.candidate.info["bracket"]]
+            info = evaluation.candidate.info
+            # The sampler hears of each configuration once, at its first rung, as the
+            # candidate it proposed; longer rungs come to it as observations.
+            origin = self.origins.pop(info["config"], None)
+            if origin is not None:
+                self.sampler.tell([replace(evaluation, candidate=origin)])
+                if self.sampler_state == AskState.WAIT:
+                    self.sampler_state = AskState.READY
+            else:
+                self.sampler.observe([evaluation])
+            bracket = by_id[info["bracket"]]
             bracket.waiting -= 1
             bracket.results.append(evaluation)
             if not bracket.waiting and not bracket.queue and len(bracket.results) >= bracket.sizes[bracket.rung]:
@@ -148,12 +178,10 @@ class Hyperband(Strategy):
         self.brackets = [b for b in self.brackets if not b.finished]
 
     def _promote(self, bracket: Bracket) -> None:
-        """End the bracket's rung: the best go on from their checkpoints, the sampler hears of the rest."""
+        """End the bracket's rung: the best go on from their checkpoints."""
         ranked = sorted(bracket.results, key=lambda e: -e.score)  # stable: ties keep the order told
         last = bracket.rung + 1 >= len(bracket.budgets)
         keep = [] if last else [e for e in ranked[:bracket.sizes[bracket.rung + 1]] if e.ok and e.run_id]
-        kept = {id(e) for e in keep}
-        self.sampler.tell([e for e in bracket.results if id(e) not in kept])  # configurations leaving here
         bracket.rung += 1
         bracket.results = []
         if last or not keep:
@@ -166,22 +194,24 @@ class Hyperband(Strategy):
                          for e in keep]
         bracket.sizes[bracket.rung] = len(keep)
 
-    def done(self) -> bool:
-        return self.sampler.done() and not any(b.queue or b.waiting for b in self.brackets)
-
     def warm_start(self, history: list[Evaluation]) -> None:
         self._record(history)
         self.sampler.warm_start(history)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "sampler": self.sampler.state_dict(), "opened": self.opened,
-                "brackets": [b.to_json() for b in self.brackets]}
+                "brackets": [b.to_json() for b in self.brackets], "configs": self.configs,
+                "origins": {str(k): c.to_json() for k, c in self.origins.items()},
+                "sampler_state": self.sampler_state.value}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.sampler.load_state_dict(state["sampler"])
         self.opened = state["opened"]
         self.brackets = [Bracket.from_json(b) for b in state["brackets"]]
+        self.configs = state["configs"]
+        self.origins = {int(k): Candidate.from_json(c) for k, c in state["origins"].items()}
+        self.sampler_state = AskState(state["sampler_state"])
 
 
 __all__ = ["SCHEDULERS", "Bracket", "Hyperband"]

@@ -18,8 +18,5 @@ from nas.trial import Candidate
 class RandomSearch(Strategy):
     name = "random"
 
-    def ask(self, n: int) -> list[Candidate]:
-        candidates = self._sample_fresh(n)
-        # A small space can run dry: stop asking instead of looping forever on duplicates.
-        self._exhausted = len(candidates) < n
-        return candidates
+    def _propose(self, n: int) -> list[Candidate]:
+        return self._sample_fresh(n)

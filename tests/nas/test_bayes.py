@@ -10,8 +10,8 @@ from sklearn.exceptions import ConvergenceWarning
 
 from nas.space import SearchSpace
 from nas.strategies import BayesianOptimization, RandomSearch, make_strategy
-from nas.strategies.base import proposal_key
-from nas.trial import FAILED, Budget, Candidate, Evaluation
+from nas.strategies.base import AskState, proposal_key
+from nas.trial import Budget, Candidate, Evaluation, TrialStatus
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,9 @@ def test_first_initial_proposals_are_random_then_the_model_proposes(small):
 def test_batches_are_distinct_and_never_repeat_earlier_proposals(cnn):
     search = bayes(cnn, initial=3)
     proposed = run(search, 1, batch_size=3)
-    proposed += search.ask(6) + search.ask(6)  # two batches in flight, nothing told in between
+    in_flight = [search.ask(6), search.ask(6)]  # two batches in flight, nothing told in between
+    assert all(batch.state == AskState.READY and len(batch) == 6 for batch in in_flight)
+    proposed += [c for batch in in_flight for c in batch]
     assert len(set(ids(proposed))) == len(proposed) == 15
     assert all(c.info["proposal"] == "model" for c in proposed[3:])
 
@@ -90,13 +92,13 @@ def test_failures_equal_scores_and_a_single_result_never_crash(small):
         warnings.simplefilter("error", ConvergenceWarning)  # silenced inside, so none may escape
         failing = bayes(small, initial=3)
         first = failing.ask(3)
-        failing.tell([Evaluation(c, str(i), status=FAILED, reason="diverged") for i, c in enumerate(first)])
+        failing.tell([Evaluation(c, str(i), status=TrialStatus.FAILED, reason="diverged") for i, c in enumerate(first)])
         assert [c.info["proposal"] for c in failing.ask(3)] == ["random"] * 3  # nothing to rank yet
         assert failing.best is None
 
         mixed = bayes(small, initial=3)
         first = mixed.ask(3)
-        mixed.tell([Evaluation(first[0], "0", status=FAILED, reason="oom")] + results(first[1:]))
+        mixed.tell([Evaluation(first[0], "0", status=TrialStatus.FAILED, reason="oom")] + results(first[1:]))
         assert [c.info["proposal"] for c in mixed.ask(2)] == ["model"] * 2
 
         flat = bayes(small, initial=4)

@@ -13,6 +13,7 @@ from nas.space import SearchSpace
 from nas.space.architecture import HParams
 from nas.strategies.codeepneat import (INPUT, Blueprint, CoDeepNEAT, LayerGene, Module, SkipGene, Slot,
                                        compatibility, crossover_blueprints, crossover_modules)
+from nas.strategies.base import AskState
 from nas.strategies.evolution import AgingEvolution
 from nas.trial import Budget, Evaluation
 
@@ -76,13 +77,15 @@ def test_assembled_networks_are_valid_buildable_and_name_their_genomes(path, sha
 def test_a_generation_is_handed_out_whole_and_no_more_until_told():
     space = SearchSpace.load("spaces/cnn.yaml").bind((1, 8, 8), 10)
     search = CoDeepNEAT(space, Budget(1), seed=1)
-    first = search.ask(5) + search.ask(5)
-    assert len(first) == 8 and search.ask(3) == []
+    first = list(search.ask(5)) + list(search.ask(5))
+    waiting = search.ask(3)  # the generation is out: nothing until its results are told
+    assert len(first) == 8 and waiting.state == AskState.WAIT and not waiting.candidates and not search.done()
     trainer = FakeTrainer()
     search.tell(trainer(first[:5]))
     assert search.generation == 0  # half told: nothing evolves yet
     search.tell(trainer(first[5:]))
-    assert search.generation == 1 and len(search.ask(8)) == 8
+    second = search.ask(8)
+    assert search.generation == 1 and second.state == AskState.READY and len(second) == 8
     assert len(search.modules) == 12 and len(search.blueprints) == 6
 
 
@@ -186,7 +189,7 @@ def test_state_dict_round_trips_through_json_and_continues_identically():
     restored.tell(trainer_b(rest_b))
     more_a, _ = run(original, 2, trainer)
     more_b, _ = run(restored, 2, trainer_b)
-    assert [x.to_json() for x in rest_a + more_a] == [x.to_json() for x in rest_b + more_b]
+    assert [x.to_json() for x in [*rest_a, *more_a]] == [x.to_json() for x in [*rest_b, *more_b]]
     with pytest.raises(ValueError, match="codeepneat"):
         AgingEvolution(space, Budget(1)).load_state_dict(original.state_dict())
 

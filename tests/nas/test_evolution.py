@@ -6,7 +6,8 @@ import pytest
 
 from nas.space import SearchSpace
 from nas.strategies.evolution import AgingEvolution, LargeScaleEvolution, simplest_network
-from nas.trial import FAILED, Budget, Evaluation
+from nas.strategies.base import AskState
+from nas.trial import Budget, Candidate, Evaluation, TrialSetting, TrialStatus
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ class FakeTrainer:
         results = []
         for c in candidates:
             convs = sum(n.op == "conv" for n in c.arch.nodes)
-            status = FAILED if self.runs in fail else "ok"
+            status = TrialStatus.FAILED if self.runs in fail else TrialStatus.OK
             results.append(Evaluation(c, trial_key=str(self.runs), status=status,
                                       val_acc=min(0.1 * convs, 0.99), run_id=f"r{self.runs}"))
             self.runs += 1
@@ -48,7 +49,7 @@ def mean_score(population):
 
 def test_initial_population_is_the_simplest_network_with_varied_learning_rates(space):
     search = LargeScaleEvolution(space, Budget(2), seed=0, population_size=6)
-    initial = search.ask(4) + search.ask(4)  # the second ask has only 2 initial ones left to give
+    initial = list(search.ask(4)) + list(search.ask(4))  # the second ask has only 2 initial ones left to give
     assert len(initial) == 6
     assert {tuple(n.op for n in c.arch.nodes) for c in initial} == {("input", "global_pool", "head")}
     assert len({c.hparams.lr for c in initial}) == 6
@@ -73,7 +74,9 @@ def test_tournaments_kill_the_worse_and_children_record_their_lineage(space):
                                           "insert-one-to-one", "add-skip"}
         assert child.inherit_from == (None if child.info["node_map"] is None else child.parents[0])
         assert all(isinstance(k, str) for k in (child.info["node_map"] or {}))
-    assert search.ask(1) == []  # a lone survivor has nobody to fight until the children are told
+    waiting = search.ask(1)  # a lone survivor has nobody to fight until the children are told
+    assert waiting.state == AskState.WAIT and not waiting.candidates and not search.done()
+    assert [c.nonce for c in children] == [1, 2, 3]  # each child is a trial of its own
 
 
 def test_ties_kill_the_older_and_failed_children_lose_their_first_tournament(space):
@@ -82,7 +85,7 @@ def test_ties_kill_the_older_and_failed_children_lose_their_first_tournament(spa
     search.tell([Evaluation(c, str(i), val_acc=0.5, run_id=f"r{i}") for i, c in enumerate(first)])
     (child,) = search.ask(1)
     assert child.parents == ("r1",) and [e.run_id for e in search.population] == ["r1"]
-    search.tell([Evaluation(child, "2", status=FAILED, reason="diverged", run_id="r2")])
+    search.tell([Evaluation(child, "2", status=TrialStatus.FAILED, reason="diverged", run_id="r2")])
     (grandchild,) = search.ask(1)
     assert grandchild.parents == ("r1",) and [e.run_id for e in search.population] == ["r1"]
 
@@ -104,6 +107,7 @@ def test_identity_children_repeat_their_parent_and_are_not_deduplicated(space):
     assert {json.dumps(c["arch"], sort_keys=True) for c in children} == {json.dumps(proposed[0]["arch"],
                                                                                      sort_keys=True)}
     assert all(c["inherit_from"] == c["parents"][0] for c in children)
+    assert [c["nonce"] for c in children] == list(range(1, 9))  # the running child count: never the same trial
 
 
 def test_reset_weights_children_inherit_nothing(space):
@@ -111,6 +115,15 @@ def test_reset_weights_children_inherit_nothing(space):
     children = run(search, 4, batch_size=2)[4:]
     assert children and all(c["inherit_from"] is None and c["parents"] and c["info"]["node_map"] is None
                             for c in children)
+    # the same training as the parent, but a new trial (its nonce), so it gets new initial weights
+    setting = TrialSetting("fp")
+    parents = {e.run_id: e.candidate for e in search.history}
+    for c in map(Candidate.from_json, children):
+        parent = parents[c.parents[0]]
+        assert c.arch == parent.arch and c.hparams == parent.hparams and c.nonce is not None
+        assert c.trial_key(setting) != parent.trial_key(setting)
+        assert c.trial_seed(setting) != parent.trial_seed(setting)
+    assert len({c["nonce"] for c in children}) == len(children)
     # among all mutations too, reset-weights never inherits and the others do
     mixed = run(LargeScaleEvolution(space, Budget(2), seed=6), 12)[10:]
     resets = [c for c in mixed if c["info"]["mutation"] == "reset-weights"]
@@ -125,8 +138,17 @@ def test_aging_kills_the_oldest_even_when_it_is_the_best(space):
     search.tell([Evaluation(c, str(i), val_acc=[0.9, 0.2, 0.1][i], run_id=f"r{i}") for i, c in enumerate(initial)])
     (child,) = search.ask(1)
     assert child.parents == ("r0",)  # sampling the whole population picks the best as parent
+    # aging evolution trains children from scratch (Real et al. 2019), unless told to inherit
+    assert child.inherit_from is None and child.info["node_map"] is None and child.nonce == 1
     search.tell([Evaluation(child, "3", val_acc=0.0, run_id="r3")])
     assert [e.run_id for e in search.population] == ["r1", "r2", "r3"]
+    # with inherit=True the same child (same draws) inherits its parent's weights instead
+    inheriting = AgingEvolution(space, Budget(2), seed=7, population_size=3, sample_size=3, inherit=True)
+    again = inheriting.ask(3)
+    inheriting.tell([Evaluation(c, str(i), val_acc=[0.9, 0.2, 0.1][i], run_id=f"r{i}") for i, c in enumerate(again)])
+    (heir,) = inheriting.ask(1)
+    assert heir.arch == child.arch and heir.info["mutation"] == child.info["mutation"]
+    assert heir.inherit_from == "r0" and heir.info["node_map"] is not None
 
 
 def test_aging_evolution_improves_under_selection(space):

@@ -1,6 +1,7 @@
 """Hyperband: bracket arithmetic, promotion from checkpoints, and a checkpoint that continues a run exactly."""
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from nas.space import SearchSpace
 from nas.strategies import make_strategy
 from nas.strategies.hyperband import Hyperband
 from nas.train import load_data, train
-from nas.trial import Budget, Candidate, Evaluation
+from nas.trial import Budget, Candidate, Evaluation, TrialStatus
 from tests.conftest import ROOT
 
 SPACE = SearchSpace.load(ROOT / "spaces/small-cnn.yaml").bind((1, 8, 8), 10)
@@ -67,20 +68,37 @@ def test_promotions_continue_the_best_of_each_rung(batch):
 
 def test_failed_runs_are_never_promoted_and_the_sampler_hears_each_configuration_once():
     hb = hyperband("bayes", min_epochs=1, max_epochs=9)
+    proposed = []  # the sampler's own candidates, in the order it proposed them
+    sampler_ask = hb.sampler.ask
+
+    def recording_ask(n):
+        asked = sampler_ask(n)
+        proposed.extend(asked)
+        return asked
+
+    hb.sampler.ask = recording_ask
     told = []
     while len(told) < 30:
         asked = hb.ask(2)
-        results = [Evaluation(c, str(len(told) + i), status="failed" if (len(told) + i) % 2 else "ok",
+        results = [Evaluation(c, str(len(told) + i),
+                              status=TrialStatus.FAILED if (len(told) + i) % 2 else TrialStatus.OK,
                               val_acc=None if (len(told) + i) % 2 else 0.5, run_id=f"r{len(told) + i}")
                    for i, c in enumerate(asked)]
         hb.tell(results)
         told += results
     failed = {e.run_id for e in told if not e.ok}
-    assert not any(e.candidate.resume_from in failed for e in told)
+    assert failed and not any(e.candidate.resume_from in failed for e in told)
     fresh = [e for e in told if not e.candidate.resume_from]
-    # the sampler learns of a configuration when it leaves its bracket, once
-    assert len(hb.sampler.history) <= len(fresh)
-    assert len({id(e) for e in hb.sampler.history}) == len(hb.sampler.history)
+    assert any(e.candidate.resume_from for e in told)  # promotions happened, so observations were due
+    # Every configuration the sampler proposed went out once, at its first rung, numbered in order.
+    assert [e.candidate.info["config"] for e in fresh] == list(range(len(proposed)))
+    # The sampler is told each configuration once, as it arrives, as the very candidate it
+    # proposed; each longer rung reaches it as an observation of the scheduler's candidate.
+    expected = [replace(e, candidate=proposed[e.candidate.info["config"]]) if not e.candidate.resume_from else e
+                for e in told]
+    assert hb.sampler.history == expected
+    assert all(a.candidate is b.candidate for a, b in zip(hb.sampler.history, expected))
+    assert hb.sampler.pending == 0 and not hb.origins  # nothing it proposed is left untold
 
 
 def test_state_dict_restores_the_brackets():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,9 +15,10 @@ from mlflow.tracking import MlflowClient
 
 from nas.lineage import LineageError, LineageStore, resolve_tracking_uri
 from nas.space.architecture import Architecture, HParams, Node
-from nas.trial import FAILED, Budget, Candidate, Evaluation
+from nas.trial import Budget, Candidate, Evaluation, TrialSetting, TrialStatus
 
 DATA_FP = "data-fp-1"
+SETTING = TrialSetting(DATA_FP)
 
 
 def tiny_arch(units: int = 10) -> Architecture:
@@ -29,7 +31,7 @@ def candidate(units: int = 10, parents: tuple[str, ...] = (), generation: int = 
 
 
 def evaluation(cand: Candidate, val_acc: float = 0.9, status: str = "ok") -> Evaluation:
-    return Evaluation(cand, cand.trial_key(DATA_FP, seed=0), status=status, val_acc=val_acc,
+    return Evaluation(cand, cand.trial_key(SETTING), status=status, val_acc=val_acc,
                       test_acc=val_acc - 0.01, train_loss=[1.0, 0.5, 0.25],
                       val_accs=[0.5, 0.7, val_acc], params=1234, flops=5678, seconds=1.5,
                       epochs_trained=3, reason=None if status == "ok" else "diverged: NaN loss")
@@ -60,8 +62,8 @@ def search(store: LineageStore) -> str:
 def run_trial(store: LineageStore, parent: str | None, cand: Candidate, val_acc: float = 0.9,
               status: str = "ok", weights: dict | None = None) -> tuple[str, Evaluation]:
     result = evaluation(cand, val_acc, status)
-    run_id = store.start_trial(cand, result.trial_key, parent_run_id=parent, strategy="random",
-                               data_fingerprint=DATA_FP, tags={"prefect.task_run_id": "t-1"})
+    run_id = store.claim_trial(cand, result.trial_key, parent_run_id=parent, strategy="random",
+                               data_fingerprint=DATA_FP, tags={"prefect.task_run_id": "t-1"}).run_id
     store.finish_trial(run_id, result, weights)
     return run_id, result
 
@@ -155,24 +157,45 @@ def test_trial_round_trip_with_tags_and_parent(store, search):
     assert store.parents(run_id) == ["run-a", "run-b"]
 
 
-def test_killed_attempt_is_replaced_and_never_found(store, search):
+def claim(store: LineageStore, cand: Candidate, search: str):
+    return store.claim_trial(cand, cand.trial_key(SETTING), parent_run_id=search, strategy="random",
+                             data_fingerprint=DATA_FP, poll_seconds=0.05)
+
+
+def test_a_dead_owners_claim_is_abandoned_explained_and_taken_over(store, search):
     cand = candidate()
-    key = cand.trial_key(DATA_FP, seed=0)
-    killed = store.start_trial(cand, key, parent_run_id=search, strategy="random", data_fingerprint=DATA_FP)
+    key = cand.trial_key(SETTING)
+    killed = claim(store, cand, search).run_id
     assert store.find(key) is None  # running, not finished
-    crashed = store.start_trial(cand, key, parent_run_id=search, strategy="random", data_fingerprint=DATA_FP)
-    store.fail_trial(crashed, "worker lost")
+    # Its process died (kill -9): no process of this machine has that pid.
+    MlflowClient(store.tracking_uri).set_tag(killed, "nas.owner", f"{socket.gethostname()}:{2**22 + 7}")
+    crashed = claim(store, cand, search).run_id
+    gone = MlflowClient(store.tracking_uri).get_run(killed)
+    assert gone.info.lifecycle_stage == "deleted" and gone.data.tags["nas.status"] == "abandoned"
+    assert "is gone" in gone.data.tags["nas.reason"]
+    store.fail_trial(crashed, "worker lost")  # an error, not a result: the next claim trains again
     assert store.find(key) is None
-    assert [r.info.run_id for r in active_runs(store, key)] == [crashed]
-    final = store.start_trial(cand, key, parent_run_id=search, strategy="random", data_fingerprint=DATA_FP)
-    assert [r.info.run_id for r in active_runs(store, key)] == [final]
-    assert killed != final
+    final = claim(store, cand, search).run_id
+    assert {r.info.run_id for r in active_runs(store, key)} == {crashed, final}  # the deleted one is gone
     store.finish_trial(final, evaluation(cand))
     assert store.find(key).run_id == final
+    assert claim(store, cand, search).result.run_id == final
+
+
+def test_a_second_claimant_waits_for_the_first_result_instead_of_training(store, search):
+    cand = candidate(21)
+    first = claim(store, cand, search)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(claim, store, cand, search)
+        time.sleep(0.3)
+        assert not waiting.done()  # a live claim: it waits
+        store.finish_trial(first.run_id, evaluation(cand))
+        assert waiting.result(timeout=10).result.run_id == first.run_id
+    assert len(active_runs(store, cand.trial_key(SETTING))) == 1
 
 
 def test_failed_candidate_is_a_finished_run(store, search):
-    run_id, result = run_trial(store, search, candidate(), val_acc=0.1, status=FAILED)
+    run_id, result = run_trial(store, search, candidate(), val_acc=0.1, status=TrialStatus.FAILED)
     found = store.find(result.trial_key)
     assert found is not None and not found.ok and found.reason == "diverged: NaN loss"
     run = MlflowClient(store.tracking_uri).get_run(run_id)
@@ -208,8 +231,7 @@ def test_history_is_oldest_first_and_leaderboard_best_first(store, search):
         run_ids.append(run_trial(store, search, candidate(units, parents=tuple(run_ids[-1:])), acc)[0])
         time.sleep(0.01)  # start times have millisecond resolution
     running = candidate(13)
-    store.start_trial(running, running.trial_key(DATA_FP, 0), parent_run_id=search,
-                      strategy="random", data_fingerprint=DATA_FP)
+    claim(store, running, search)
 
     history = store.history()
     assert [e.run_id for e in history] == run_ids

@@ -10,7 +10,8 @@ import yaml
 
 from nas.build import build, remap_state
 from nas.space import Architecture, HParams, Node, SearchSpace
-from nas.space.mutations import MUTATIONS, Mutated, NotApplicable, apply_mutation, mutate
+from nas.space.mutations import MERGES, MUTATIONS, Mutated, NotApplicable, apply_mutation, mutate
+from nas.train import _inherit
 
 SHAPES = [(1, 8, 8), (1, 40)]
 CONV_MUTATIONS = ("insert-convolution", "remove-convolution", "alter-stride", "alter-number-of-channels",
@@ -35,15 +36,50 @@ def chain(*hidden):
     return Architecture(tuple(nodes))
 
 
+INSERTED = {"insert-convolution": "conv", "insert-one-to-one": "identity", "add-skip": "add"}
+REMOVED = {"remove-convolution": ("conv",), "remove-skip": MERGES}
+
+
 def assert_node_map(space, parent, child):
-    """Every mapped child node has its parent node's op, attributes and input shapes."""
+    """node_map maps every node the mutation carried over, and only those, to its parent node with the same op.
+
+    A mutation inserts one node, removes one, or keeps every node in place (perhaps with
+    other attributes or input shapes); it never reorders, so the map is increasing.
+    """
     if child.node_map is None:
+        assert child.mutation == "reset-weights"
         return
     before, after = space.validate(parent), space.validate(child.arch)
     for c, p in child.node_map.items():
-        assert after.nodes[c].node.op == before.nodes[p].node.op
-        assert after.nodes[c].node.attrs == before.nodes[p].node.attrs
-        assert after.nodes[c].in_shapes == before.nodes[p].in_shapes, (child.mutation, c, p)
+        assert after.nodes[c].node.op == before.nodes[p].node.op, (child.mutation, c, p)
+    pairs = sorted(child.node_map.items())
+    assert all(c1 < c2 and p1 < p2 for (c1, p1), (c2, p2) in zip(pairs, pairs[1:])), (child.mutation, pairs)
+    unmapped_child = set(range(len(child.arch.nodes))) - set(child.node_map)
+    unmapped_parent = set(range(len(parent.nodes))) - set(child.node_map.values())
+    if child.mutation in INSERTED:
+        (new,) = unmapped_child  # all but the inserted node were carried over
+        assert child.arch.nodes[new].op == INSERTED[child.mutation] and not unmapped_parent
+    elif child.mutation in REMOVED:
+        (gone,) = unmapped_parent  # every child node was carried over
+        assert parent.nodes[gone].op in REMOVED[child.mutation] and not unmapped_child
+    else:  # nodes kept in place, an altered one included: same op, so all of them inherit
+        assert child.node_map == {i: i for i in range(len(parent.nodes))}, child.mutation
+
+
+def assert_inherits_what_fits(parent, child, shape):
+    """Training loads each mapped tensor whose shape is unchanged, exactly; the others keep their fresh values.
+
+    Returns the keys inherited.
+    """
+    parent_state = build(parent, shape, 10, seed=1).state_dict()
+    net = build(child.arch, shape, 10, seed=2)
+    fresh = {k: v.clone() for k, v in net.state_dict().items()}
+    offered = remap_state(parent_state, child.node_map or {})
+    inherited = _inherit(net, offered)  # load_state_dict raises on any shape mismatch it is handed
+    assert inherited == [k for k in fresh if k in offered and offered[k].shape == fresh[k].shape]
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, offered[key] if key in inherited else fresh[key]), key
+    return set(inherited)
 
 
 def ops(arch):
@@ -77,9 +113,8 @@ def test_random_mutations_give_valid_networks_that_run(shape):
             net = build(child.arch, shape, 10)
             assert net(torch.zeros(2, *shape)).shape == (2, 10)
             if child.node_map is not None and step % 10 == 0:
-                # the inherited weights fit: load_state_dict raises on any shape mismatch
-                state = remap_state(build(arch, shape, 10).state_dict(), child.node_map)
-                net.load_state_dict(state, strict=False)
+                # training takes exactly the mapped tensors that still fit, and they load
+                assert_inherits_what_fits(arch, child, shape)
             built += 1
         arch, hparams = child.arch, child.hparams
     assert set(applied) == set(MUTATIONS), applied  # every mutation applied at least once
@@ -161,10 +196,27 @@ def test_alter_one_conv_attribute(shape, name, attrs):
         changed = {a for a in before if before[a] != after[a]}
         assert len(changed) == 1 and changed <= attrs
         seen |= changed
-        assert k not in child.node_map  # the altered conv starts afresh
+        # the altered conv is carried over like every node (same op), so all are mapped ...
+        assert child.node_map == {i: i for i in range(len(arch.nodes))}
+        assert_node_map(space, arch, child)
+        # ... and training takes what still fits: a new stride keeps the kernel, a new size or
+        # channel count does not, nor do the weights of the layers that read the new channels
+        inherited = assert_inherits_what_fits(arch, child, shape)
+        assert (f"nodes.{k}.conv.weight" in inherited) == (name == "alter-stride")
+        keys = list(build(child.arch, shape, 10).state_dict())
+        consumers = [c for c in range(len(child.arch.nodes)) if k in child.arch.nodes[c].inputs
+                     and child.arch.nodes[c].op in ("conv", "dense", "head")]
         if name == "alter-number-of-channels":
-            assert not any(k in child.arch.nodes[c].inputs for c in child.node_map
-                           if child.arch.nodes[c].op in ("conv", "dense", "head"))
+            # (the weight that reads the input; a consumer conv's batch norm keeps its shape and is inherited)
+            reading = {f"nodes.{c}.{part}weight" for c in consumers for part in ("conv.", "linear.", "")}
+            assert not reading & inherited
+            # conv and batch norm are all resized (only the norm's scalar step counter still fits)
+            assert all(key.endswith("num_batches_tracked") for key in inherited if key.startswith(f"nodes.{k}."))
+        # every tensor of an untouched node that kept its input shapes is inherited
+        plan_before, plan_after = space.validate(arch), space.validate(child.arch)
+        untouched = {c for c in range(len(arch.nodes))
+                     if c != k and plan_after.nodes[c].in_shapes == plan_before.nodes[c].in_shapes}
+        assert all(key in inherited for key in keys if key.split(".")[0] == "nodes" and int(key.split(".")[1]) in untouched)
         if len(shape) == 2:
             assert after["kernel_h"] == 1
     assert seen == (attrs if len(shape) == 3 or name != "filter-size" else {"kernel_w"})
@@ -178,6 +230,11 @@ def test_remove_convolution_rewires_consumers():
     assert all(node.inputs == (i - 1,) for i, node in enumerate(child.arch.nodes[1:], start=1))
     assert_node_map(space, arch, child)
     assert 0 in child.node_map and len(child.arch.nodes) - 1 in child.node_map  # input and head keep theirs
+    # the 16-channel conv went: the last conv now reads 8 channels, so it is mapped (same op)
+    # but its kernel no longer fits; its batch norm, and every other tensor, is inherited
+    assert child.node_map == {0: 0, 1: 1, 2: 3, 3: 4, 4: 5}
+    inherited = assert_inherits_what_fits(arch, child, (1, 8, 8))
+    assert set(build(child.arch, (1, 8, 8), 10).state_dict()) - inherited == {"nodes.2.conv.weight"}
 
 
 def test_one_to_one_and_skips():

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from nas.config import ConfigError, RefineConfig, load_refine_params
-from nas.refine import as_refinements, refinement_space, refinement_strategy, top_architectures
+from nas.refine import as_refinement, refinement_space, refinement_strategy, top_architectures
 from nas.space import SearchSpace, SpaceError
 from nas.trial import Budget, Candidate, Evaluation
 from tests.conftest import ROOT
@@ -36,7 +36,7 @@ def test_refinement_keeps_the_architecture_and_the_optimizer(method):
     strategy = refinement_strategy(method, space, base, seed=0, max_seconds=60)
     proposed = []
     for round_ in range(4):
-        batch = as_refinements(strategy.ask(2), base, 60)
+        batch = [as_refinement(c, base, 60) for c in strategy.ask(2)]
         strategy.tell([Evaluation(c, f"{round_}{i}", val_acc=0.8 + 0.01 * i, run_id=f"{round_}{i}")
                        for i, c in enumerate(batch)])
         proposed += batch

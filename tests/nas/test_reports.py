@@ -20,7 +20,7 @@ from nas.reports import (
     write_csv,
 )
 from nas.space.architecture import Architecture, HParams, Node
-from nas.trial import FAILED, Budget, Candidate, Evaluation
+from nas.trial import Budget, Candidate, Evaluation, TrialStatus
 
 
 def evaluation(run_id: str, units: int, val_acc: float | None = 0.5, parents: tuple[str, ...] = (),
@@ -29,7 +29,7 @@ def evaluation(run_id: str, units: int, val_acc: float | None = 0.5, parents: tu
     info = {"mutation": mutation} if mutation else {}
     candidate = Candidate(arch, HParams(), Budget(1), parents=parents, generation=generation, info=info)
     if failed:
-        return Evaluation(candidate, f"key-{run_id}", status=FAILED, reason="boom", run_id=run_id)
+        return Evaluation(candidate, f"key-{run_id}", status=TrialStatus.FAILED, reason="boom", run_id=run_id)
     return Evaluation(candidate, f"key-{run_id}", val_acc=val_acc, run_id=run_id)
 
 

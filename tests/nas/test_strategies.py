@@ -6,6 +6,7 @@ import pytest
 
 from nas.space import SearchSpace
 from nas.strategies import GridSearch, RandomSearch, make_strategy
+from nas.strategies.base import AskState
 from nas.trial import Budget, Evaluation
 
 
@@ -58,10 +59,14 @@ def test_grid_search_walks_the_whole_grid_then_stops():
         "layout": {"reduce": ["flatten"], "dense_layers": {"int": [0, 1]}},
     }).bind((4,), 2)
     grid = GridSearch(space, Budget(1))
-    got = grid.ask(2)
+    got = list(grid.ask(2))
     state = grid.state_dict()
-    got += grid.ask(5)
+    rest = grid.ask(5)
+    assert rest.state == AskState.READY and len(rest) == 1
+    got += rest
     assert len(got) == 3 and grid.done()
+    after = grid.ask(1)
+    assert after.done and not after.candidates and "grid" in after.reason
     resumed = GridSearch(space, Budget(1))
     resumed.load_state_dict(state)
     assert ids(resumed.ask(5)) == ids(got[2:])

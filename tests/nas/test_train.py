@@ -14,7 +14,7 @@ from nas.build import build
 from nas.data import prepare, read_meta
 from nas.space import Architecture, HParams, Node, infer
 from nas.train import TrainData, _is_out_of_memory, fit, load_data, pick_device, train
-from nas.trial import FAILED, OK, Budget, Candidate
+from nas.trial import Budget, Candidate, TrialSetting, TrialStatus
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +73,15 @@ def test_small_cnn_learns_digits(digits: TrainData) -> None:
     cand = candidate()
     outcome = train(cand, digits, seed=0)
     ev = outcome.evaluation
-    assert ev.status == OK and ev.reason is None
+    assert ev.status == TrialStatus.OK and ev.reason is None
     assert ev.val_acc is not None and ev.val_acc > 0.8 and ev.test_acc is not None and ev.test_acc > 0.8
     assert len(ev.val_accs) == len(ev.train_loss) == ev.epochs_trained == 3
     assert ev.val_acc == ev.val_accs[-1]
     assert ev.train_loss[-1] < ev.train_loss[0]
     plan = infer(cand.arch, digits.shape, digits.num_classes)
     assert (ev.params, ev.flops) == (plan.params, plan.flops)
-    assert ev.trial_key == cand.trial_key(digits.fingerprint, 0) and ev.device == "cpu" and ev.seconds > 0
+    assert ev.trial_key == cand.trial_key(TrialSetting(digits.fingerprint, 0, "cpu", None))
+    assert ev.device == "cpu" and ev.seconds > 0
     assert outcome.model is not None and outcome.weights is not None and outcome.inherited == []
     assert outcome.weights.keys() == outcome.model.state_dict().keys()
     assert all(t.device.type == "cpu" for t in outcome.weights.values())
@@ -108,7 +109,7 @@ def test_a_shorter_budget_is_a_prefix_of_the_longer_run(digits: TrainData) -> No
 def test_fit_is_the_thin_contract(digits: TrainData) -> None:
     ev = fit(small_cnn(), HP, digits, Budget(1), seed=3)
     same = train(candidate(epochs=1), digits, seed=3).evaluation
-    assert ev.status == OK and ev.val_accs == same.val_accs and ev.trial_key == same.trial_key
+    assert ev.status == TrialStatus.OK and ev.val_accs == same.val_accs and ev.trial_key == same.trial_key
 
 
 def test_nan_data_fails_with_a_reason(digits: TrainData) -> None:
@@ -117,21 +118,21 @@ def test_nan_data_fails_with_a_reason(digits: TrainData) -> None:
     poisoned = dataclasses.replace(digits, x_train=x)
     outcome = train(candidate(), poisoned)
     ev = outcome.evaluation
-    assert ev.status == FAILED and "NaN" in ev.reason and "epoch 1" in ev.reason and "learning rate" in ev.reason
+    assert ev.status == TrialStatus.FAILED and "NaN" in ev.reason and "epoch 1" in ev.reason and "learning rate" in ev.reason
     assert outcome.weights is None and outcome.model is None
     assert ev.epochs_trained == 0 and ev.val_acc is None and ev.params > 0
 
 
 def test_time_limit_fails_with_a_reason(digits: TrainData) -> None:
     ev = train(candidate(max_seconds=1e-4), digits).evaluation
-    assert ev.status == FAILED and "time limit of 0.0001 s in epoch 1" in ev.reason
+    assert ev.status == TrialStatus.ERROR and "time limit of 0.0001 s in epoch 1" in ev.reason
     assert ev.epochs_trained == 0 and ev.seconds < 5
 
 
 def test_time_limit_keeps_partial_metrics(digits: TrainData) -> None:
     one_epoch = train(candidate(epochs=1), digits).evaluation.seconds
     ev = train(candidate(epochs=200, max_seconds=3 * one_epoch + 0.3), digits).evaluation
-    assert ev.status == FAILED and "time limit" in ev.reason
+    assert ev.status == TrialStatus.ERROR and "time limit" in ev.reason
     assert 1 <= ev.epochs_trained < 200
     assert len(ev.train_loss) == len(ev.val_accs) == ev.epochs_trained
 
@@ -139,7 +140,7 @@ def test_time_limit_keeps_partial_metrics(digits: TrainData) -> None:
 def test_network_over_the_parameter_limit_fails(digits: TrainData) -> None:
     outcome = train(candidate(), digits, max_params=1000)
     ev = outcome.evaluation
-    assert ev.status == FAILED and "max_params=1,000" in ev.reason and "parameters" in ev.reason
+    assert ev.status == TrialStatus.FAILED and "max_params=1,000" in ev.reason and "parameters" in ev.reason
     assert ev.params == infer(small_cnn(), (1, 8, 8), 10).params and outcome.model is None
 
 
@@ -151,19 +152,24 @@ def test_divergence_fails_with_a_reason() -> None:
     y[200:] = 1
     data = TrainData(x, y, x[:10], y[:10], x[:10], y[:10], (1, 8, 8), 10, "toy")
     ev = train(Candidate(arch, HParams(optimizer="sgd", lr=5.0, batch_size=200, epochs=5), Budget(5)), data).evaluation
-    assert ev.status == FAILED and "diverged" in ev.reason and "lower the learning rate (now 5)" in ev.reason
+    assert ev.status == TrialStatus.FAILED and "diverged" in ev.reason and "lower the learning rate (now 5)" in ev.reason
     assert ev.train_loss[-1] > 10 * ev.train_loss[0] and len(ev.val_accs) == ev.epochs_trained < 5
 
 
 def test_init_weights_are_inherited_where_keys_and_shapes_match(digits: TrainData) -> None:
     parent = train(candidate(epochs=1), digits, seed=1)
     child_arch = small_cnn(units=32)  # the dense layer and the head change shape
-    child = train(candidate(child_arch, epochs=0), digits, seed=2, init_weights=parent.weights)
-    fresh = build(child_arch, digits.shape, digits.num_classes, seed=2).state_dict()
+    child_candidate = candidate(child_arch, epochs=0)
+    child = train(child_candidate, digits, seed=2, init_weights=parent.weights)
+    # what the child would start from without a parent: training seeds each trial with its own seed
+    trial_seed = child_candidate.trial_seed(TrialSetting(digits.fingerprint, 2, "cpu"))
+    fresh = build(child_arch, digits.shape, digits.num_classes, seed=trial_seed, init=HP.init).state_dict()
+    unparented = train(child_candidate, digits, seed=2).weights  # no epochs: exactly its initialisation
+    assert unparented.keys() == fresh.keys() and all(torch.equal(v, fresh[k]) for k, v in unparented.items())
     # the conv block (weight and batch norm) and the head bias keep their shapes; the dense layer does not
     expected = [k for k in fresh if k.startswith("nodes.1.")] + ["nodes.5.bias"]
     assert child.inherited == expected
-    assert child.evaluation.status == OK and child.evaluation.epochs_trained == 0
+    assert child.evaluation.status == TrialStatus.OK and child.evaluation.epochs_trained == 0
     for key, value in child.weights.items():
         assert torch.equal(value, parent.weights[key] if key in expected else fresh[key]), key
     # the same architecture inherits everything and scores exactly as the parent did
@@ -182,7 +188,7 @@ def test_out_of_memory_errors_are_recognised() -> None:
 
 def test_a_budget_of_no_epochs_still_scores(digits: TrainData) -> None:
     ev = train(candidate(epochs=0), digits).evaluation
-    assert ev.status == OK and ev.train_loss == [] and len(ev.val_accs) == 1
+    assert ev.status == TrialStatus.OK and ev.train_loss == [] and len(ev.val_accs) == 1
     assert 0.0 <= ev.val_acc <= 1.0 and math.isfinite(ev.test_acc)
 
 

@@ -11,7 +11,7 @@ from nas.config import DataConfig, SearchConfig
 from nas.lineage import LineageError
 from nas.space import ArchitectureError
 from tasks.prepare import prepare_data
-from tasks.train import _infrastructure_error_only
+from tasks.train import TrialInterrupted, _infrastructure_error_only
 
 
 @flow
@@ -43,3 +43,4 @@ def test_only_infrastructure_errors_are_retried():
     assert _infrastructure_error_only(None, None, Failed(data=OSError("disk hiccup")))
     assert not _infrastructure_error_only(None, None, Failed(data=ValueError("bad option")))
     assert not _infrastructure_error_only(None, None, Failed(data=ArchitectureError("bad sentence")))
+    assert not _infrastructure_error_only(None, None, Failed(data=TrialInterrupted("time limit")))

@@ -1,0 +1,125 @@
+"""Running one trial: claim it in the lineage store, train it, record it.
+
+`run_trial` is what every runner does for a candidate, whether a Prefect task calls it
+(tasks/train.py) or a thread of this process does (`ThreadRunner`, the default of the
+Python API). It never trains a trial that has a result in the store, and never trains a
+key that another thread or process is training (see `LineageStore.claim_trial`).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nas.build import inherited_weights
+from nas.data import DataError
+from nas.lineage import KIND_TRIAL, LineageError, LineageStore
+from nas.train import TrainData, load_data, train
+from nas.trial import Candidate, Evaluation, TrialSetting
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """Where a search's trials are recorded, and what every one of them shares."""
+
+    setting: TrialSetting
+    experiment: str
+    tracking_uri: str
+    parent_run_id: str | None
+    strategy: str
+    tags: dict[str, str] = field(default_factory=dict)
+    kind: str = KIND_TRIAL
+    measure_test: bool = True
+    log_model: bool = False  # log the network as an MLflow model too (the final run of refinement)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> TrialJob:
+        return TrialJob(**{**data, "setting": TrialSetting(**data["setting"])})
+
+
+def run_trial(candidate: Candidate, data: TrainData, job: TrialJob, tags: dict[str, str] | None = None) -> Evaluation:
+    """The recorded result of `candidate`: found in the store, waited for, or trained now."""
+    if data.fingerprint != job.setting.data_fingerprint:
+        raise DataError(f"the prepared data changed while the search ran (fingerprint {data.fingerprint}, the "
+                        f"search started with {job.setting.data_fingerprint}); run the search again, which "
+                        "prepares the data anew, instead of preparing it in another terminal meanwhile.")
+    store = LineageStore(job.tracking_uri, job.experiment)
+    claim = store.claim_trial(candidate, candidate.trial_key(job.setting), parent_run_id=job.parent_run_id,
+                              strategy=job.strategy, data_fingerprint=data.fingerprint,
+                              tags={**job.tags, **(tags or {})}, kind=job.kind)
+    if claim.result is not None:
+        return claim.result
+    run_id = claim.run_id
+    assert run_id is not None
+    try:
+        with store.heartbeat(run_id):
+            init = _inherited(store, candidate, run_id)
+            resume = store.checkpoint(candidate.resume_from) if candidate.resume_from else None
+            outcome = train(candidate, data, seed=job.setting.seed, device=job.setting.device,
+                            max_params=job.setting.max_params, init_weights=init, resume=resume,
+                            measure_test=job.measure_test)
+        outcome.evaluation.run_id = run_id
+        if job.log_model and outcome.model is not None:  # before finishing: find() trusts a FINISHED run
+            example = data.x_train[:4].cpu().numpy()
+            store.log_model(run_id, outcome.model.cpu().eval(), example, source_run_id=run_id)
+        store.finish_trial(run_id, outcome.evaluation, outcome.weights, outcome.checkpoint)
+    except BaseException as exc:
+        store.fail_trial(run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    return outcome.evaluation
+
+
+def _inherited(store: LineageStore, candidate: Candidate, run_id: str) -> dict[str, torch.Tensor] | None:
+    """The parent's weights for this child; when they cannot be had, fresh weights, said in a tag."""
+    if not candidate.inherit_from:
+        return None
+    try:
+        parent = store.weights(candidate.inherit_from)
+    except LineageError as error:
+        store.log_result(run_id, {}, {"nas.inherit": f"unavailable, trained from fresh weights: {error}"})
+        return None
+    return inherited_weights(parent, candidate.info.get("node_map"))
+
+
+def torch_threads(concurrency: int) -> int:
+    """Torch threads per trial worker.
+
+    Trials share the cores, and each also needs one for Python-side work (Prefect, MLflow,
+    batching); torch gets the rest. More threads than that only add contention.
+    """
+    return max(1, (os.cpu_count() or 1) // concurrency - 1)
+
+
+class ThreadRunner:
+    """Trials as threads of this process, `concurrency` at a time: a runner for `nas.loop.run_loop`."""
+
+    def __init__(self, data_dir: str | Path, job: TrialJob, concurrency: int = 1) -> None:
+        self.data = load_data(data_dir, job.setting.device)
+        self.job = job
+        self.threads = torch_threads(concurrency)
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="trial")
+
+    def __call__(self, candidate: Candidate) -> Future[Evaluation]:
+        return self.pool.submit(self._run, candidate)
+
+    def _run(self, candidate: Candidate) -> Evaluation:
+        # Per thread: OpenMP keeps its thread count per calling thread.
+        torch.set_num_threads(self.threads)
+        return run_trial(candidate, self.data, self.job)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def __enter__(self) -> ThreadRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

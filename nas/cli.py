@@ -33,6 +33,9 @@ def _configure_environment(root: Path) -> None:
     # so a project's cache travels with its MLflow store and `make clean` resets both.
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # A fresh Prefect home's temporary API server needs about 20 s here to create its
+    # database, longer on a busy machine; Prefect's default patience is 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
@@ -253,7 +256,10 @@ def _report_search(summary: dict, plots_dir: str) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     from flows.search import run_search
 
-    summary = run_search(_search_config(args))
+    config = _search_config(args)
+    summary = run_search(config)
+    if summary["trials"] < config.trials:
+        print(f"stopped after {summary['trials']} of {config.trials} trials: {summary['stop_reason']}")
     _write_json(args.metrics_out, summary)
     _report_search(summary, args.plots_dir)
     print(f"browse: nas ui    (experiment '{summary['experiment']}', search run {summary['parent_run_id']})")

@@ -70,7 +70,7 @@ KIND_SEARCH = "search"
 KIND_TRIAL = "trial"
 KIND_FINAL = "final"  # a refined winner trained on train+val: its val metrics are in-sample
 
-CLAIMS_LOCK_FILE = "claims.lock"
+LOCK_FILE = "store.lock"
 HEARTBEAT_SECONDS = 10.0  # how often a training run says it is alive ...
 CLAIM_LEASE_SECONDS = 60.0  # ... and how long without a word before another process takes it over
 
@@ -154,7 +154,7 @@ class LineageStore:
         """
         if self._experiment_id is not None:  # every call passes here: no lock once set up
             return self._experiment_id
-        with self._lock:
+        with self._exclusive():
             if self._experiment_id is None:
                 try:
                     client = MlflowClient(tracking_uri=self.tracking_uri)
@@ -281,7 +281,7 @@ class LineageStore:
         artifacts, and taken over.
         """
         while True:
-            with self._claim_lock():
+            with self._exclusive():
                 found = self.find(trial_key)
                 if found is not None:
                     return Claim(result=found)
@@ -333,18 +333,28 @@ class LineageStore:
             thread.join()
 
     @contextmanager
-    def _claim_lock(self) -> Iterator[None]:
-        """One claimant at a time, across threads (the store lock) and processes (a file lock for SQLite)."""
+    def _exclusive(self) -> Iterator[None]:
+        """One thread and one process at a time on this store: the store lock, and for SQLite a file lock
+        beside the database (first-time migrations and claims must not interleave across processes).
+        Re-entrant: a claim that sets up the experiment on its way takes the file lock once."""
         with self._lock:
-            if self.artifact_dir is None:  # a tracking server: its own transactions are all there is
+            if self.artifact_dir is None or self._lock.file_held:  # a server's own transactions are all there is
                 yield
                 return
-            self.artifact_dir.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.artifact_dir.parent / CLAIMS_LOCK_FILE, "a") as handle:
+            lock = self.artifact_dir.parent / LOCK_FILE
+            try:
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                handle = open(lock, "a")
+            except OSError as error:
+                raise LineageError(f"cannot write the MLflow store folder {lock.parent}: {error}. Make it writable, "
+                                   "or " + FIX_HINT + ".") from error
+            with handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
+                self._lock.file_held = True
                 try:
                     yield
                 finally:
+                    self._lock.file_held = False
                     fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _start_trial(self, candidate: Candidate, trial_key: str, *, parent_run_id: str | None,
@@ -724,13 +734,27 @@ class LineageStore:
 # The one piece of module state, on purpose: what these locks guard is process-wide in
 # MLflow too (the cached SQL store of a URI, its connection pool, its first-time
 # migrations), and tasks may each build their own LineageStore.
-_STORE_LOCKS: dict[str, threading.RLock] = {}
+_STORE_LOCKS: dict[str, _StoreLock] = {}
 
 
-def _store_lock(tracking_uri: str) -> threading.RLock:
+class _StoreLock:
+    """A re-entrant lock for one store's threads, remembering whether its holder also holds the file lock."""
+
+    def __init__(self) -> None:
+        self._thread = threading.RLock()
+        self.file_held = False  # read and written only by the thread holding _thread
+
+    def __enter__(self) -> None:
+        self._thread.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread.release()
+
+
+def _store_lock(tracking_uri: str) -> _StoreLock:
     """The lock of one tracking store, shared by every LineageStore of this process on it."""
-    # dict.setdefault is atomic: two threads asking at once get the same lock.
-    return _STORE_LOCKS.setdefault(tracking_uri, threading.RLock())
+    # dict.setdefault is atomic: two threads asking at once get the same lock (a spare may be built).
+    return _STORE_LOCKS.setdefault(tracking_uri, _StoreLock())
 
 
 @contextmanager

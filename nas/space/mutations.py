@@ -52,8 +52,8 @@ class Mutated:
     mutation: str
     arch: Architecture
     hparams: HParams
-    # child node index -> parent node index, for every child node whose parameters keep
-    # their shape and so may be inherited; None = inherit nothing (reset-weights)
+    # child node index -> parent node index, for every node carried over with its op (training
+    # loads those of its tensors whose shape is unchanged); None = inherit nothing (reset-weights)
     node_map: dict[int, int] | None
 
 

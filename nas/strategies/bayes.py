@@ -98,12 +98,12 @@ class BayesianOptimization(Strategy):
         short runs rank networks only roughly.
         """
         valid = [e for e in self.history if self.space.is_valid(e.candidate.arch, e.candidate.hparams)]
-        budgets = sorted({e.candidate.budget.epochs for e in valid}, reverse=True)
+        budgets = sorted({_trained(e) for e in valid}, reverse=True)
         for epochs in budgets:
-            at = [e for e in valid if e.candidate.budget.epochs == epochs]
+            at = [e for e in valid if _trained(e) == epochs]
             if len(at) >= self.initial:
                 return at
-        return [e for e in valid if e.candidate.budget.epochs == budgets[-1]] if budgets else []
+        return [e for e in valid if _trained(e) == budgets[-1]] if budgets else []
 
     # ---- the model -----------------------------------------------------------------
 
@@ -175,6 +175,12 @@ class BayesianOptimization(Strategy):
                 if gp is None:  # the lie made the data degenerate: fill the batch at random
                     return candidates + self._sample_fresh(n - len(candidates), proposal="random")
         return candidates
+
+
+def _trained(evaluation: Evaluation) -> int:
+    """The budget a result was measured at: a scheduler tells a first rung as the sampler's own
+    (full-budget) candidate, so the epochs actually trained say it; a failure counts at its budget."""
+    return evaluation.epochs_trained if evaluation.ok else evaluation.candidate.budget.epochs
 
 
 def expected_improvement(gp: Any, x: np.ndarray, best: float, xi: float = XI) -> np.ndarray:

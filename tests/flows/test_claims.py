@@ -1,0 +1,54 @@
+"""Searches that meet on one store, through the CLI: two processes never train one trial
+twice, and a search whose trials all fail still ends cleanly, saying why."""
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import mlflow
+
+from tests.conftest import ROOT
+
+
+def search_command(tmp_path, digits_dir, experiment, *options):
+    return [sys.executable, "-m", "nas.cli", "search", "--data-dir", str(digits_dir),
+            "--space", str(ROOT / "spaces/small-cnn.yaml"), "--experiment", experiment,
+            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *options]
+
+
+def runs(tmp_path, experiment, deleted=False):
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    view = mlflow.entities.ViewType.DELETED_ONLY if deleted else mlflow.entities.ViewType.ACTIVE_ONLY
+    return client.search_runs([experiment_id], "tags.`nas.kind` = 'trial'", run_view_type=view)
+
+
+def test_two_processes_on_one_store_train_each_trial_once(tmp_path, digits_dir):
+    command = search_command(tmp_path, digits_dir, "two", "--trials", "6", "--epochs", "2", "--seed", "4",
+                             "--concurrency", "2")
+    # Each its own Prefect home: only the lineage store is shared, as between two machines' users.
+    processes = [subprocess.Popen(command + ["--metrics-out", str(tmp_path / f"search{i}.json")], cwd=tmp_path,
+                                  env={**os.environ, "PREFECT_HOME": str(tmp_path / f"prefect{i}")},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for i in range(2)]
+    for process in processes:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
+    trials = runs(tmp_path, "two")
+    keys = Counter(r.data.tags["nas.trial_key"] for r in trials)
+    assert len(keys) == 6 and set(keys.values()) == {1}, keys
+    assert all(r.info.status == "FINISHED" for r in trials)
+    assert all(r.data.tags["nas.status"] == "abandoned" for r in runs(tmp_path, "two", deleted=True))
+    summaries = [json.loads((tmp_path / f"search{i}.json").read_text()) for i in range(2)]
+    assert [s["trials"] for s in summaries] == [6, 6] and summaries[0]["best_run_id"] == summaries[1]["best_run_id"]
+
+
+def test_aging_evolution_whose_trials_all_fail_ends_with_a_reason(tmp_path, digits_dir):
+    command = search_command(tmp_path, digits_dir, "doomed", "--strategy", "aging-evolution", "--population", "4",
+                             "--trials", "12", "--epochs", "1", "--max-seconds", "0.0001", "--concurrency", "2")
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "stopped after 4 of 12 trials" in result.stdout and "can be a parent" in result.stdout
+    assert all(r.data.tags["nas.status"] == "error" for r in runs(tmp_path, "doomed"))

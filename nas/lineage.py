@@ -13,9 +13,9 @@ runs stays fast.
     store = LineageStore(root=project_dir)
     store.ensure()                                  # once, before fanning out
     search = store.start_search(config, space_file, data_fp)
-    run_id = store.start_trial(candidate, key, parent_run_id=search, strategy="random",
-                               data_fingerprint=data_fp)
-    store.finish_trial(run_id, evaluation, weights=model.state_dict())
+    claim = store.claim_trial(candidate, key, parent_run_id=search, strategy="random",
+                              data_fingerprint=data_fp)   # or claim.result: found, nothing to train
+    store.finish_trial(claim.run_id, evaluation, weights=model.state_dict())
     store.finish_search(search, {"best_val_acc": 0.97})
 """
 

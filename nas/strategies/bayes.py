@@ -179,8 +179,8 @@ class BayesianOptimization(Strategy):
 
 def _trained(evaluation: Evaluation) -> int:
     """The budget a result was measured at: a scheduler tells a first rung as the sampler's own
-    (full-budget) candidate, so the epochs actually trained say it; a failure counts at its budget."""
-    return evaluation.epochs_trained if evaluation.ok else evaluation.candidate.budget.epochs
+    (full-budget) candidate, so the epochs actually trained say it; a run that trained none, at its budget."""
+    return evaluation.epochs_trained or evaluation.candidate.budget.epochs
 
 
 def expected_improvement(gp: Any, x: np.ndarray, best: float, xi: float = XI) -> np.ndarray:

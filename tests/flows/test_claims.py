@@ -37,9 +37,11 @@ def test_two_processes_on_one_store_train_each_trial_once(tmp_path, digits_dir):
         _, err = process.communicate(timeout=600)
         assert process.returncode == 0, err[-3000:]
     trials = runs(tmp_path, "two")
-    keys = Counter(r.data.tags["nas.trial_key"] for r in trials)
+    finished = [r for r in trials if r.info.status == "FINISHED"]
+    keys = Counter(r.data.tags["nas.trial_key"] for r in finished)
     assert len(keys) == 6 and set(keys.values()) == {1}, keys
-    assert all(r.info.status == "FINISHED" for r in trials)
+    # An attempt the environment failed (say, a locked database) is explained and was retried, not kept as a result.
+    assert all(r.data.tags["nas.status"] == "error" for r in trials if r.info.status != "FINISHED")
     assert all(r.data.tags["nas.status"] == "abandoned" for r in runs(tmp_path, "two", deleted=True))
     summaries = [json.loads((tmp_path / f"search{i}.json").read_text()) for i in range(2)]
     assert [s["trials"] for s in summaries] == [6, 6] and summaries[0]["best_run_id"] == summaries[1]["best_run_id"]

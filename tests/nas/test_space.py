@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nas.space import Architecture, ArchitectureError, HParams, Node, SearchSpace, SpaceError
-from nas.trial import Budget, Candidate
+from nas.trial import Budget, Candidate, TrialSetting
 
 SHAPES = [(1, 8, 8), (1, 40), (3, 5, 7), (20,)]
 SPACES = ["spaces/cnn.yaml", "spaces/mlp.yaml", "spaces/small-cnn.yaml"]
@@ -47,11 +47,11 @@ def test_same_network_same_id_whoever_writes_it():
                                           {"op": "head", "inputs": [1]}]})
     assert a.arch_id == b.arch_id
     c = Candidate(a, HParams(), Budget(3))
-    assert c.trial_key("fp", 0) == Candidate(b, HParams(), Budget(3)).trial_key("fp", 0)
-    assert c.trial_key("fp", 0) != c.trial_key("fp", 1)
-    assert c.trial_key("fp", 0) != Candidate(a, HParams(lr=0.01), Budget(3)).trial_key("fp", 0)
-    assert c.trial_key("fp", 0) != Candidate(a, HParams(), Budget(4)).trial_key("fp", 0)
-    assert c.trial_key("fp", 0) != c.trial_key("other-data", 0)
+    assert c.trial_key(TrialSetting("fp", 0)) == Candidate(b, HParams(), Budget(3)).trial_key(TrialSetting("fp", 0))
+    assert c.trial_key(TrialSetting("fp", 0)) != c.trial_key(TrialSetting("fp", 1))
+    assert c.trial_key(TrialSetting("fp", 0)) != Candidate(a, HParams(lr=0.01), Budget(3)).trial_key(TrialSetting("fp", 0))
+    assert c.trial_key(TrialSetting("fp", 0)) != Candidate(a, HParams(), Budget(4)).trial_key(TrialSetting("fp", 0))
+    assert c.trial_key(TrialSetting("fp", 0)) != c.trial_key(TrialSetting("other-data", 0))
 
 
 def test_candidate_json_round_trip():
@@ -61,7 +61,7 @@ def test_candidate_json_round_trip():
                   info={"mutation": "identity"})
     again = Candidate.from_json(json.loads(json.dumps(c.to_json())))
     assert again.to_json() == c.to_json()
-    assert again.trial_key("fp", 0) == c.trial_key("fp", 0)
+    assert again.trial_key(TrialSetting("fp", 0)) == c.trial_key(TrialSetting("fp", 0))
 
 
 def conv(i, **changes):

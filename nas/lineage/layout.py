@@ -1,0 +1,15 @@
+"""What a run holds, by name: the kinds of runs and the files they carry.
+
+Shared by the code that writes runs and the code that reads them back, and by callers that
+tell a refined final run from a search's trials.
+"""
+
+KIND_SEARCH = "search"
+KIND_TRIAL = "trial"
+KIND_FINAL = "final"  # a refined winner trained on train+val: its val metrics are in-sample
+
+EVALUATION_FILE = "evaluation.json"
+ARCHITECTURE_FILE = "architecture.json"
+WEIGHTS_FILE = "weights.safetensors"
+CHECKPOINT_FILE = "checkpoint.pt"  # weights, optimizer and RNG states of a run that can be continued
+CONFIG_FILE = "config.json"

@@ -1,0 +1,159 @@
+"""Reading the store: what any search method found, its weights and checkpoints, and the tables the CLI prints.
+
+Reads never create a store or an experiment (see StoreConnection._search), and artifacts of a
+local store are read in place, so listing runs and replaying history stay fast. torch and
+safetensors are imported only where weights are read.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlflow.entities import Run
+
+from nas.lineage.connection import LineageError, StoreConnection, _local_dir
+from nas.lineage.layout import (ARCHITECTURE_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVALUATION_FILE, KIND_SEARCH,
+                                KIND_TRIAL, WEIGHTS_FILE)
+from nas.trial import Evaluation, TrialStatus
+
+if TYPE_CHECKING:
+    import torch
+
+
+class StoreQueries(StoreConnection):
+    """Reads of runs and their artifacts."""
+
+    def find(self, trial_key: str) -> Evaluation | None:
+        """The Evaluation of a finished run of this candidate, else None."""
+        found = self._search(f"tags.`nas.trial_key` = '{trial_key}' and attributes.status = 'FINISHED'",
+                             max_results=1)
+        return self._evaluation(found[0]) if found else None
+
+    def history(self) -> list[Evaluation]:
+        """Every evaluated candidate of the experiment (failures included), oldest first."""
+        runs = self._search(f"tags.`nas.kind` = '{KIND_TRIAL}' and attributes.status = 'FINISHED'",
+                            order_by=["attributes.start_time ASC"])
+        return [self._evaluation(run) for run in runs]
+
+    def trials_of(self, search_run_id: str) -> list[Evaluation]:
+        """The evaluated candidates of one search (or the children of any run), oldest first."""
+        self._get_run(search_run_id)  # a clear error for a wrong id, not an empty list
+        runs = self._search(f"tags.`nas.kind` = '{KIND_TRIAL}' and attributes.status = 'FINISHED' and "
+                            f"tags.`mlflow.parentRunId` = '{search_run_id}'", order_by=["attributes.start_time ASC"])
+        return [self._evaluation(run) for run in runs]
+
+    def search_config(self, search_run_id: str) -> dict[str, Any]:
+        """The configuration a search ran with (what `start_search` recorded)."""
+        return json.loads(self._require(self._get_run(search_run_id), CONFIG_FILE, (
+            ", so it is not a search; pass the run id of a search (`nas runs` lists trials; their parent is "
+            "the search).")))
+
+    def latest_search(self) -> str | None:
+        """The run id of the experiment's most recent search, if any."""
+        runs = self._search(f"tags.`nas.kind` = '{KIND_SEARCH}'", order_by=["attributes.start_time DESC"],
+                            max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def parents(self, run_id: str) -> list[str]:
+        return list(json.loads(self._get_run(run_id).data.tags.get("nas.parents", "[]")))
+
+    def weights(self, run_id: str) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load
+
+        return load(self._require(self._get_run(run_id), WEIGHTS_FILE, (
+            ": it failed or was logged without weights. Pick a finished ok run from `nas runs`.")))
+
+    def checkpoint(self, run_id: str) -> dict[str, Any]:
+        """The state a shorter run left to be continued (see nas.train.TrainOutcome.checkpoint)."""
+        import io
+
+        import torch
+
+        data = self._require(self._get_run(run_id), CHECKPOINT_FILE, (
+            ": only a run stopped before the end of its learning-rate schedule keeps one. Promote a lower rung "
+            "of the same search."))
+        # weights_only: tensors and plain containers, never arbitrary pickled code.
+        return torch.load(io.BytesIO(data), weights_only=True)
+
+    def best(self, k: int) -> list[Evaluation]:
+        """The k best successful trials of the experiment, whatever strategy produced them."""
+        return [self._evaluation(run) for run in self._best_runs(k)]
+
+    def _best_runs(self, k: int) -> list[Run]:
+        return self._search(f"tags.`nas.kind` = '{KIND_TRIAL}' and tags.`nas.status` = '{TrialStatus.OK.value}' "
+                            "and attributes.status = 'FINISHED'",
+                            order_by=["metrics.val_acc DESC", "attributes.start_time ASC"],  # ties: the earlier run
+                            max_results=k)
+
+    def leaderboard(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Best finished candidates by validation accuracy, from one query (no artifact reads).
+
+        A store or experiment that does not exist yet is an empty leaderboard.
+        """
+        rows = []
+        for run in self._best_runs(limit):
+            tags, metrics = run.data.tags, run.data.metrics
+            rows.append({
+                "run_id": run.info.run_id,
+                "arch_id": tags.get("nas.arch_id"),
+                "strategy": tags.get("nas.strategy"),
+                "val_acc": metrics.get("val_acc"),
+                "test_acc": metrics.get("test_acc"),
+                "params": int(metrics["params"]) if "params" in metrics else None,
+                "seconds": metrics.get("seconds"),
+                "status": tags.get("nas.status"),
+            })
+        return rows
+
+    def run_summary(self, run_id: str) -> dict[str, Any]:
+        """Everything `nas show` prints about one run."""
+        run = self._get_run(run_id)
+        artifacts = list(self._artifact_paths(run_id))
+        architecture = self._read(run, ARCHITECTURE_FILE) if ARCHITECTURE_FILE in artifacts else None
+        return {
+            "run_id": run_id,
+            "name": run.info.run_name,
+            "status": run.info.status,
+            "parent_run_id": run.data.tags.get("mlflow.parentRunId"),
+            "start_time": run.info.start_time,
+            "end_time": run.info.end_time,
+            "tags": {k: v for k, v in sorted(run.data.tags.items()) if k.startswith("nas.")},
+            "params": dict(sorted(run.data.params.items())),
+            "metrics": dict(sorted(run.data.metrics.items())),
+            "artifacts": artifacts,
+            "architecture": json.loads(architecture) if architecture else None,
+        }
+
+    # -- artifacts ---------------------------------------------------------------------
+
+    def _evaluation(self, run: Run) -> Evaluation:
+        return Evaluation.from_json(json.loads(self._require(
+            run, EVALUATION_FILE, ", so this finished trial was not written by this tool: delete it in `nas ui`.")))
+
+    def _require(self, run: Run, artifact: str, why_and_fix: str) -> bytes:
+        data = self._read(run, artifact)
+        if data is None:
+            raise LineageError(f"run {run.info.run_id} has no {artifact}{why_and_fix}")
+        return data
+
+    def _read(self, run: Run, artifact: str) -> bytes | None:
+        """One artifact's bytes, or None if the run has no such file."""
+        local = _local_dir(run.info.artifact_uri)
+        if local is not None:  # read in place: a download costs ~10 ms, and history() reads hundreds
+            path = local / artifact
+            return path.read_bytes() if path.is_file() else None
+        if artifact not in {f.path for f in self._reader().list_artifacts(run.info.run_id)}:
+            return None
+        with tempfile.TemporaryDirectory(prefix="nas-lineage-") as folder:
+            return Path(self._reader().download_artifacts(run.info.run_id, artifact, dst_path=folder)).read_bytes()
+
+    def _artifact_paths(self, run_id: str, path: str | None = None) -> Iterator[str]:
+        for info in self._reader().list_artifacts(run_id, path):
+            if info.is_dir:
+                yield from self._artifact_paths(run_id, info.path)
+            else:
+                yield info.path

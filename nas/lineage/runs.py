@@ -1,0 +1,319 @@
+"""Writing runs: a search's parent run, the claim that lets one process train each trial, and its outcome.
+
+Claims live with the runs they create: a claim is the trial's run itself, RUNNING and tagged
+with its owner and a heartbeat, so that every process sees who trains what and takes over
+from an owner that died.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlflow.entities import Metric, Param, Run
+
+from nas.ids import digest
+from nas.lineage.connection import (MAX_CONFIG_PARAM_CHARS, MAX_PARAMS_PER_BATCH, LineageError, _chunks,
+                                    _local_dir, _short, _tag_values)
+from nas.lineage.layout import (ARCHITECTURE_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVALUATION_FILE, KIND_SEARCH,
+                                KIND_TRIAL, WEIGHTS_FILE)
+from nas.lineage.queries import StoreQueries
+from nas.trial import Candidate, Evaluation, TrialStatus
+
+if TYPE_CHECKING:
+    import torch
+
+HEARTBEAT_SECONDS = 10.0  # how often a training run says it is alive ...
+CLAIM_LEASE_SECONDS = 60.0  # ... and how long without a word before another process takes it over
+
+
+class StoreRuns(StoreQueries):
+    """Writes of searches and trials; built on the reads, because a claim first looks for a result."""
+
+    # -- searches ----------------------------------------------------------------------
+
+    def start_search(self, config: dict[str, Any], space_file: Path | None,
+                     data_fingerprint: str, tags: dict[str, str] | None = None,
+                     identity: dict[str, Any] | None = None) -> str:
+        """The parent run of one search; a repeated search (same identity, default the whole
+        config, and same data) reuses it."""
+        key = digest({"config": identity if identity is not None else config, "data": data_fingerprint})
+        search_tags = {
+            "nas.search_key": key,
+            "nas.kind": KIND_SEARCH,
+            "nas.strategy": str(config.get("strategy", "")),
+            "nas.data_fp": data_fingerprint,
+            **(tags or {}),
+        }
+        params = _flatten(config)
+        # Under the store's exclusive lock: two processes starting one search find one run.
+        with self._exclusive(), self._writing() as client:
+            found = self._search(f"tags.`nas.search_key` = '{key}' and tags.`nas.kind` = '{KIND_SEARCH}'",
+                                 max_results=1)
+            if found:
+                run_id = found[0].info.run_id
+                client.update_run(run_id, status="RUNNING")
+            else:
+                name = f"search-{config.get('strategy', 'nas')}-{key[:8]}"
+                # Tagged as it is created: a process killed right after must leave a run that
+                # the next attempt finds by its key, not a stray second search.
+                run_id = client.create_run(self.experiment_id, run_name=name,
+                                           tags=_tag_values(search_tags)).info.run_id
+            # Re-logging equal params is a no-op, so a resumed search that crashed mid-way
+            # still ends up with all of them.
+            for chunk in _chunks(sorted(params.items()), MAX_PARAMS_PER_BATCH):
+                client.log_batch(run_id, params=[Param(k, v) for k, v in chunk])
+        self._set_tags(run_id, search_tags)
+        self.client.log_dict(run_id, config, CONFIG_FILE)
+        if space_file is not None:
+            if not Path(space_file).is_file():
+                raise LineageError(f"search-space file {space_file} does not exist; pass the "
+                                   "path of an existing YAML space file (e.g. spaces/cnn.yaml).")
+            self.client.log_artifact(run_id, str(space_file))
+        return run_id
+
+    def finish_search(self, run_id: str, summary: dict[str, float | str],
+                      status: str = "FINISHED") -> None:
+        """Numbers become metrics, strings become tags nas.best.<key>; then the run ends."""
+        self.log_result(run_id, {k: v for k, v in summary.items() if not isinstance(v, str)},
+                        {f"nas.best.{k}": v for k, v in summary.items() if isinstance(v, str)})
+        self._terminate(run_id, status)
+
+    def log_result(self, run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
+        """Add final numbers and notes to a finished run (e.g. the one test measurement)."""
+        now = _now_ms()
+        self._log_metrics(run_id, [Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        self._set_tags(run_id, tags)
+
+    def log_file(self, run_id: str, path: Path) -> None:
+        with self._writing() as client:
+            client.log_artifact(run_id, str(path))
+
+    # -- claims ------------------------------------------------------------------------
+
+    def claim_trial(self, candidate: Candidate, trial_key: str, *, parent_run_id: str | None,
+                    strategy: str, data_fingerprint: str, tags: dict[str, str] | None = None,
+                    kind: str = KIND_TRIAL, poll_seconds: float = 0.5) -> Claim:
+        """The finished result of `trial_key`, or a new run of it that the caller now owns and must train.
+
+        Two threads or two processes asking for one key never both train it: checking for
+        a result or a live claim and creating the run happen under one lock (a file lock
+        beside a local database), and whoever finds a live claim waits for its result. A
+        claim whose owner died (its process is gone, or its heartbeat is older than
+        CLAIM_LEASE_SECONDS) is abandoned, explained in its tags, deleted with its
+        artifacts, and taken over.
+        """
+        while True:
+            with self._exclusive():
+                found = self.find(trial_key)
+                if found is not None:
+                    return Claim(result=found)
+                if not self._live_claims(trial_key):
+                    return Claim(run_id=self._start_trial(candidate, trial_key, parent_run_id=parent_run_id,
+                                                          strategy=strategy, data_fingerprint=data_fingerprint,
+                                                          tags=tags, kind=kind))
+            time.sleep(poll_seconds)
+
+    def _live_claims(self, trial_key: str) -> list[Run]:
+        """Running runs of the key whose owner lives; dead owners' runs are abandoned on the way."""
+        live = []
+        for run in self._search(f"tags.`nas.trial_key` = '{trial_key}' and attributes.status = 'RUNNING'"):
+            why_dead = _dead_owner(run.data.tags)
+            if why_dead is None:
+                live.append(run)
+            else:
+                self._abandon(run, why_dead)
+        return live
+
+    def _abandon(self, run: Run, reason: str) -> None:
+        run_id = run.info.run_id
+        self._set_tags(run_id, {"nas.status": TrialStatus.ABANDONED.value, "nas.reason": reason})
+        self._terminate(run_id, "KILLED")
+        with self._writing() as client:
+            client.delete_run(run_id)
+        local = _local_dir(run.info.artifact_uri)
+        if local is not None:  # the partial attempt's files go with it; `mlflow gc` purges the row later
+            shutil.rmtree(local.parent if local.name == "artifacts" else local, ignore_errors=True)
+
+    @contextmanager
+    def heartbeat(self, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+        """Keep run_id's claim alive while the block runs (training), from a daemon thread."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every):
+                try:
+                    self._set_tags(run_id, {"nas.heartbeat": f"{time.time():.0f}"})
+                except Exception as error:  # a missed beat only shortens the lease
+                    logging.getLogger(__name__).warning("heartbeat of run %s failed: %s", run_id, error)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{run_id[:8]}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    # -- trials ------------------------------------------------------------------------
+
+    def _start_trial(self, candidate: Candidate, trial_key: str, *, parent_run_id: str | None,
+                     strategy: str, data_fingerprint: str, tags: dict[str, str] | None = None,
+                     kind: str = KIND_TRIAL) -> str:
+        arch_id = candidate.arch.arch_id
+        # Strategy notes first, so that they can never overwrite the tags below.
+        run_tags = {f"nas.{k}": _text(v) for k, v in candidate.info.items()}
+        run_tags.update({
+            "nas.arch_id": arch_id,
+            "nas.trial_key": trial_key,
+            "nas.strategy": strategy,
+            "nas.parents": json.dumps(list(candidate.parents)),
+            "nas.generation": str(candidate.generation),
+            "nas.budget": str(candidate.budget.epochs),
+            "nas.data_fp": data_fingerprint,
+            "nas.status": TrialStatus.RUNNING.value,
+            "nas.kind": kind,
+            "nas.owner": f"{socket.gethostname()}:{os.getpid()}",
+            "nas.heartbeat": f"{time.time():.0f}",
+        })
+        if candidate.inherit_from:
+            run_tags["nas.inherit_from"] = candidate.inherit_from
+        if candidate.resume_from:
+            run_tags["nas.resume_from"] = candidate.resume_from
+        if parent_run_id:
+            run_tags["mlflow.parentRunId"] = parent_run_id
+        run_tags.update(tags or {})
+        params = {k: str(v) for k, v in candidate.hparams.to_json().items()}
+        params.update(arch_id=arch_id, budget=str(candidate.budget.epochs),
+                      n_nodes=str(len(candidate.arch.nodes)))
+        with self._writing() as client:
+            run_id = client.create_run(
+                self.experiment_id, run_name=f"{strategy}-{arch_id[:8]}",
+                tags=_tag_values(run_tags)).info.run_id
+            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        self.client.log_dict(run_id, {"arch": candidate.arch.to_json(),
+                                      "hparams": candidate.hparams.to_json()}, ARCHITECTURE_FILE)
+        return run_id
+
+    def finish_trial(self, run_id: str, evaluation: Evaluation, weights: dict[str, torch.Tensor] | None = None,
+                     checkpoint: dict[str, Any] | None = None) -> None:
+        """Record the outcome; a failed candidate is still a FINISHED run: it was evaluated."""
+        now = _now_ms()
+        metrics = [Metric("train_loss", float(v), now, i) for i, v in enumerate(evaluation.train_loss)]
+        metrics += [Metric("val_acc", float(v), now, i) for i, v in enumerate(evaluation.val_accs)]
+        finals = {"val_acc": evaluation.val_acc, "test_acc": evaluation.test_acc,
+                  "params": evaluation.params, "flops": evaluation.flops,
+                  "seconds": evaluation.seconds, "epochs_trained": evaluation.epochs_trained}
+        # The final val_acc shares the last epoch's step but is logged later, so that MLflow's
+        # "latest value" (what the leaderboard sorts on) is the final one, not the curve's end.
+        last_step = max(len(evaluation.val_accs) - 1, 0)
+        metrics += [Metric(k, float(v), now + 1, last_step) for k, v in finals.items() if v is not None]
+        self._log_metrics(run_id, metrics)
+        outcome = {"nas.status": evaluation.status.value, "nas.device": evaluation.device}
+        if evaluation.reason:
+            outcome["nas.reason"] = evaluation.reason
+        if evaluation.inherited:  # the full list is in evaluation.json
+            outcome["nas.inherited_tensors"] = str(len(evaluation.inherited))
+        if evaluation.resumed_at:
+            outcome["nas.resumed_at"] = str(evaluation.resumed_at)
+        self._set_tags(run_id, outcome)
+        record = evaluation.to_json()
+        record["run_id"] = run_id
+        self.client.log_dict(run_id, record, EVALUATION_FILE)
+        if weights is not None:
+            self._log_weights(run_id, weights)
+        if checkpoint is not None:
+            self._log_checkpoint(run_id, checkpoint)
+        # Last: find() trusts a FINISHED run to hold everything above. A failure of the
+        # environment ends FAILED instead, so that no later search takes it for a result.
+        self._terminate(run_id, "FAILED" if evaluation.retryable else "FINISHED")
+
+    def fail_trial(self, run_id: str, reason: str) -> None:
+        """An infrastructure error, not a result: the run ends FAILED and a rerun trains the trial again."""
+        self._set_tags(run_id, {"nas.status": TrialStatus.ERROR.value, "nas.reason": reason})
+        self._terminate(run_id, "FAILED")
+
+    def _log_weights(self, run_id: str, weights: dict[str, torch.Tensor]) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        not_tensors = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)]
+        if not_tensors:
+            raise LineageError(f"weights of run {run_id}: entries {not_tensors[:5]} are not tensors; "
+                               "pass a state dict of tensors (model.state_dict()).")
+        # Copies on the CPU: safetensors refuses tensors that share storage (tied weights)
+        # and tensors on other devices.
+        tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()}
+        with tempfile.TemporaryDirectory(prefix="nas-weights-") as folder:
+            path = Path(folder) / WEIGHTS_FILE
+            save_file(tensors, str(path))
+            self.client.log_artifact(run_id, str(path))
+
+    def _log_checkpoint(self, run_id: str, checkpoint: dict[str, Any]) -> None:
+        import torch
+
+        with tempfile.TemporaryDirectory(prefix="nas-checkpoint-") as folder:
+            path = Path(folder) / CHECKPOINT_FILE
+            torch.save(checkpoint, path)
+            self.client.log_artifact(run_id, str(path))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What claim_trial found: a finished result, or the id of the run the caller now owns."""
+
+    result: Evaluation | None = None
+    run_id: str | None = None
+
+
+def _dead_owner(tags: dict[str, str]) -> str | None:
+    """Why a running claim's owner is dead, or None while it lives."""
+    host, _, pid = tags.get("nas.owner", ":").rpartition(":")
+    if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid)):
+        return f"its process {pid} on {host} is gone (killed or crashed); a new attempt took the trial over"
+    age = time.time() - float(tags.get("nas.heartbeat") or 0)
+    if age > CLAIM_LEASE_SECONDS:
+        return (f"no heartbeat from {tags.get('nas.owner', 'its owner')} for {age:.0f} s; a new attempt took "
+                "the trial over")
+    return None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"a.b": "value"}: MLflow params are flat strings."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = _short(_text(value), MAX_CONFIG_PARAM_CHARS)
+    return flat
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -24,10 +24,10 @@ from nas.lineage import KIND_FINAL, LineageStore, resolve_tracking_uri
 from nas.loop import Submit, run_loop
 from nas.provenance import provenance_tags
 from nas.refine import as_refinement, refinement_space, refinement_strategy, rescoring, top_architectures
-from nas.runner import TrialJob
+from nas.runner import TrialJob, trial_setting
 from nas.space import SearchSpace
-from nas.train import pick_device, with_validation
-from nas.trial import Budget, Candidate, Evaluation, TrialSetting
+from nas.train import with_validation
+from nas.trial import Budget, Candidate, Evaluation
 from tasks.train import train_final
 
 
@@ -64,8 +64,7 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
                           "trials (and --experiment, if it is another experiment's).")
     space = SearchSpace.load(cfg.space).bind(meta.shape, len(meta.classes))
     tags = {"prefect.flow_run_id": str(flow_run.id), "nas.search_run": search_run_id, **provenance_tags(root)}
-    setting = TrialSetting(meta.fingerprint, cfg.seed, pick_device(cfg.device).type,
-                           cfg.max_params or space.max_params)
+    setting = trial_setting(cfg, meta.fingerprint, space)
     logger.info("refining the %d best architectures of search %s: %s search over %s, %d settings each",
                 len(bases), search_run_id, rcfg.method, sorted(rcfg.hparams), rcfg.trials)
 

@@ -1,5 +1,5 @@
-"""The search flow: prepare the data, then run the ask -> train -> tell loop (`nas.loop`)
-with each trial a cached Prefect task, until the trial budget is spent.
+"""The search flow: prepare the data, then run a `nas.api.Search` with each trial a cached
+Prefect task (the Prefect runner of flows/common.py), until the trial budget is spent.
 
 Batch-synchronous by default, so a seed fixes the whole search and re-running a killed or
 finished search replays it: finished trials come back from the cache. `--async` keeps
@@ -18,23 +18,16 @@ from prefect.runtime import flow_run
 from tqdm import tqdm
 
 from flows.common import describe, prefect_runner, prepared_data, thread_runner
+from nas.api import Search
 from nas.build import build
 from nas.config import ConfigError, SearchConfig
 from nas.data import BUILTINS, DataError, DataMeta, load_split, source_name
-from nas.lineage import LineageStore, resolve_tracking_uri
-from nas.loop import run_loop
+from nas.lineage import LineageStore
 from nas.provenance import provenance_tags
-from nas.runner import TrialJob
 from nas.space import SearchSpace
-from nas.strategies import make_search, strategy_class
+from nas.strategies import strategy_class
 from nas.strategies.hyperband import SCHEDULERS
-from nas.train import pick_device
-from nas.trial import Budget, Evaluation, TrialSetting
-
-
-def _best(evaluations: list[Evaluation]) -> Evaluation | None:
-    # max() keeps the first of equal scores: the earlier run wins ties, as in the leaderboard.
-    return max((e for e in evaluations if e.ok), key=lambda e: e.score, default=None)
+from nas.trial import Evaluation
 
 
 def _log_best_model(store: LineageStore, parent_run_id: str, best: Evaluation, meta: DataMeta,
@@ -56,54 +49,31 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
     logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
     data_dir = cfg.data.resolved_dir(root)
     meta = prepared_data(cfg, data_dir)
-    space = (SearchSpace.load(cfg.space).bind(meta.shape, len(meta.classes)).with_hparams(epochs=cfg.epochs))
-    tracking_uri = resolve_tracking_uri(cfg.tracking_uri, root)
-    store = LineageStore(tracking_uri, cfg.experiment_name, root)
-    store.ensure()  # create the database and experiment once, before trial threads race to do it
-    context_tags = {"prefect.flow_run_id": str(flow_run.id), **provenance_tags(root)}
-    parent = store.start_search(cfg.to_json(), Path(cfg.space), meta.fingerprint, tags=context_tags,
-                                identity=cfg.identity())
-    strategy = make_search(cfg.strategy, space, Budget(cfg.epochs, cfg.max_seconds), seed=cfg.seed,
-                           population=cfg.population, scheduler=cfg.scheduler, min_epochs=cfg.min_epochs, eta=cfg.eta)
+    current = Search(cfg, root=root, meta=meta,
+                     tags={"prefect.flow_run_id": str(flow_run.id), **provenance_tags(root)})
     if cfg.from_experiment:
-        seeds = LineageStore(tracking_uri, cfg.from_experiment, root).best(cfg.top_k)
-        strategy.warm_start(seeds)
-        logger.info("warm start: the best %d runs of experiment '%s'", len(seeds), cfg.from_experiment)
+        logger.info("warm start: the best %d runs of experiment '%s'", current.warm_started, cfg.from_experiment)
     method = f"{cfg.strategy} + {cfg.scheduler}" if cfg.scheduler else cfg.strategy
     logger.info("searching %s with %s: %d trials of up to %d epochs, %d at a time; MLflow run %s in %s",
-                meta.name, method, cfg.trials, cfg.epochs, cfg.concurrency, parent, tracking_uri)
-    setting = TrialSetting(meta.fingerprint, cfg.seed, pick_device(cfg.device).type,
-                           cfg.max_params or space.max_params)
-    job = TrialJob(setting, cfg.experiment_name, tracking_uri, parent, cfg.strategy, tags=context_tags)
+                meta.name, method, cfg.trials, cfg.epochs, cfg.concurrency, current.run_id, current.tracking_uri)
 
-    told: list[Evaluation] = []
     with tqdm(total=cfg.trials, desc=f"{method} search", unit="trial", dynamic_ncols=True) as bar:
         def on_result(e: Evaluation) -> None:
-            told.append(e)
-            logger.info("trial %d/%d: %s", len(told), cfg.trials, describe(e))
+            logger.info("trial %d/%d: %s", len(current.evaluations), cfg.trials, describe(e))
             bar.update(1)
-            if best := _best(told):
+            if best := current.best_trial:
                 bar.set_postfix(best_val=f"{best.val_acc:.4f}")
 
-        outcome = run_loop(strategy, prefect_runner(job, data_dir, cfg.concurrency), trials=cfg.trials,
-                           concurrency=cfg.concurrency, asynchronous=cfg.asynchronous, on_result=on_result)
-    evaluations = outcome.evaluations
-    if len(evaluations) < cfg.trials:
-        logger.warning("stopped after %d of %d trials: %s", len(evaluations), cfg.trials, outcome.stop_reason)
-
-    best = _best(evaluations)  # of this search: a warm start's runs belong to their own experiment
-    summary: dict[str, Any] = {
-        "experiment": cfg.experiment_name, "parent_run_id": parent, "tracking_uri": tracking_uri,
-        "trials": len(evaluations), "failed": sum(not e.ok for e in evaluations),
-        "stop_reason": outcome.stop_reason,
-    }
-    if best is not None:
-        summary.update(best_run_id=best.run_id, best_arch_id=best.arch_id, best_val_acc=best.val_acc,
-                       best_test_acc=best.test_acc, best_params=best.params)
-        if store.model_source(parent) != best.run_id:  # a repeated search keeps its one model
-            _log_best_model(store, parent, best, meta, data_dir)
+        outcome = current.optimize(runner=prefect_runner(current.job, data_dir, cfg.concurrency),
+                                   on_result=on_result)
+    if len(outcome.evaluations) < cfg.trials:
+        logger.warning("stopped after %d of %d trials: %s", len(outcome.evaluations), cfg.trials,
+                       outcome.stop_reason)
+    summary = current.summary()
+    if (best := current.best_trial) is not None:
+        if current.store.model_source(current.run_id) != best.run_id:  # a repeated search keeps its one model
+            _log_best_model(current.store, current.run_id, best, meta, data_dir)
         logger.info("best: %s", describe(best))
-    store.finish_search(parent, summary)
     return summary
 
 

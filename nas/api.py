@@ -2,8 +2,8 @@
 
 In the spirit of `optuna.create_study(...).optimize(...)`, for notebooks and scripts
 that want no CLI and no orchestrator: trials train in threads of this process and land
-in the same lineage store as `nas search` (the CLI and flows use the Prefect runner
-instead; both drive the one loop of `nas.loop`).
+in the same lineage store as `nas search`. The search flow uses this same `Search`, handing
+`optimize` the Prefect runner instead; either way the one loop of `nas.loop` runs.
 
     >>> search = create_search("digits-notebook", data="digits", trials=4, epochs=2,
     ...                        tracking_uri="sqlite:////tmp/nas-doc/mlflow.db")  # doctest: +SKIP
@@ -19,19 +19,20 @@ A strategy of your own is any `nas.strategies.Strategy` subclass: pass the class
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nas.config import DataConfig, SearchConfig
-from nas.data import prepare
+from nas.data import DataMeta, prepare
 from nas.lineage import LineageStore, resolve_tracking_uri
-from nas.loop import LoopOutcome, run_loop, time_limit
-from nas.runner import ThreadRunner, TrialJob
+from nas.loop import LoopOutcome, Submit, run_loop, time_limit
+from nas.runner import ThreadRunner, TrialJob, trial_setting
 from nas.space import SearchSpace
 from nas.strategies import Strategy, make_search
-from nas.train import pick_device
-from nas.trial import Budget, Evaluation, TrialSetting
+from nas.trial import Budget, Evaluation
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,16 +48,18 @@ class Search:
     store without training them again.
     """
 
-    def __init__(self, config: SearchConfig, strategy: type[Strategy] | None = None,
-                 root: Path | None = None) -> None:
+    def __init__(self, config: SearchConfig, strategy: type[Strategy] | None = None, root: str | Path | None = None,
+                 meta: DataMeta | None = None, tags: dict[str, str] | None = None) -> None:
+        """`meta`: data already prepared (the flow's cached task), else it is prepared here;
+        `tags` go on the search run and every trial run (the flow's Prefect ids and provenance)."""
         self.config = config
-        self.root = (root or Path.cwd()).absolute()
+        self.root = Path(root or Path.cwd()).absolute()
         self.tracking_uri = resolve_tracking_uri(config.tracking_uri, self.root)
         self.store = LineageStore(self.tracking_uri, config.experiment_name, self.root)
         self.data_dir = config.data.resolved_dir(self.root)
         data = config.data  # prepared every time: it is quick, and a changed file must not go unnoticed
-        self.meta = prepare(data.source, self.data_dir, label_column=data.label_column, shape=data.shape,
-                            seed=data.split_seed)
+        self.meta = meta or prepare(data.source, self.data_dir, label_column=data.label_column, shape=data.shape,
+                                    seed=data.split_seed)
         self.space = (SearchSpace.load(config.space).bind(self.meta.shape, len(self.meta.classes))
                       .with_hparams(epochs=config.epochs))
         budget = Budget(config.epochs, config.max_seconds)
@@ -66,32 +69,57 @@ class Search:
                                         min_epochs=config.min_epochs, eta=config.eta)
         else:
             self.strategy = strategy(self.space, budget, seed=config.seed)
-        self.store.ensure()
+        self.warm_started = 0
+        if config.from_experiment:
+            seeds = LineageStore(self.tracking_uri, config.from_experiment, self.root).best(config.top_k)
+            self.strategy.warm_start(seeds)
+            self.warm_started = len(seeds)
+        self.store.ensure()  # the database and experiment, once, before trial threads race to create them
         self.run_id = self.store.start_search(config.to_json(), Path(config.space), self.meta.fingerprint,
-                                              identity=config.identity())
-        self.setting = TrialSetting(self.meta.fingerprint, config.seed, pick_device(config.device).type,
-                                    config.max_params or self.space.max_params)
+                                              tags=tags, identity=config.identity())
+        self.job = TrialJob(trial_setting(config, self.meta.fingerprint, self.space), config.experiment_name, self.tracking_uri, self.run_id, config.strategy,
+                            tags=dict(tags or {}))
         self.evaluations: list[Evaluation] = []
+        self.stop_reason: str | None = None
 
-    def optimize(self, n_trials: int | None = None, timeout: float | None = None) -> LoopOutcome:
+    def optimize(self, n_trials: int | None = None, timeout: float | None = None, runner: Submit | None = None,
+                 on_result: Callable[[Evaluation], None] | None = None) -> LoopOutcome:
         """Run up to `n_trials` more trials (default: the configuration's `trials`), for at most
-        `timeout` seconds of asking; trials started before the time is up still finish."""
+        `timeout` seconds of asking (trials started before then still finish), then record the
+        summary on the search run. `runner` defaults to threads of this process."""
         cfg = self.config
-        job = TrialJob(self.setting, cfg.experiment_name, self.tracking_uri, self.run_id, self.strategy.name)
-        with ThreadRunner(self.data_dir, job, cfg.concurrency) as runner:
+
+        def told(evaluation: Evaluation) -> None:  # kept as told, so a progress bar can read best_trial
+            self.evaluations.append(evaluation)
+            if on_result is not None:
+                on_result(evaluation)
+
+        with ExitStack() as stack:
+            if runner is None:
+                runner = stack.enter_context(ThreadRunner(self.data_dir, self.job, cfg.concurrency))
             outcome = run_loop(self.strategy, runner, trials=n_trials or cfg.trials, concurrency=cfg.concurrency,
-                               asynchronous=cfg.asynchronous, stop=time_limit(timeout) if timeout else None)
-        self.evaluations += outcome.evaluations
-        best = self.best_trial
-        summary: dict[str, Any] = {"trials": len(self.evaluations), "stop_reason": outcome.stop_reason}
-        if best is not None:
-            summary.update(best_run_id=best.run_id, best_val_acc=best.val_acc)
-        self.store.finish_search(self.run_id, summary)
+                               asynchronous=cfg.asynchronous, stop=time_limit(timeout) if timeout else None,
+                               on_result=told)
+        self.stop_reason = outcome.stop_reason
+        self.store.finish_search(self.run_id, self.summary())
         return outcome
+
+    def summary(self) -> dict[str, Any]:
+        """What the search run records and `nas search` prints: counts, why it stopped, the best trial."""
+        summary: dict[str, Any] = {
+            "experiment": self.config.experiment_name, "parent_run_id": self.run_id,
+            "tracking_uri": self.tracking_uri, "trials": len(self.evaluations),
+            "failed": sum(not e.ok for e in self.evaluations), "stop_reason": self.stop_reason or "not started",
+        }
+        if (best := self.best_trial) is not None:
+            summary.update(best_run_id=best.run_id, best_arch_id=best.arch_id, best_val_acc=best.val_acc,
+                           best_test_acc=best.test_acc, best_params=best.params)
+        return summary
 
     @property
     def best_trial(self) -> Evaluation | None:
-        """The successful trial of highest validation accuracy (the earlier one on ties)."""
+        """The successful trial of highest validation accuracy (the earlier one on ties, as in the
+        leaderboard), of this search only: a warm start's runs belong to their own experiment."""
         return max((e for e in self.evaluations if e.ok), key=lambda e: e.score, default=None)
 
     def trials(self) -> list[Evaluation]:
@@ -115,7 +143,7 @@ class Search:
 
 
 def create_search(name: str, *, data: str = "digits", tracking_uri: str | None = None,
-                  strategy: str | type[Strategy] = "random", root: Path | None = None, **options: Any) -> Search:
+                  strategy: str | type[Strategy] = "random", root: str | Path | None = None, **options: Any) -> Search:
     """A search named `name` (its MLflow experiment) on `data`; `options` are `SearchConfig` fields
     (space, trials, epochs, seed, concurrency, scheduler, population, ...)."""
     custom = None if isinstance(strategy, str) else strategy
@@ -124,10 +152,10 @@ def create_search(name: str, *, data: str = "digits", tracking_uri: str | None =
     return Search(config, custom, root)
 
 
-def load_search(name: str, *, tracking_uri: str | None = None, root: Path | None = None,
+def load_search(name: str, *, tracking_uri: str | None = None, root: str | Path | None = None,
                 strategy: type[Strategy] | None = None) -> Search:
     """The latest search of experiment `name`, with the configuration it ran with."""
-    store = LineageStore(tracking_uri, name, root)
+    store = LineageStore(tracking_uri, name, Path(root) if root else None)
     run_id = store.latest_search()
     if run_id is None:
         raise LookupError(f"experiment '{name}' has no search in the store at {store.tracking_uri}; create one "

@@ -144,8 +144,7 @@ def _result(candidate: Candidate, future: Future[Evaluation]) -> Evaluation:
         evaluation = future.result()
     except Exception as error:  # the environment failed the trial, not the network
         log.warning("trial of %s failed to run: %s: %s", candidate.arch.arch_id, type(error).__name__, error)
-        return Evaluation(candidate, trial_key="", status=TrialStatus.ERROR,
-                          reason=f"the trial did not run: {type(error).__name__}: {error}")
+        return Evaluation(candidate, trial_key="", status=TrialStatus.ERROR, reason=f"{type(error).__name__}: {error}")
     return replace(evaluation, candidate=candidate)
 
 

@@ -19,7 +19,9 @@ import torch
 from nas.build import inherited_weights
 from nas.data import DataError
 from nas.lineage import KIND_TRIAL, LineageError, LineageStore
-from nas.train import TrainData, load_data, train
+from nas.config import SearchConfig
+from nas.space import SearchSpace
+from nas.train import TrainData, load_data, pick_device, train
 from nas.trial import Candidate, Evaluation, TrialSetting
 
 
@@ -43,6 +45,12 @@ class TrialJob:
     @staticmethod
     def from_json(data: dict[str, Any]) -> TrialJob:
         return TrialJob(**{**data, "setting": TrialSetting(**data["setting"])})
+
+
+def trial_setting(config: SearchConfig, data_fingerprint: str, space: SearchSpace) -> TrialSetting:
+    """What a search's configuration fixes for all its trials (the device resolved: cuda when present)."""
+    return TrialSetting(data_fingerprint, config.seed, pick_device(config.device).type,
+                        config.max_params or space.max_params)
 
 
 def run_trial(candidate: Candidate, data: TrainData, job: TrialJob, tags: dict[str, str] | None = None) -> Evaluation:

@@ -152,7 +152,7 @@ def _first_valid(space: SearchSpace, hparams: HParams, candidates: Candidates) -
 
 def _insert_convolution(space: SearchSpace, nodes: tuple[Node, ...], plan: Plan, rng: random.Random) -> Candidates:
     _require_op(space, "conv")
-    domains = space._domains("conv")
+    domains = space.domains("conv")
     strides = [s for s in (1, 2) if domains["stride"].contains(s)]
     if not strides:
         raise NotApplicable(f"stride allows neither 1 nor 2 ({domains['stride'].describe()}).")
@@ -180,7 +180,7 @@ def _alter_conv(attrs: Callable[[random.Random, SearchSpace], list[str]], keep: 
                 ) -> Callable[[SearchSpace, tuple[Node, ...], Plan, random.Random], Candidates]:
     """A mutation that sets one attribute (of those `attrs` lists, tried in order) of a random conv."""
     def candidates(space: SearchSpace, nodes: tuple[Node, ...], plan: Plan, rng: random.Random) -> Candidates:
-        domains = space._domains("conv")
+        domains = space.domains("conv")
         for k in _shuffled(rng, _convs(nodes)):
             for name in attrs(rng, space):
                 values = _other_values(domains[name], nodes[k].get(name), keep)

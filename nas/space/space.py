@@ -124,7 +124,8 @@ class SearchSpace:
         pinned = {k: Domain(choices=(v,)) for k, v in fixed.items() if v is not None}
         return replace(self, hparams={**self.hparams, **pinned})
 
-    def _require_bound(self) -> tuple[Shape, int]:
+    def bound(self) -> tuple[Shape, int]:
+        """The input shape and class count this space was bound to; SpaceError if it was not."""
         if self.input_shape is None or self.num_classes is None:
             raise SpaceError(f"space '{self.name}' is not bound to a dataset; call space.bind(shape, classes).")
         return self.input_shape, self.num_classes
@@ -133,7 +134,7 @@ class SearchSpace:
 
     def validate(self, arch: Architecture, hparams: HParams | None = None) -> Plan:
         """The plan of a valid sentence, or ArchitectureError naming the node, attribute and rule."""
-        shape, classes = self._require_bound()
+        shape, classes = self.bound()
         if len(arch.nodes) - 2 > self.max_nodes:
             raise ArchitectureError(f"{len(arch.nodes) - 2} hidden nodes exceed the space's max_nodes="
                                     f"{self.max_nodes}.")
@@ -171,9 +172,9 @@ class SearchSpace:
     # ---- writing sentences from the layout -----------------------------------------
 
     def _rank(self) -> int:
-        return len(self._require_bound()[0])
+        return len(self.bound()[0])
 
-    def _domains(self, op: str) -> dict[str, Domain]:
+    def domains(self, op: str) -> dict[str, Domain]:
         """An op's attribute domains for the bound data: 1-D data has only kernel_h 1."""
         domains = dict(self.ops.get(op, {}))
         if op == "conv" and self.input_shape is not None and len(self.input_shape) == 2:
@@ -217,7 +218,7 @@ class SearchSpace:
     def sample_arch(self, rng: random.Random) -> Architecture:
         for _ in range(SAMPLE_TRIES):
             n_blocks = int(self._layout("conv_blocks", 0).sample(rng))
-            blocks = [({a: d.sample(rng) for a, d in self._domains("conv").items()},
+            blocks = [({a: d.sample(rng) for a, d in self.domains("conv").items()},
                        self._layout("pool", "none").sample(rng), self._layout("skip", "none").sample(rng))
                       for _ in range(n_blocks)]
             reduce = rng.choice(self._reductions(n_blocks))
@@ -242,7 +243,7 @@ class SearchSpace:
 
     def grid_size(self) -> int:
         """How many sentences the grid holds before invalid ones are dropped."""
-        block = len(self._choices(self._domains("conv"))) if "conv" in self.ops else 0
+        block = len(self._choices(self.domains("conv"))) if "conv" in self.ops else 0
         block *= len(self._layout("pool", "none").values()) * len(self._layout("skip", "none").values())
         dense = len(self._choices(self.ops["dense"])) if "dense" in self.ops else 0
         archs = sum(block**b * dense**d * len(self._reductions(b))
@@ -252,7 +253,7 @@ class SearchSpace:
 
     def enumerate(self) -> Iterator[tuple[Architecture, HParams]]:
         """Every valid sentence of the layout, smallest networks first, in a fixed order."""
-        blocks = [(c, p, s) for c in (self._choices(self._domains("conv")) if "conv" in self.ops else [])
+        blocks = [(c, p, s) for c in (self._choices(self.domains("conv")) if "conv" in self.ops else [])
                   for p in self._layout("pool", "none").values() for s in self._layout("skip", "none").values()]
         dense = self._choices(self.ops["dense"]) if "dense" in self.ops else []
         hparams = [HParams(**h) for h in self._choices(self.hparams)]
@@ -287,7 +288,7 @@ class SearchSpace:
                 node = arch.nodes[slot]
                 features[ops.index(node.op)] = 1.0
                 for k, name in enumerate(OPS[node.op].attrs):
-                    domain = self._domains(node.op).get(name)
+                    domain = self.domains(node.op).get(name)
                     features[len(ops) + k] = domain.encode(node.get(name)) if domain else 0.0
                 if len(node.inputs) > 1:  # how far back a skip reaches
                     features[-1] = (slot - min(node.inputs)) / (self.max_nodes + 1)
@@ -320,7 +321,7 @@ class SearchSpace:
                 elif "=" in token:
                     name, text = token.split("=", 1)
                     op = raw_nodes[-1]["op"]
-                    domain = self._domains(op).get(name) or Domain(rule="int", low=0, high=1 << 30)
+                    domain = self.domains(op).get(name) or Domain(rule="int", low=0, high=1 << 30)
                     raw_nodes[-1]["attrs"][name] = domain.parse_token(text)
                 elif token in OPS:
                     raw_nodes.append({"op": token, "attrs": {}, "inputs": []})
@@ -343,7 +344,7 @@ class SearchSpace:
         """Every token a controller may emit, in a fixed order (index = token id)."""
         tokens = sorted(op for op in self.ops if op != "input")
         for op in sorted(self.ops):
-            for name, domain in self._domains(op).items():
+            for name, domain in self.domains(op).items():
                 tokens.extend(f"{name}={token_text(v)}" for v in domain.values())
         tokens.extend(f"<{k}" for k in range(1, self.max_nodes + 2))
         for f in fields(HParams):

@@ -273,7 +273,7 @@ class CoDeepNEAT(Strategy):
         self.blueprint_population = blueprint_population
         self.module_threshold = module_threshold
         self.blueprint_threshold = blueprint_threshold
-        shape, _ = space._require_bound()
+        shape, _ = space.bound()
         self._flat = len(shape) == 1
         self._reduce = "global_pool" if not self._flat and "global_pool" in space.ops else "flatten"
         layer_op = "dense" if self._flat else "conv"
@@ -310,7 +310,7 @@ class CoDeepNEAT(Strategy):
     # ---- random genomes --------------------------------------------------------------
 
     def _random_layer(self, op: str, innovation: int) -> LayerGene:
-        return LayerGene(innovation, op, {a: d.sample(self.rng) for a, d in self.space._domains(op).items()})
+        return LayerGene(innovation, op, {a: d.sample(self.rng) for a, d in self.space.domains(op).items()})
 
     def _layer_op(self, position: int) -> str:
         if self._flat:
@@ -530,7 +530,7 @@ class CoDeepNEAT(Strategy):
                 child.skips.append(SkipGene(self._innovation(f"skip:{src}:{dst}", marks), src, dst))
             else:
                 layer = self.rng.choice(child.layers)
-                domains = self.space._domains(layer.op)
+                domains = self.space.domains(layer.op)
                 if not domains:
                     continue
                 name = self.rng.choice(sorted(domains))

@@ -157,7 +157,7 @@ class _Evolution(Strategy):
 
 def simplest_network(space: SearchSpace) -> Architecture:
     """input -> global_pool -> head, or input -> flatten -> head for flat data or without global_pool."""
-    shape, _ = space._require_bound()
+    shape, _ = space.bound()
     reduce = "global_pool" if len(shape) > 1 and "global_pool" in space.ops else "flatten"
     if reduce not in space.ops:
         raise SpaceError(f"space '{space.name}' has neither global_pool nor flatten, so evolution cannot write "

@@ -1,5 +1,6 @@
-"""Searches that meet on one store, through the CLI: two processes never train one trial
-twice, and a search whose trials all fail still ends cleanly, saying why."""
+"""Rows of the loop issue's table, through the CLI: two processes on one store never train
+one trial twice, a search whose trials all fail ends cleanly saying why, and CoDeepNEAT
+reaches its budget through repeats."""
 
 import json
 import os
@@ -54,3 +55,15 @@ def test_aging_evolution_whose_trials_all_fail_ends_with_a_reason(tmp_path, digi
     assert result.returncode == 0, result.stderr[-3000:]
     assert "stopped after 4 of 12 trials" in result.stdout and "can be a parent" in result.stdout
     assert all(r.data.tags["nas.status"] == "error" for r in runs(tmp_path, "doomed"))
+
+
+def test_codeepneat_repeats_are_counted_and_the_search_reaches_its_budget(tmp_path, digits_dir):
+    # A small population repeats networks of earlier generations: those come back from the
+    # store and must count as this generation's, or the search stalls short of its budget.
+    command = search_command(tmp_path, digits_dir, "neat", "--strategy", "codeepneat", "--population", "4",
+                             "--trials", "30", "--epochs", "1", "--seed", "1", "--concurrency", "2",
+                             "--metrics-out", str(tmp_path / "neat.json"))
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "neat.json").read_text())["trials"] == 30
+    assert len({r.data.tags["nas.trial_key"] for r in runs(tmp_path, "neat")}) < 30  # repeats did happen

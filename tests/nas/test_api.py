@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import random
+import signal
+import subprocess
+import sys
+from collections import Counter
+
 import pytest
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from nas.api import create_search, load_search
 from nas.strategies import RandomSearch
 from nas.trial import Candidate
+from tests.conftest import ROOT
 
 
 class SmallestFirst(RandomSearch):
@@ -49,3 +57,37 @@ def test_a_users_own_strategy_class_runs_in_the_same_loop(project):
     outcome = search.optimize()
     assert len(outcome.evaluations) == 2
     assert search.store.run_summary(outcome.evaluations[0].run_id)["tags"]["nas.strategy"] == "smallest-first"
+
+
+KILLED_SEARCH = """
+import sys
+from nas.api import create_search
+create_search("killed", data="digits", tracking_uri=sys.argv[1], root=sys.argv[2], strategy="aging-evolution",
+              space=sys.argv[3], population=4, trials=12, epochs=3, concurrency=2, max_seconds=None).optimize()
+"""
+
+
+def test_kill_9_at_ten_random_moments_then_every_trial_has_one_finished_run(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    command = [sys.executable, "-c", KILLED_SEARCH, uri, str(tmp_path), str(ROOT / "spaces/small-cnn.yaml")]
+    moments = random.Random(9).sample([x / 2 for x in range(5, 20)], 10)  # 2.5 to 9.5 s: imports take ~3 s
+    for moment in moments:
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            process.wait(timeout=moment)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+    finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name("killed").experiment_id
+    trials = client.search_runs([experiment_id], "tags.`nas.kind` = 'trial'")
+    keys = Counter(r.data.tags["nas.trial_key"] for r in trials if r.info.status == "FINISHED")
+    assert len(keys) == 12 and set(keys.values()) == {1}, keys  # every trial once, none trained twice
+    assert all(r.info.status == "FINISHED" for r in trials)  # no attempt left running
+    deleted = client.search_runs([experiment_id], "tags.`nas.kind` = 'trial'", run_view_type=ViewType.DELETED_ONLY)
+    assert deleted, "no kill landed during a trial"
+    assert all(r.data.tags["nas.status"] == "abandoned" and "is gone" in r.data.tags["nas.reason"] for r in deleted)
+    assert len(client.search_runs([experiment_id], "tags.`nas.kind` = 'search'")) == 1

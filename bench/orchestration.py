@@ -55,7 +55,7 @@ def main() -> None:
     times: dict[str, float] = {}
     with stopwatch(times, "direct"):
         data = load_data(data_dir)
-        direct = [train(c, data, seed=args.seed).evaluation for c in candidates]
+        direct = [train(c, data, seed=args.seed, max_params=space.max_params).evaluation for c in candidates]
     with stopwatch(times, "flow"):
         first = run_search(config)
     with stopwatch(times, "repeat"):

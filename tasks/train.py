@@ -10,6 +10,7 @@ Prefect caches nothing and a rerun trains the trial again.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from nas.ids import digest
 from nas.lineage import KIND_FINAL
 from nas.runner import TrialJob, run_trial
 from nas.space.architecture import ArchitectureError
-from nas.train import load_data
+from nas.train import TrainData, load_data, with_validation
 from nas.trial import Candidate
 
 
@@ -40,9 +41,18 @@ def _infrastructure_error_only(task: Any, task_run: Any, state: Any) -> bool:
     return not isinstance(state.data, (ValueError, TypeError, KeyError, ArchitectureError, TrialInterrupted))
 
 
+# Every trial of a search reads the same prepared split: keep the last two in memory (a
+# search and its final training). The fingerprint is part of the key, and run_trial checks
+# the loaded data against it, so a split prepared anew is never served stale.
+@functools.lru_cache(maxsize=2)
+def _loaded(data_dir: str, device: str, fingerprint: str) -> TrainData:
+    return load_data(data_dir, device)
+
+
 def _run(candidate: dict[str, Any], job: dict[str, Any], data_dir: str, final: bool = False) -> dict[str, Any]:
     trial_job = TrialJob.from_json(job)
-    data = load_data(data_dir, trial_job.setting.device)
+    setting = trial_job.setting
+    data = _loaded(data_dir, setting.device, setting.data_fingerprint.removesuffix(with_validation("")))
     if final:
         data = data.with_validation_in_training()
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.task_run_id": str(task_run.id)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -179,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 against the same store",
                        description="Browse every trial: its curves, architecture, weights and parents.")
     p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: as for search)")
+
+    p = sub.add_parser("gc", help="purge deleted runs for good",
+                       description="A trial attempt whose process died is tagged abandoned and deleted (its "
+                       "files at once); this removes such runs from the database too, with `mlflow gc`.")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: as for search)")
     return parser
 
@@ -421,9 +427,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    return subprocess.run(_store(args).gc_command()).returncode
+
+
 COMMANDS = {"prepare": cmd_prepare, "search": cmd_search, "refine": cmd_refine, "evaluate": cmd_evaluate,
             "pipeline": cmd_pipeline, "report": cmd_report, "runs": cmd_runs, "show": cmd_show,
-            "lineage": cmd_lineage, "ui": cmd_ui}
+            "lineage": cmd_lineage, "ui": cmd_ui, "gc": cmd_gc}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from nas.build import inherited_weights
+from nas.config import SearchConfig
 from nas.data import DataError
 from nas.lineage import KIND_TRIAL, LineageError, LineageStore
-from nas.config import SearchConfig
 from nas.space import SearchSpace
 from nas.train import TrainData, load_data, pick_device, train
 from nas.trial import Candidate, Evaluation, TrialSetting

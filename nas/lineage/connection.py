@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -173,6 +174,11 @@ class StoreConnection:
         if self.artifact_dir is not None:
             command += ["--default-artifact-root", self.artifact_dir.as_uri()]
         return command
+
+    def gc_command(self) -> list[str]:
+        """MLflow's own purge of deleted runs (abandoned attempts), rows and artifacts, for good."""
+        return [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", self.tracking_uri,
+                "--tracking-uri", self.tracking_uri]
 
     # -- locks -------------------------------------------------------------------------
 

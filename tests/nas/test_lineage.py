@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from nas.lineage import LineageError, LineageStore, resolve_tracking_uri
@@ -180,6 +183,11 @@ def test_a_dead_owners_claim_is_abandoned_explained_and_taken_over(store, search
     store.finish_trial(final, evaluation(cand))
     assert store.find(key).run_id == final
     assert claim(store, cand, search).result.run_id == final
+    purged = subprocess.run([sys.executable, "-m", "nas.cli", "gc", "--tracking-uri", store.tracking_uri],
+                            capture_output=True, text=True, timeout=120)
+    assert purged.returncode == 0, purged.stderr
+    with pytest.raises(MlflowException):
+        MlflowClient(store.tracking_uri).get_run(killed)  # gone for good
 
 
 def test_a_second_claimant_waits_for_the_first_result_instead_of_training(store, search):

@@ -67,3 +67,19 @@ def test_codeepneat_repeats_are_counted_and_the_search_reaches_its_budget(tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "neat.json").read_text())["trials"] == 30
     assert len({r.data.tags["nas.trial_key"] for r in runs(tmp_path, "neat")}) < 30  # repeats did happen
+
+
+def test_a_scheduler_after_random_search_on_one_experiment_reuses_its_runs(tmp_path, digits_dir):
+    # Hyperband's full-budget bracket draws what random search drew with the same seed: the
+    # stored runs come back as cache hits, each told as Hyperband's own candidate.
+    common = ("--epochs", "3", "--seed", "6", "--concurrency", "2")
+    first = subprocess.run(search_command(tmp_path, digits_dir, "E", "--trials", "6", *common),
+                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    trained = len(runs(tmp_path, "E"))
+    scheduled = subprocess.run(search_command(tmp_path, digits_dir, "E", "--scheduler", "hyperband", "--trials", "12",
+                                              "--metrics-out", str(tmp_path / "hb.json"), *common),
+                               cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert scheduled.returncode == 0, scheduled.stderr[-3000:]
+    assert json.loads((tmp_path / "hb.json").read_text())["trials"] == 12
+    assert len(runs(tmp_path, "E")) < trained + 12  # some of the twelve were random search's runs

@@ -71,7 +71,7 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
     results: list[Evaluation] = []
     for base in bases:
         job = TrialJob(setting, cfg.experiment_name, tracking_uri, base.run_id, f"refine-{rcfg.method}", tags=tags,
-                       measure_test=False)
+                       measure_test=False, dataset=meta.to_json())
         submit = prefect_runner(job, data_dir, cfg.concurrency)
         results.append(_comparable(base, submit, logger))
         strategy = refinement_strategy(rcfg.method, refinement_space(space, base.candidate.arch,

@@ -78,7 +78,7 @@ class Search:
         self.run_id = self.store.start_search(config.to_json(), Path(config.space), self.meta.fingerprint,
                                               tags=tags, identity=config.identity())
         self.job = TrialJob(trial_setting(config, self.meta.fingerprint, self.space), config.experiment_name, self.tracking_uri, self.run_id, config.strategy,
-                            tags=dict(tags or {}))
+                            tags=dict(tags or {}), dataset=self.meta.to_json())
         self.evaluations: list[Evaluation] = []
         self.stop_reason: str | None = None
 

@@ -297,7 +297,7 @@ def _print_refined(refined: dict) -> None:
 
 def _print_final(final: dict) -> None:
     print(f"test accuracy {final['test_acc']:.4f} on {final['test_examples']} examples; registered as "
-          f"{final['registered_uri']} (load it with mlflow.pytorch.load_model)")
+          f"{final['registered_uri']}, alias {final['champion_uri']} (load it with mlflow.pytorch.load_model)")
 
 
 def cmd_refine(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ import torch
 
 from nas.build import inherited_weights
 from nas.config import SearchConfig
-from nas.data import DataError
+from nas.data import DataError, DataMeta
 from nas.lineage import KIND_TRIAL, LineageError, LineageStore
 from nas.space import SearchSpace
 from nas.train import TrainData, load_data, pick_device, train
@@ -38,6 +38,7 @@ class TrialJob:
     kind: str = KIND_TRIAL
     measure_test: bool = True
     log_model: bool = False  # log the network as an MLflow model too (the final run of refinement)
+    dataset: dict[str, Any] | None = None  # the prepared data's DataMeta, logged as each run's dataset input
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,7 +63,8 @@ def run_trial(candidate: Candidate, data: TrainData, job: TrialJob, tags: dict[s
     store = LineageStore(job.tracking_uri, job.experiment)
     claim = store.claim_trial(candidate, candidate.trial_key(job.setting), parent_run_id=job.parent_run_id,
                               strategy=job.strategy, data_fingerprint=data.fingerprint,
-                              tags={**job.tags, **(tags or {})}, kind=job.kind)
+                              tags={**job.tags, **(tags or {})}, kind=job.kind,
+                              dataset=DataMeta.from_json(job.dataset) if job.dataset else None)
     if claim.result is not None:
         return claim.result
     run_id = claim.run_id

@@ -8,7 +8,7 @@ from prefect import task
 from prefect.context import TaskRunContext
 
 from nas.data import load_split, read_meta
-from nas.lineage import LineageStore
+from nas.lineage import CHAMPION, LineageStore
 from nas.ids import digest
 from nas.train import predict_accuracy
 
@@ -34,4 +34,5 @@ def evaluate_model(model_uri: str, final_run_id: str, *, data_dir: str, tracking
 def register_model(model_uri: str, name: str, final_run_id: str, *, tracking_uri: str, experiment: str,
                    tags: dict[str, str]) -> dict[str, Any]:
     version = LineageStore(tracking_uri, experiment).register(model_uri, name, final_run_id, tags)
-    return {"model_name": name, "model_version": version, "registered_uri": f"models:/{name}/{version}"}
+    return {"model_name": name, "model_version": version, "registered_uri": f"models:/{name}/{version}",
+            "champion_uri": f"models:/{name}@{CHAMPION}"}

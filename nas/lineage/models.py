@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import torch
 
 MODEL_NAME = "model"
+CHAMPION = "champion"  # the registry alias of the model the latest pipeline chose
 
 
 class StoreModels(StoreConnection):
@@ -83,20 +84,29 @@ class StoreModels(StoreConnection):
         with _global_tracking_uri(self.tracking_uri), _quiet_logger("mlflow.pytorch"):
             return mlflow.pytorch.load_model(model_uri, map_location="cpu")
 
-    def register(self, model_uri: str, name: str, source_run_id: str, tags: dict[str, str]) -> str:
-        """Put a logged model in the Model Registry under `name`; its version number.
+    def register(self, model_uri: str, name: str, source_run_id: str, tags: dict[str, str],
+                 alias: str = CHAMPION) -> str:
+        """Put a logged model in the Model Registry under `name` and point `alias` at it; its version number.
 
         Registering the same run's model again returns the existing version, so a repeated
-        pipeline does not pile up identical versions.
+        pipeline does not pile up identical versions. Users load `models:/NAME@champion`,
+        which follows the latest pipeline's model without naming a version.
         """
+        version = self._registered_version(name, source_run_id)
+        if version is None:
+            version_tags = {**tags, "nas.source_run": source_run_id}
+            with self._writing(), _global_tracking_uri(self.tracking_uri), _quiet_logger("mlflow"):
+                version = str(mlflow.register_model(model_uri, name, tags=version_tags).version)
+        with self._writing() as client:
+            client.set_registered_model_alias(name, alias, version)
+        return version
+
+    def _registered_version(self, name: str, source_run_id: str) -> str | None:
         with self._writing() as client:
             for version in client.search_model_versions(f"name = '{name}'"):
                 if version.tags.get("nas.source_run") == source_run_id:
                     return str(version.version)
-        version_tags = {**tags, "nas.source_run": source_run_id}
-        with self._writing(), _global_tracking_uri(self.tracking_uri), _quiet_logger("mlflow"):
-            registered = mlflow.register_model(model_uri, name, tags=version_tags)
-        return str(registered.version)
+        return None
 
 
 @contextmanager

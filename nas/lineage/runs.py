@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, Param, Run
 
+from nas.data import DataMeta
 from nas.ids import digest
 from nas.lineage.connection import (MAX_CONFIG_PARAM_CHARS, MAX_PARAMS_PER_BATCH, LineageError, _chunks,
                                     _local_dir, _short, _tag_values)
+from nas.lineage.datasets import dataset_input
 from nas.lineage.layout import (ARCHITECTURE_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVALUATION_FILE, KIND_SEARCH,
                                 KIND_TRIAL, WEIGHTS_FILE)
 from nas.lineage.queries import StoreQueries
@@ -104,7 +106,7 @@ class StoreRuns(StoreQueries):
 
     def claim_trial(self, candidate: Candidate, trial_key: str, *, parent_run_id: str | None,
                     strategy: str, data_fingerprint: str, tags: dict[str, str] | None = None,
-                    kind: str = KIND_TRIAL, poll_seconds: float = 0.5) -> Claim:
+                    kind: str = KIND_TRIAL, dataset: DataMeta | None = None, poll_seconds: float = 0.5) -> Claim:
         """The finished result of `trial_key`, or a new run of it that the caller now owns and must train.
 
         Two threads or two processes asking for one key never both train it: checking for
@@ -122,7 +124,7 @@ class StoreRuns(StoreQueries):
                 if not self._live_claims(trial_key):
                     return Claim(run_id=self._start_trial(candidate, trial_key, parent_run_id=parent_run_id,
                                                           strategy=strategy, data_fingerprint=data_fingerprint,
-                                                          tags=tags, kind=kind))
+                                                          tags=tags, kind=kind, dataset=dataset))
             time.sleep(poll_seconds)
 
     def _live_claims(self, trial_key: str) -> list[Run]:
@@ -170,7 +172,7 @@ class StoreRuns(StoreQueries):
 
     def _start_trial(self, candidate: Candidate, trial_key: str, *, parent_run_id: str | None,
                      strategy: str, data_fingerprint: str, tags: dict[str, str] | None = None,
-                     kind: str = KIND_TRIAL) -> str:
+                     kind: str = KIND_TRIAL, dataset: DataMeta | None = None) -> str:
         arch_id = candidate.arch.arch_id
         # Strategy notes first, so that they can never overwrite the tags below.
         run_tags = {f"nas.{k}": _text(v) for k, v in candidate.info.items()}
@@ -202,6 +204,8 @@ class StoreRuns(StoreQueries):
                 self.experiment_id, run_name=f"{strategy}-{arch_id[:8]}",
                 tags=_tag_values(run_tags)).info.run_id
             client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+            if dataset is not None:
+                client.log_inputs(run_id, [dataset_input(dataset)])
         self.client.log_dict(run_id, {"arch": candidate.arch.to_json(),
                                       "hparams": candidate.hparams.to_json()}, ARCHITECTURE_FILE)
         return run_id

@@ -69,9 +69,10 @@ def test_pipeline_registers_a_model_that_reproduces_its_test_accuracy(tmp_path, 
 
     version = client.get_model_version("digits-net", final["model_version"])
     assert version.tags["nas.arch_id"] == refined["arch_id"] and version.tags["nas.source_run"] == final_run.info.run_id
+    assert client.get_model_version_by_alias("digits-net", "champion").version == version.version
     mlflow.set_tracking_uri(cfg.tracking_uri)
     try:
-        model = mlflow.pytorch.load_model("models:/digits-net/1")
+        model = mlflow.pytorch.load_model("models:/digits-net@champion")
     finally:
         mlflow.set_tracking_uri(None)
     x, y = load_split(digits_dir, "test")

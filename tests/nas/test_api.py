@@ -44,6 +44,9 @@ def test_create_optimize_read_and_reload_without_retraining(project):
     assert len(frame) == 3 and set(frame["status"]) <= {"ok", "failed"} and frame["val_acc"].max() == best.val_acc
     assert set(search.lineage()) == set(frame["run_id"])
     runs = MlflowClient(uri).search_runs([search.store.experiment_id])
+    (used,) = MlflowClient(uri).get_run(best.run_id).inputs.dataset_inputs  # the UI's Dataset column
+    assert (used.dataset.name, used.dataset.digest) == ("digits", search.meta.fingerprint)
+    assert "mlflow_tensorspec" in used.dataset.schema and used.tags[0].value == "training"
 
     again = load_search("notebook", tracking_uri=uri, root=project)
     assert again.run_id == search.run_id  # the same search, found by its configuration

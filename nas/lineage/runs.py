@@ -118,19 +118,22 @@ class StoreRuns(StoreQueries):
         """
         while True:
             with self._exclusive():
-                found = self.find(trial_key)
-                if found is not None:
-                    return Claim(result=found)
-                if not self._live_claims(trial_key):
+                # One query, read as one snapshot: an owner finishing between a query for
+                # results and a query for claims would be seen by neither.
+                runs = self._search(f"tags.`nas.trial_key` = '{trial_key}'")
+                finished = [run for run in runs if run.info.status == "FINISHED"]
+                if finished:
+                    return Claim(result=self._evaluation(finished[0]))
+                if not self._live_claims([run for run in runs if run.info.status == "RUNNING"]):
                     return Claim(run_id=self._start_trial(candidate, trial_key, parent_run_id=parent_run_id,
                                                           strategy=strategy, data_fingerprint=data_fingerprint,
                                                           tags=tags, kind=kind, dataset=dataset))
             time.sleep(poll_seconds)
 
-    def _live_claims(self, trial_key: str) -> list[Run]:
-        """Running runs of the key whose owner lives; dead owners' runs are abandoned on the way."""
+    def _live_claims(self, running: list[Run]) -> list[Run]:
+        """The running runs whose owner lives; dead owners' runs are abandoned on the way."""
         live = []
-        for run in self._search(f"tags.`nas.trial_key` = '{trial_key}' and attributes.status = 'RUNNING'"):
+        for run in running:
             why_dead = _dead_owner(run.data.tags)
             if why_dead is None:
                 live.append(run)

@@ -202,6 +202,27 @@ def test_a_second_claimant_waits_for_the_first_result_instead_of_training(store,
     assert len(active_runs(store, cand.trial_key(SETTING))) == 1
 
 
+def test_an_owner_finishing_while_a_claimant_looks_is_not_trained_again(store, search):
+    cand = candidate(22)
+    owner = claim(store, cand, search).run_id
+
+    class Claimant(LineageStore):
+        """The owner finishes right after the claimant's first look at the store (between two queries, once)."""
+
+        looked = False
+
+        def _search(self, *args, **kwargs):
+            found = super()._search(*args, **kwargs)
+            if not Claimant.looked:
+                Claimant.looked = True
+                store.finish_trial(owner, evaluation(cand))
+            return found
+
+    second = claim(Claimant(store.tracking_uri, store.experiment), cand, search)
+    assert second.result is not None and second.result.run_id == owner
+    assert len(active_runs(store, cand.trial_key(SETTING))) == 1
+
+
 def test_failed_candidate_is_a_finished_run(store, search):
     run_id, result = run_trial(store, search, candidate(), val_acc=0.1, status=TrialStatus.FAILED)
     found = store.find(result.trial_key)

@@ -43,7 +43,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class SearchConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    space: str = "spaces/small-cnn.yaml"
+    space: str = "auto"  # "auto": chosen from the data's shape (nas.space.auto), else a YAML file
     strategy: str = "random"
     trials: int = 20
     epochs: int = 20
@@ -61,6 +61,8 @@ class SearchConfig:
     from_experiment: str | None = None  # warm-start from this experiment's best runs ...
     top_k: int = 10  # ... this many of them
     device: str | None = None  # "cpu" or "cuda"; default: cuda when available
+    cv: int | None = None  # folds scoring each trial; None: automatic (K-fold below a row threshold), 1: hold-out
+    report_test: bool = False  # measure every trial on the test split (benchmarks); else only `nas evaluate` does
 
     def __post_init__(self) -> None:
         _require_positive(self, ("trials", "epochs", "concurrency", "min_epochs", "eta"))

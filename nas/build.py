@@ -204,6 +204,8 @@ def _node_module(plan: NodePlan, num_classes: int, generators: DropoutGenerators
         return GlobalPool()
     if node.op == "flatten":
         return Flatten()
+    if node.op == "signal":
+        return nn.Unflatten(1, (1, x[0]))
     if node.op == "dense":
         return Dense(x[0], plan, generators)
     if node.op == "head":

@@ -160,15 +160,25 @@ def _insert_convolution(space: SearchSpace, nodes: tuple[Node, ...], plan: Plan,
              if domains["batch_norm"].contains(bn) and domains["activation"].contains(act)]
     if not norms:
         raise NotApplicable("the space allows neither batch_norm true + relu nor batch_norm false + none.")
+
+    def conv_after(k: int, in_channels: int) -> Node:
+        bn, act = rng.choice(norms)
+        return Node.make("conv", [k], channels=_nearest(domains["channels"], in_channels),
+                         kernel_h=_nearest(domains["kernel_h"], 3), kernel_w=_nearest(domains["kernel_w"], 3),
+                         stride=rng.choice(strides), batch_norm=bn, activation=act)
+
     spatial = [k for k, p in enumerate(plan.nodes) if len(p.out_shape) >= 2]
+    if not spatial and "signal" in space.ops and len(plan.input_shape) == 1:
+        # A perceptron on flat features: view them as one signal first, as the layout writes
+        # conv nets there, so evolution can move from perceptrons to conv nets and back.
+        viewed, _ = _insert_after(nodes, 0, Node.make("signal", [0]))
+        child, origin = _insert_after(viewed, 1, conv_after(1, 1))
+        yield child, {0: 0} | {c: p - 1 for c, p in origin.items() if p > 1}
+        return
     if not spatial:
         raise NotApplicable(f"the data {space.input_shape} has no spatial part to put a convolution in.")
     for k in _shuffled(rng, spatial):
-        bn, act = rng.choice(norms)
-        conv = Node.make("conv", [k], channels=_nearest(domains["channels"], plan.nodes[k].out_shape[0]),
-                         kernel_h=_nearest(domains["kernel_h"], 3), kernel_w=_nearest(domains["kernel_w"], 3),
-                         stride=rng.choice(strides), batch_norm=bn, activation=act)
-        yield _insert_after(nodes, k, conv)
+        yield _insert_after(nodes, k, conv_after(k, plan.nodes[k].out_shape[0]))
 
 
 def _remove_convolution(space: SearchSpace, nodes: tuple[Node, ...], plan: Plan, rng: random.Random) -> Candidates:
@@ -192,8 +202,8 @@ def _alter_conv(attrs: Callable[[random.Random, SearchSpace], list[str]], keep: 
 
 
 def _kernel_dims(rng: random.Random, space: SearchSpace) -> list[str]:
-    if space.input_shape is not None and len(space.input_shape) == 2:
-        return ["kernel_w"]  # 1-D data: kernel_h must stay 1
+    if space.one_d:
+        return ["kernel_w"]  # 1-D convolutions: kernel_h must stay 1
     return _shuffled(rng, ["kernel_h", "kernel_w"])
 
 

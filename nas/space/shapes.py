@@ -5,12 +5,16 @@ parameter limit is rejected before any memory is spent. The builder (nas/build.p
 its modules from the same plan, and a test checks that torch counts the same parameters.
 
 Shapes exclude the batch: (C, H, W) for images, (C, L) for signals, (F,) for features.
+The `signal` op views features (F,) as a one-channel signal (1, F), so convolutions can
+run over the feature axis while the data stays flat (standardised per feature, as tabular
+data needs).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from nas.space.architecture import Architecture, ArchitectureError, Node
 
@@ -29,6 +33,7 @@ OPS: dict[str, OpSpec] = {
     "conv": OpSpec(("channels", "kernel_h", "kernel_w", "stride", "batch_norm", "activation")),
     "pool": OpSpec(("kind", "size")),
     "identity": OpSpec(()),
+    "signal": OpSpec(()),
     "add": OpSpec((), 2, 8),
     "concat": OpSpec((), 2, 8),
     "global_pool": OpSpec(()),
@@ -36,6 +41,7 @@ OPS: dict[str, OpSpec] = {
     "dense": OpSpec(("units", "activation", "dropout")),
     "head": OpSpec(()),
 }
+POSITIVE_INTS = ("channels", "kernel_h", "kernel_w", "stride", "size", "units")
 ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "elu", "none")
 POOL_KINDS = ("max", "avg")
 
@@ -94,23 +100,26 @@ def _check_attrs(i: int, node: Node) -> None:
                     + (f"; missing {missing}" if missing else "") + (f"; unexpected {extra}" if extra else "") + ".")
     if not spec.min_inputs <= len(node.inputs) <= spec.max_inputs:
         raise _fail(i, node, f"takes {spec.min_inputs}..{spec.max_inputs} inputs, got {len(node.inputs)}.")
-    for name in ("channels", "kernel_h", "kernel_w", "stride", "size", "units"):
-        value = node.get(name)
-        if value is not None and not (type(value) is int and value >= 1):
-            raise _fail(i, node, f"attribute '{name}'={value!r} must be a positive integer.")
-    for name in ("kernel_h", "kernel_w"):
-        value = node.get(name)
-        if value is not None and value % 2 == 0:
-            raise _fail(i, node, f"attribute '{name}'={value} must be odd, so 'same' padding keeps the input centred.")
-    if node.get("activation") is not None and node.get("activation") not in ACTIVATIONS:
-        raise _fail(i, node, f"activation '{node.get('activation')}' is not one of {list(ACTIVATIONS)}.")
-    if node.get("kind") is not None and node.get("kind") not in POOL_KINDS:
-        raise _fail(i, node, f"pool kind '{node.get('kind')}' is not one of {list(POOL_KINDS)}.")
-    dropout = node.get("dropout")
-    if dropout is not None and not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
-        raise _fail(i, node, f"attribute 'dropout'={dropout!r} must be in [0, 1).")
-    if node.get("batch_norm") is not None and not isinstance(node.get("batch_norm"), bool):
-        raise _fail(i, node, "attribute 'batch_norm' must be true or false.")
+    for name, value in node.attr_dict.items():
+        if problem := attr_problem(name, value):
+            raise _fail(i, node, f"attribute '{name}'={value!r} {problem}")
+
+
+def attr_problem(name: str, value: Any) -> str | None:
+    """What is wrong with one attribute value (the rest of a sentence, e.g. "must be odd ..."), or None."""
+    if name in POSITIVE_INTS and not (type(value) is int and value >= 1):
+        return "must be a positive integer."
+    if name in ("kernel_h", "kernel_w") and value % 2 == 0:
+        return "must be odd, so 'same' padding keeps the input centred."
+    if name == "activation" and value not in ACTIVATIONS:
+        return f"is not one of {list(ACTIVATIONS)}."
+    if name == "kind" and value not in POOL_KINDS:
+        return f"is not one of the pool kinds {list(POOL_KINDS)}."
+    if name == "dropout" and not (type(value) in (int, float) and 0 <= value < 1):
+        return "must be in [0, 1)."
+    if name == "batch_norm" and not isinstance(value, bool):
+        return "must be true or false."
+    return None
 
 
 def _merge(i: int, node: Node, shapes: tuple[Shape, ...]) -> tuple[Shape, tuple[Projection | None, ...], int]:
@@ -150,9 +159,12 @@ def infer(arch: Architecture, input_shape: Shape, num_classes: int) -> Plan:
         projections: tuple[Projection | None, ...] = ()
         if node.op in ("conv", "pool", "global_pool") and len(x) < 2:
             raise _fail(i, node, f"needs a spatial input (C,H,W) or (C,L) but gets the flat shape {x}; "
-                        "use a dense-only space (spaces/mlp.yaml) for tabular data.")
+                        "put a signal node before it to convolve over the features, or use a dense-only space "
+                        "(spaces/mlp.yaml).")
         if node.op in ("dense", "head") and len(x) != 1:
             raise _fail(i, node, f"needs a flat input but gets {x}; put a global_pool or flatten node before it.")
+        if node.op == "signal" and len(x) != 1:
+            raise _fail(i, node, f"views flat features (F,) as one signal but gets {x}; use it on flat data only.")
         if node.op in ("input", "identity"):
             out = x
         elif node.op == "conv":
@@ -174,6 +186,8 @@ def infer(arch: Architecture, input_shape: Shape, num_classes: int) -> Plan:
         elif node.op in ("add", "concat"):
             out, projections, flops = _merge(i, node, ins)
             params = sum(p.params for p in projections if p is not None)
+        elif node.op == "signal":
+            out = (1, x[0])
         elif node.op == "global_pool":
             out = (x[0],)
         elif node.op == "flatten":

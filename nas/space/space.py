@@ -4,9 +4,11 @@ A space has three parts. `ops` lists the ops a sentence may use and each attribu
 domain. `layout` says how random and grid search write sentences: a layer list of conv
 blocks (each optionally pooled and summed with its input), a reduction, dense layers and
 the head. With zero conv blocks the sentence is a plain multi-layer perceptron, so the
-search can prefer one where convolutions do not help. `hparams` gives the domains of the
-training hyper-parameters. Sentences that other methods write (mutations, controllers)
-need only respect `ops` and `limits`, not the layout.
+search can prefer one where convolutions do not help. On flat features (F,) conv blocks
+need the `signal` op, which the layout puts before the first block to view the features
+as one signal (1, F); a space without it writes perceptrons only. `hparams` gives the
+domains of the training hyper-parameters. Sentences that other methods write (mutations,
+controllers) need only respect `ops` and `limits`, not the layout.
 
     >>> import random
     >>> space = SearchSpace.load("spaces/cnn.yaml").bind((1, 8, 8), 10)
@@ -29,7 +31,8 @@ import yaml
 
 from nas.space.architecture import Architecture, ArchitectureError, AttrValue, HParams, Node
 from nas.space.domain import Domain, SpaceError, token_text
-from nas.space.shapes import OPS, Plan, Shape, infer
+from nas.space.shapes import OPS, Plan, Shape, attr_problem, infer
+from nas.yaml_errors import yaml_problem
 
 LAYOUT_KEYS = ("conv_blocks", "pool", "skip", "reduce", "dense_layers")
 ALWAYS = ("input", "head")
@@ -59,8 +62,8 @@ class SearchSpace:
         try:
             raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
-            raise SpaceError(f"space file {path} is not valid YAML: {exc}. Fix the syntax (indentation, "
-                             "colons, brackets) and run again.") from None
+            raise SpaceError(f"space file {path} is not valid YAML ({yaml_problem(exc)}). Fix the syntax "
+                             "(indentation, colons, brackets) and run again.") from None
         return SearchSpace.from_dict(raw, source=str(path))
 
     @staticmethod
@@ -72,30 +75,34 @@ class SearchSpace:
             raise SpaceError(f"{source}: unknown top-level keys {sorted(unknown)}; allowed are "
                              "name, description, limits, ops, layout, hparams.")
         ops: dict[str, dict[str, Domain]] = {op: {} for op in ALWAYS}
-        for op, attrs in (raw.get("ops") or {}).items():
+        for op, attrs in _mapping(raw, "ops", source, "op names to their attributes' domains").items():
             if op not in OPS:
                 raise SpaceError(f"{source}: unknown op '{op}' under ops; the language knows {sorted(OPS)}.")
-            attrs = attrs or {}
+            attrs = _mapping({op: attrs}, op, f"{source}: ops", "attribute names to domains")
             wanted = set(OPS[op].attrs)
             if set(attrs) != wanted:
                 raise SpaceError(f"{source}: ops.{op} must give a domain for exactly {sorted(wanted)}, "
                                  f"got {sorted(attrs)}.")
             ops[op] = {a: Domain.parse(v, f"{source}: ops.{op}.{a}") for a, v in attrs.items()}
-        layout_raw = raw.get("layout") or {}
+            for name, domain in ops[op].items():
+                for value in domain.values():
+                    if problem := attr_problem(name, value):
+                        raise SpaceError(f"{source}: ops.{op}.{name} holds {value!r}, which {problem}")
+        layout_raw = _mapping(raw, "layout", source, "layout keys to domains")
         unknown = set(layout_raw) - set(LAYOUT_KEYS)
         if unknown:
             raise SpaceError(f"{source}: unknown layout keys {sorted(unknown)}; allowed are {list(LAYOUT_KEYS)}.")
         layout = {k: Domain.parse(v, f"{source}: layout.{k}") for k, v in layout_raw.items()}
         hp_names = {f.name for f in fields(HParams)}
-        hp_raw = raw.get("hparams") or {}
+        hp_raw = _mapping(raw, "hparams", source, "hyper-parameter names to domains")
         unknown = set(hp_raw) - hp_names
         if unknown:
             raise SpaceError(f"{source}: unknown hparams {sorted(unknown)}; known are {sorted(hp_names)}.")
         hparams = {k: Domain.parse(v, f"{source}: hparams.{k}") for k, v in hp_raw.items()}
-        limits = raw.get("limits") or {}
+        limits = _mapping(raw, "limits", source, "max_nodes and max_params to integers")
         space = SearchSpace(
             name=str(raw.get("name", Path(source).stem)), ops=ops, layout=layout, hparams=hparams,
-            max_nodes=int(limits.get("max_nodes", 24)), max_params=int(limits.get("max_params", 2_000_000)),
+            max_nodes=_limit(limits, "max_nodes", 24, source), max_params=_limit(limits, "max_params", 2_000_000, source),
             source=source)
         space._check_layout()
         return space
@@ -144,8 +151,8 @@ class SearchSpace:
                                         f"allowed ops are {sorted(self.ops)}.")
             for name, value in node.attrs:
                 domain = self.ops[node.op].get(name)
-                if name == "kernel_h" and len(shape) == 2:
-                    continue  # 1-D data: shape inference insists on 1 instead
+                if name == "kernel_h" and self.one_d:
+                    continue  # 1-D convolutions: shape inference insists on 1 instead
                 if domain is not None and not domain.contains(value):
                     raise ArchitectureError(f"node {i} ({node.op}): attribute '{name}'={value!r} breaks the "
                                             f"rule '{domain.describe()}' of space '{self.name}'.")
@@ -174,10 +181,16 @@ class SearchSpace:
     def _rank(self) -> int:
         return len(self.bound()[0])
 
+    @property
+    def one_d(self) -> bool:
+        """Whether convolutions on the bound data are 1-D: signals (C, L), or flat features
+        that a `signal` node views as one signal."""
+        return self.input_shape is not None and len(self.input_shape) < 3
+
     def domains(self, op: str) -> dict[str, Domain]:
-        """An op's attribute domains for the bound data: 1-D data has only kernel_h 1."""
+        """An op's attribute domains for the bound data: 1-D convolutions have only kernel_h 1."""
         domains = dict(self.ops.get(op, {}))
-        if op == "conv" and self.input_shape is not None and len(self.input_shape) == 2:
+        if op == "conv" and self.one_d:
             domains["kernel_h"] = Domain(choices=(1,))
         return domains
 
@@ -189,16 +202,17 @@ class SearchSpace:
 
     def _layout(self, key: str, default: AttrValue) -> Domain:
         domain = self.layout.get(key, Domain(choices=(default,)))
-        if key == "conv_blocks" and self._rank() == 1:
-            return Domain(choices=(0,))  # flat features: no convolution applies
-        if key == "reduce" and self._rank() == 1:
-            return Domain(choices=("flatten",))
+        if key in ("conv_blocks", "reduce") and self._rank() == 1 and "signal" not in self.ops:
+            # flat features and no signal op to view them as one: no convolution applies
+            return Domain(choices=(0,) if key == "conv_blocks" else ("flatten",))
         return domain
 
     def _assemble(self, blocks: list[tuple[dict, str, str]], reduce: str,
                   dense: list[dict]) -> Architecture:
         """A layer list into a graph: conv blocks, reduction, dense layers, head."""
         nodes = [Node.make("input")]
+        if blocks and self._rank() == 1:
+            nodes.append(Node.make("signal", [0]))
         for conv, pool, skip in blocks:
             block_input = len(nodes) - 1
             nodes.append(Node.make("conv", [block_input], **conv))
@@ -351,3 +365,17 @@ class SearchSpace:
             tokens.extend(f"hp.{f.name}={token_text(v)}" for v in self._hparam_domain(f.name).values())
         return list(dict.fromkeys(tokens))
 
+
+def _mapping(raw: dict[str, Any], key: str, source: str, what: str) -> dict[str, Any]:
+    """raw[key] as a mapping (empty when left out); a list or a scalar there is the user's slip, named."""
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise SpaceError(f"{source}: {key} must be a mapping of {what}, got the {type(value).__name__} {value!r:.60}.")
+    return value
+
+
+def _limit(limits: dict[str, Any], key: str, default: int, source: str) -> int:
+    value = limits.get(key, default)
+    if type(value) is not int or value < 1:
+        raise SpaceError(f"{source}: limits.{key} must be a positive integer, got {value!r}.")
+    return value

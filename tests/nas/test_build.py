@@ -93,7 +93,9 @@ def test_state_dict_keys_are_stable_per_node() -> None:
 
 
 @pytest.mark.parametrize("space_file,shape", [("spaces/cnn.yaml", IMAGE), ("spaces/cnn.yaml", SIGNAL),
-                                              ("spaces/mlp.yaml", FEATURES)], ids=["cnn-2d", "cnn-1d", "mlp"])
+                                              ("spaces/mlp.yaml", FEATURES), ("spaces/conv1d.yaml", SIGNAL),
+                                              ("spaces/flat.yaml", FEATURES)],
+                         ids=["cnn-2d", "cnn-1d", "mlp", "conv1d", "flat"])
 def test_parameter_count_matches_plan_for_sampled_architectures(space_file: str, shape: tuple[int, ...]) -> None:
     space = SearchSpace.load(space_file).bind(shape, 10)
     rng = random.Random(0)

@@ -57,7 +57,9 @@ def assert_node_map(space, parent, child):
     unmapped_child = set(range(len(child.arch.nodes))) - set(child.node_map)
     unmapped_parent = set(range(len(parent.nodes))) - set(child.node_map.values())
     if child.mutation in INSERTED:
-        (new,) = unmapped_child  # all but the inserted node were carried over
+        # all but the inserted node were carried over (and the signal view that the first
+        # convolution over flat features comes with)
+        (new,) = {i for i in unmapped_child if child.arch.nodes[i].op != "signal"}
         assert child.arch.nodes[new].op == INSERTED[child.mutation] and not unmapped_parent
     elif child.mutation in REMOVED:
         (gone,) = unmapped_parent  # every child node was carried over
@@ -119,6 +121,37 @@ def test_random_mutations_give_valid_networks_that_run(shape):
         arch, hparams = child.arch, child.hparams
     assert set(applied) == set(MUTATIONS), applied  # every mutation applied at least once
     assert built >= 300
+
+
+def test_mutations_move_flat_features_between_perceptrons_and_conv_nets():
+    space, rng = SearchSpace.load("spaces/flat.yaml").bind((40,), 10), random.Random(7)
+    applied = Counter()
+    for step in range(300):
+        if step % 6 == 0:
+            arch, hparams = space.sample(rng)
+        try:
+            child = mutate(space, arch, hparams, rng)
+        except NotApplicable:
+            continue
+        space.validate(child.arch, child.hparams)
+        assert_node_map(space, arch, child)
+        if step % 3 == 0:
+            assert build(child.arch, (40,), 10)(torch.zeros(2, 40)).shape == (2, 10)
+        applied[child.mutation] += 1
+        arch, hparams = child.arch, child.hparams
+    assert {"insert-convolution", "remove-convolution", "filter-size"} <= set(applied), applied
+
+    dense = Node.make("dense", [1], units=32, activation="relu", dropout=0.0)
+    perceptron = Architecture((Node.make("input"), Node.make("flatten", [0]), dense, Node.make("head", [2])))
+    child = apply_mutation("insert-convolution", space, perceptron, HParams(), random.Random(0))
+    assert [n.op for n in child.arch.nodes] == ["input", "signal", "conv", "flatten", "dense", "head"]
+    assert child.node_map == {0: 0, 3: 1, 4: 2, 5: 3}
+    assert_inherits_what_fits(perceptron, child, (40,))
+    # a skip that reads the raw features would add a signal to a vector: no valid place, so refused
+    skipped = Architecture((Node.make("input"), replace(dense, inputs=(0,)), Node.make("add", [1, 0]),
+                            Node.make("head", [2])))
+    with pytest.raises(NotApplicable, match="node"):
+        apply_mutation("insert-convolution", space, skipped, HParams(), random.Random(0))
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -12,7 +12,7 @@ from nas.space import Architecture, ArchitectureError, HParams, Node, SearchSpac
 from nas.trial import Budget, Candidate, TrialSetting
 
 SHAPES = [(1, 8, 8), (1, 40), (3, 5, 7), (20,)]
-SPACES = ["spaces/cnn.yaml", "spaces/mlp.yaml", "spaces/small-cnn.yaml"]
+SPACES = ["spaces/cnn.yaml", "spaces/mlp.yaml", "spaces/small-cnn.yaml", "spaces/conv1d.yaml", "spaces/flat.yaml"]
 
 
 def bound(path, shape, classes=10):
@@ -130,6 +130,15 @@ def test_tabular_data_gets_perceptrons_only():
     space = bound("spaces/cnn.yaml", (20,))
     ops = {n.op for seed in range(30) for n in space.sample(random.Random(seed))[0].nodes}
     assert ops <= {"input", "flatten", "dense", "head"}
+
+
+def test_a_space_with_the_signal_op_convolves_over_flat_features():
+    space = bound("spaces/flat.yaml", (20,))
+    archs = [space.sample(random.Random(seed))[0] for seed in range(30)]
+    assert any(a.nodes[1].op == "signal" for a in archs) and any(a.nodes[1].op == "flatten" for a in archs)
+    for arch in archs:  # the view comes first, and only where convolutions follow
+        assert [n.op for n in arch.nodes].count("signal") == (arch.nodes[2].op == "conv")
+        assert all(n.get("kernel_h") in (None, 1) for n in arch.nodes)
 
 
 def test_cnn_space_can_write_a_plain_perceptron_and_skips():

@@ -22,7 +22,7 @@ def _evaluation_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -
 @task(name="evaluate-model", cache_key_fn=_evaluation_cache_key, persist_result=True, result_serializer="json")
 def evaluate_model(model_uri: str, final_run_id: str, *, data_dir: str, tracking_uri: str,
                    experiment: str) -> dict[str, Any]:
-    """Load the logged model as a user would (mlflow.pytorch.load_model) and score the test split."""
+    """Load the logged model as a user would (mlflow.pyfunc.load_model) and score the test split."""
     store = LineageStore(tracking_uri, experiment)
     x, y = load_split(data_dir, "test")
     accuracy = predict_accuracy(store.load_model(model_uri), x, y)

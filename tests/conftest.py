@@ -27,6 +27,8 @@ def pytest_configure(config):
     os.environ["PREFECT_HOME"] = str(home)
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    # Models the project logs must load without unpickling anything, here and in subprocesses.
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     # Subprocesses (the CLI, dvc stages) must find the `nas` of this environment first.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 

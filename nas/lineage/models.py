@@ -1,28 +1,36 @@
 """Servable models: logging a trained network as an MLflow model, loading it back, registering it.
 
-Apart from the rest of the store because mlflow.pytorch and the Model Registry read MLflow's
+Apart from the rest of the store because model logging and the Model Registry read MLflow's
 process-global tracking URI instead of taking a client, so every call here points that URI at
 this store for its duration (_global_tracking_uri).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
 
-from nas.lineage.connection import StoreConnection
+from nas.lineage.connection import LineageError, StoreConnection
+from nas.lineage.layout import WEIGHTS_FILE
 
 if TYPE_CHECKING:
     import numpy as np
-    import torch
+
+    from nas.build import Network
 
 MODEL_NAME = "model"
+NETWORK_FILE = "network.json"  # a logged model's architecture, input shape and number of classes
+SERVING_CODE = Path(__file__).with_name("serving.py")  # the model's code: MLflow runs it by path
+CODE_MODEL_LOADER = "mlflow.pyfunc.loaders.code_model"  # how MLflow loads a pyfunc model from code
 CHAMPION = "champion"  # the registry alias of the model the latest pipeline chose
 
 
@@ -33,56 +41,86 @@ class StoreModels(StoreConnection):
         """The trial whose network `log_model` stored in this run, if any (tag nas.model_of)."""
         return self._get_run(run_id).data.tags.get("nas.model_of")
 
-    def log_model(self, run_id: str, model: torch.nn.Module, input_example: np.ndarray,
+    def log_model(self, run_id: str, model: Network, input_example: np.ndarray,
                   source_run_id: str | None = None) -> str:
-        """Log a servable copy of model into run_id; returns its models:/ URI.
+        """Log a servable copy of model (a network of nas.build) into run_id; returns its models:/ URI.
 
-        Pickle format, not MLflow's default pt2: torch.export fails on data-dependent control
-        flow, bakes in train/eval mode and fixes size-1 batch dimensions, while pickle stores
-        any module as it is. Its classes must be importable where it is loaded, so when the
-        model uses this package's classes the package travels with it (code_paths).
+        A pyfunc model from code (serving.py) whose artifacts are data: the architecture as
+        JSON and the weights as safetensors. Nothing in it is a pickle: the only code that
+        loading runs is the model's serving.py, readable in its folder, and a network trained
+        on CUDA loads on any machine.
         """
-        import mlflow.pytorch
         import torch
-        from mlflow.models import infer_signature
+        from mlflow.models import Model, infer_signature
+        from safetensors.torch import save_file
 
+        from nas.build import Network
+
+        if not isinstance(model, Network):
+            raise TypeError(f"log_model takes a network of nas.build.build, not a {type(model).__name__}: its "
+                            "architecture is what the logged model rebuilds.")
         self._get_run(run_id)
         with torch.no_grad():
-            logits = model(torch.as_tensor(input_example)).float().numpy()
-        signature = infer_signature(input_example, logits)  # inputs: the example's shape; outputs: class logits
-        package = Path(__file__).resolve().parents[1]  # nas/, the whole package: this file is nas/lineage/models.py
-        uses_package = any(type(m).__module__.split(".")[0] == package.name for m in model.modules())
-        # Under the write lock: log_model writes to the database too, through its own client.
-        # Its warning about pickle restates the trade-off chosen above, on every search.
-        with self._writing() as client, _global_tracking_uri(self.tracking_uri), \
-                _quiet_logger("mlflow.pytorch"):
-            # Created here so that the model lands in this experiment: log_model would
-            # otherwise file it under whatever experiment the process-global state names.
-            logged = client.create_logged_model(self.experiment_id, name=MODEL_NAME, source_run_id=run_id)
-            info = mlflow.pytorch.log_model(
-                model,
-                name=MODEL_NAME,
-                model_id=logged.model_id,
-                run_id=run_id,
-                input_example=input_example,
-                signature=signature,
-                # Explicit, because inferring them costs seconds; the local "+cpu" tag of a
-                # wheel is not installable from PyPI.
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                serialization_format="pickle",
-                code_paths=[str(package)] if uses_package else None,
-            )
+            probabilities = torch.softmax(model(torch.as_tensor(input_example)).float(), dim=1).numpy()
+        signature = infer_signature(input_example, probabilities)  # what serving.NetworkModel.predict returns
+        spec = {"architecture": model.arch.to_json(), "input_shape": list(model.plan.input_shape),
+                "num_classes": model.plan.num_classes}
+        with tempfile.TemporaryDirectory(prefix="nas-model-") as folder:
+            network, weights = Path(folder) / NETWORK_FILE, Path(folder) / WEIGHTS_FILE
+            network.write_text(json.dumps(spec))
+            # Copies on the CPU: safetensors refuses tensors on other devices or sharing storage.
+            save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()},
+                      str(weights))
+            # Under the write lock: Model.log writes to the database too, through its own client.
+            with self._writing() as client, _global_tracking_uri(self.tracking_uri):
+                # Created here so that the model lands in this experiment: Model.log would
+                # otherwise file it under whatever experiment the process-global state names.
+                logged = client.create_logged_model(self.experiment_id, name=MODEL_NAME, source_run_id=run_id)
+                # Model.log rather than mlflow.pyfunc.log_model: only it takes the run to log into
+                # (threads have no active run).
+                info = Model.log(
+                    artifact_path=None,
+                    name=MODEL_NAME,
+                    flavor=mlflow.pyfunc,
+                    model_id=logged.model_id,
+                    run_id=run_id,
+                    python_model=str(SERVING_CODE),
+                    artifacts={NETWORK_FILE: str(network), WEIGHTS_FILE: str(weights)},
+                    input_example=input_example,
+                    signature=signature,
+                    # Explicit, because inferring them costs seconds; the local "+cpu" tag of a
+                    # wheel is not installable from PyPI.
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                      f"safetensors=={version('safetensors')}"],
+                )
         tags = {"nas.model_uri": info.model_uri}
         if source_run_id is not None:
             tags["nas.model_of"] = source_run_id
         self._set_tags(run_id, tags)
         return info.model_uri
 
-    def load_model(self, model_uri: str) -> torch.nn.Module:
-        import mlflow.pytorch
+    def load_model(self, model_uri: str) -> Network:
+        """The network of a model that log_model logged, on the CPU in eval mode.
 
-        with _global_tracking_uri(self.tracking_uri), _quiet_logger("mlflow.pytorch"):
-            return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+        Loaded as a user would, with mlflow.pyfunc.load_model, from one download that is checked
+        first: a model stored as a pickle (a cloudpickled python_model, or mlflow.pytorch's
+        format, which this project logged before) is refused, whatever
+        MLFLOW_ALLOW_PICKLE_DESERIALIZATION says, because unpickling it could run any code.
+        """
+        import mlflow.pyfunc
+        from mlflow.models import Model
+
+        with tempfile.TemporaryDirectory(prefix="nas-model-") as folder, \
+                _global_tracking_uri(self.tracking_uri):
+            local = mlflow.artifacts.download_artifacts(model_uri, dst_path=folder)
+            pyfunc = Model.load(local).flavors.get(mlflow.pyfunc.FLAVOR_NAME, {})
+            # This loader with a code path runs the code file; any other may unpickle.
+            if pyfunc.get("loader_module") != CODE_MODEL_LOADER or "model_code_path" not in pyfunc:
+                raise LineageError(f"the model {model_uri} is not one that `LineageStore.log_model` logs (a "
+                                   "pyfunc model from code with safetensors weights) and may hold a pickle, "
+                                   "which this project never loads; log the network again: re-run `nas "
+                                   "refine` (or the search) with this version of nas.")
+            return mlflow.pyfunc.load_model(local).unwrap_python_model().model
 
     def register(self, model_uri: str, name: str, source_run_id: str, tags: dict[str, str],
                  alias: str = CHAMPION) -> str:
@@ -92,20 +130,20 @@ class StoreModels(StoreConnection):
         pipeline does not pile up identical versions. Users load `models:/NAME@champion`,
         which follows the latest pipeline's model without naming a version.
         """
-        version = self._registered_version(name, source_run_id)
-        if version is None:
+        number = self._registered_version(name, source_run_id)
+        if number is None:
             version_tags = {**tags, "nas.source_run": source_run_id}
             with self._writing(), _global_tracking_uri(self.tracking_uri), _quiet_logger("mlflow"):
-                version = str(mlflow.register_model(model_uri, name, tags=version_tags).version)
+                number = str(mlflow.register_model(model_uri, name, tags=version_tags).version)
         with self._writing() as client:
-            client.set_registered_model_alias(name, alias, version)
-        return version
+            client.set_registered_model_alias(name, alias, number)
+        return number
 
     def _registered_version(self, name: str, source_run_id: str) -> str | None:
         with self._writing() as client:
-            for version in client.search_model_versions(f"name = '{name}'"):
-                if version.tags.get("nas.source_run") == source_run_id:
-                    return str(version.version)
+            for found in client.search_model_versions(f"name = '{name}'"):
+                if found.tags.get("nas.source_run") == source_run_id:
+                    return str(found.version)
         return None
 
 
@@ -113,7 +151,7 @@ class StoreModels(StoreConnection):
 def _global_tracking_uri(uri: str) -> Iterator[None]:
     """Point MLflow's process-global tracking URI at uri for the duration.
 
-    mlflow.pytorch.log_model takes no client or URI: it reads the global one. Restores both
+    Model.log takes no client or URI: it reads the global one. Restores both
     the global and $MLFLOW_TRACKING_URI (which set_tracking_uri overwrites) afterwards.
     """
     saved_env = os.environ.get("MLFLOW_TRACKING_URI")

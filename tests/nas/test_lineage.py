@@ -16,6 +16,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from nas.build import build
 from nas.lineage import LineageError, LineageStore, resolve_tracking_uri
 from nas.space.architecture import Architecture, HParams, Node
 from nas.trial import Budget, Candidate, Evaluation, TrialSetting, TrialStatus
@@ -275,19 +276,19 @@ def test_history_is_oldest_first_and_leaderboard_best_first(store, search):
     assert len(store.leaderboard(limit=2)) == 2
 
 
-def test_logged_model_loads_and_predicts_the_same(store, search, monkeypatch):
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
-    example = np.random.default_rng(0).random((2, 4, 4), dtype=np.float32)
-    uri = store.log_model(search, model, example)
-    assert uri.startswith("models:/")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri)
-    import mlflow.pytorch
+def test_logged_model_loads_back_as_the_same_network(store, search):
+    arch = Architecture((Node.make("input"), Node.make("flatten", [0]), Node.make("head", [1])))
+    model = build(arch, (1, 4, 4), 3, seed=0).eval()
+    example = np.random.default_rng(0).random((2, 1, 4, 4), dtype=np.float32)
+    uri = store.log_model(search, model, example, source_run_id="the-trial")
+    assert uri.startswith("models:/") and store.model_source(search) == "the-trial"
 
-    loaded = mlflow.pytorch.load_model(uri)
+    loaded = store.load_model(uri)
     x = torch.from_numpy(example)
-    assert torch.equal(loaded(x), model(x))
+    assert loaded.arch == arch and torch.equal(loaded(x), model(x))
     assert MlflowClient(store.tracking_uri).get_run(search).info.status == "RUNNING"
+    with pytest.raises(TypeError, match="nas.build"):
+        store.log_model(search, torch.nn.Linear(16, 3), example)
 
 
 def test_unreachable_server_is_a_lineage_error(tmp_path, monkeypatch):

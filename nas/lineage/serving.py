@@ -1,0 +1,53 @@
+"""The served form of a network: an MLflow pyfunc "model from code" that holds no pickle.
+
+`StoreModels.log_model` logs this file as the model's code, and `mlflow.pyfunc.load_model`
+runs it by path (so the package never imports it): `set_model` below names the model.
+Its artifacts are data: `network.json` (architecture, input shape, number of classes) and
+the weights as safetensors. `load_context` rebuilds the network with `nas.build.build`, so
+loading needs this project installed, as a pytorch model needs torch.
+
+    model = mlflow.pyfunc.load_model("models:/nas-digits@champion")
+    probabilities = model.predict(x)                  # x: float32, (N, *input_shape)
+    network = model.unwrap_python_model().model       # the torch module, on the CPU, in eval mode
+
+`predict` takes a batch of examples prepared as `nas prepare` prepares them (standardised,
+shaped like the model's input example) and returns class probabilities: float32 of shape
+(N, num_classes), column i for class i of the prepared data's meta.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
+from mlflow.pyfunc.model import PythonModelContext
+from safetensors.torch import load_file
+
+from nas.build import build
+from nas.lineage.layout import WEIGHTS_FILE
+from nas.lineage.models import NETWORK_FILE
+from nas.space.architecture import Architecture
+
+
+class NetworkModel(PythonModel):
+    """A network of `nas.build`, rebuilt from its architecture and weights."""
+
+    def load_context(self, context: PythonModelContext) -> None:
+        spec = json.loads(Path(context.artifacts[NETWORK_FILE]).read_text())
+        self.model = build(Architecture.from_json(spec["architecture"]), spec["input_shape"], spec["num_classes"])
+        self.model.load_state_dict(load_file(context.artifacts[WEIGHTS_FILE], device="cpu"))
+        self.model.eval()
+
+    def predict(self, context: PythonModelContext, model_input: np.ndarray,
+                params: dict[str, Any] | None = None) -> np.ndarray:
+        with torch.no_grad():
+            logits = self.model(torch.as_tensor(np.asarray(model_input, dtype=np.float32)))
+        return torch.softmax(logits.float(), dim=1).numpy()
+
+
+set_model(NetworkModel())

@@ -64,7 +64,7 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
                           "trials (and --experiment, if it is another experiment's).")
     space = SearchSpace.load(cfg.space).bind(meta.shape, len(meta.classes))
     tags = {"prefect.flow_run_id": str(flow_run.id), "nas.search_run": search_run_id, **provenance_tags(root)}
-    setting = trial_setting(cfg, meta.fingerprint, space)
+    setting = trial_setting(cfg, meta, space)  # refinement trials are scored as the search's were (folds)
     logger.info("refining the %d best architectures of search %s: %s search over %s, %d settings each",
                 len(bases), search_run_id, rcfg.method, sorted(rcfg.hparams), rcfg.trials)
 
@@ -83,12 +83,13 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
                            on_result=lambda e: logger.info("refine %s: %s", base.arch_id, describe(e)))
         results.extend(outcome.evaluations)
 
-    winner = max(results, key=lambda e: e.score)  # ties: the search's own run, listed first
+    winner = max(results, key=lambda e: e.rank_key)  # full ties: the search's own run, listed first
     final = Candidate(winner.candidate.arch, winner.candidate.hparams,
                       Budget(winner.candidate.hparams.epochs, cfg.max_seconds), parents=(winner.run_id,))
     logger.info("winner: %s with %s; training it on train+val for %d epochs", winner.arch_id,
                 winner.candidate.hparams.to_json(), final.budget.epochs)
-    final_job = TrialJob(replace(setting, data_fingerprint=with_validation(meta.fingerprint)), cfg.experiment_name,
+    final_setting = replace(setting, data_fingerprint=with_validation(meta.fingerprint), folds=1)  # trained once
+    final_job = TrialJob(final_setting, cfg.experiment_name,
                          tracking_uri, winner.run_id, "final", tags=tags, kind=KIND_FINAL, measure_test=False,
                          log_model=True)
     trained = Evaluation.from_json(train_final(final.to_json(), final.trial_key(final_job.setting),

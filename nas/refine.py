@@ -66,9 +66,9 @@ def top_architectures(history: list[Evaluation], k: int) -> list[Evaluation]:
     """The best finished run of each of the k best distinct architectures (ties: the earlier run)."""
     best: dict[str, Evaluation] = {}
     for e in history:
-        if e.ok and (e.arch_id not in best or e.score > best[e.arch_id].score):
+        if e.ok and (e.arch_id not in best or e.rank_key > best[e.arch_id].rank_key):
             best[e.arch_id] = e
-    return sorted(best.values(), key=lambda e: -e.score)[:k]
+    return sorted(best.values(), key=lambda e: e.rank_key, reverse=True)[:k]
 
 
 def refinement_strategy(method: str, space: OneArchitecture, base: Evaluation, seed: int,

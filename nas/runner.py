@@ -8,6 +8,7 @@ key that another thread or process is training (see `LineageStore.claim_trial`).
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,9 @@ from nas.lineage import KIND_TRIAL, LineageError, LineageStore
 from nas.space import SearchSpace
 from nas.train import TrainData, load_data, pick_device, train
 from nas.trial import Candidate, Evaluation, TrialSetting
+
+CV_MAX_ROWS = 1000  # below this many train+val rows, the val split is too small to rank networks ...
+CV_FOLDS = 5  # ... so trials are scored by this many folds of cross-validation instead
 
 
 @dataclass(frozen=True)
@@ -48,10 +52,13 @@ class TrialJob:
         return TrialJob(**{**data, "setting": TrialSetting(**data["setting"])})
 
 
-def trial_setting(config: SearchConfig, data_fingerprint: str, space: SearchSpace) -> TrialSetting:
-    """What a search's configuration fixes for all its trials (the device resolved: cuda when present)."""
-    return TrialSetting(data_fingerprint, config.seed, pick_device(config.device).type,
-                        config.max_params or space.max_params)
+def trial_setting(config: SearchConfig, meta: DataMeta, space: SearchSpace) -> TrialSetting:
+    """What a search's configuration fixes for all its trials, resolved for its data: the
+    device (cuda when present) and the folds (`config.cv`, or automatic: see CV_MAX_ROWS)."""
+    rows = meta.counts["train"] + meta.counts["val"]
+    folds = config.cv or (CV_FOLDS if rows < CV_MAX_ROWS else 1)
+    return TrialSetting(meta.fingerprint, config.seed, pick_device(config.device).type,
+                        config.max_params or space.max_params, folds)
 
 
 def run_trial(candidate: Candidate, data: TrainData, job: TrialJob, tags: dict[str, str] | None = None) -> Evaluation:
@@ -69,18 +76,31 @@ def run_trial(candidate: Candidate, data: TrainData, job: TrialJob, tags: dict[s
         return claim.result
     run_id = claim.run_id
     assert run_id is not None
+    streamed: set[tuple[str, int]] = set()
+
+    def stream(step: int, metrics: dict[str, float]) -> None:
+        try:
+            store.log_step(run_id, step, metrics)
+        except Exception as error:  # a lost point is logged with the result; training goes on
+            logging.getLogger(__name__).warning("metrics of run %s at step %d were not logged: %s", run_id, step,
+                                                error)
+            return
+        streamed.update((name, step) for name in metrics)
+
     try:
         with store.heartbeat(run_id):
             init = _inherited(store, candidate, run_id)
-            resume = store.checkpoint(candidate.resume_from) if candidate.resume_from else None
+            # A cross-validated run keeps no checkpoint (see nas.train._cross_validate): it starts afresh.
+            continues = candidate.resume_from is not None and job.setting.folds == 1
+            resume = store.checkpoint(candidate.resume_from) if continues else None
             outcome = train(candidate, data, seed=job.setting.seed, device=job.setting.device,
                             max_params=job.setting.max_params, init_weights=init, resume=resume,
-                            measure_test=job.measure_test)
+                            measure_test=job.measure_test, folds=job.setting.folds, on_metrics=stream)
         outcome.evaluation.run_id = run_id
         if job.log_model and outcome.model is not None:  # before finishing: find() trusts a FINISHED run
             example = data.x_train[:4].cpu().numpy()
             store.log_model(run_id, outcome.model.cpu().eval(), example, source_run_id=run_id)
-        store.finish_trial(run_id, outcome.evaluation, outcome.weights, outcome.checkpoint)
+        store.finish_trial(run_id, outcome.evaluation, outcome.weights, outcome.checkpoint, streamed)
     except BaseException as exc:
         store.fail_trial(run_id, f"{type(exc).__name__}: {exc}")
         raise

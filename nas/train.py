@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,9 @@ EVAL_BATCH = 4096  # evaluation keeps no activations for backward, so batches ca
 DIVERGENCE_FACTOR = 10.0  # an epoch's mean loss this many times the first epoch's ...
 DIVERGENCE_FLOOR = 10.0  # ... and above this, is divergence (small losses may wobble freely)
 DEVICE_DATA_FRACTION = 0.25  # data larger than this share of free GPU memory stays on the host
+
+# Called with a step and metrics named as in Evaluation.curves, as each epoch (or fold) ends.
+OnMetrics = Callable[[int, dict[str, float]], None]
 
 
 def with_validation(fingerprint: str) -> str:
@@ -173,16 +178,23 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy loss."""
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
     for start in range(0, len(y), EVAL_BATCH):
         xb = x[start:start + EVAL_BATCH].to(device, non_blocking=True)
         yb = y[start:start + EVAL_BATCH].to(device, non_blocking=True)
         with _autocast(device):
             logits = model(xb)
         correct += (logits.argmax(dim=1) == yb).sum()
-    return correct.item() / max(len(y), 1)
+        loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
+    return correct.item() / max(len(y), 1), loss_sum.item() / max(len(y), 1)
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+    return _evaluate(model, x, y, device)[0]
 
 
 def predict_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
@@ -219,8 +231,10 @@ def _checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, shuffle: tor
 
 
 def _run_epochs(model: nn.Module, candidate: Candidate, data: TrainData, evaluation: Evaluation, seed: int,
-                device: torch.device, started: float, resume: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Train up to the budget's epochs, appending each epoch's metrics to `evaluation` as it goes.
+                device: torch.device, started: float, resume: dict[str, Any] | None,
+                on_metrics: OnMetrics | None) -> dict[str, Any] | None:
+    """Train up to the budget's epochs, appending each epoch's metrics to `evaluation` (and
+    handing them to `on_metrics`) as it goes.
 
     Returns a checkpoint when the schedule is unfinished. `resume` (such a checkpoint)
     continues a run where it stopped: same weights, optimizer moments, data order and
@@ -271,9 +285,12 @@ def _run_epochs(model: nn.Module, candidate: Candidate, data: TrainData, evaluat
             raise _Stop(f"loss became {'NaN' if math.isnan(mean_loss) else 'infinite'} at epoch {epoch}; lower "
                         f"the learning rate (now {hparams.lr:g}), add batch norm, or check the data for NaN or "
                         "infinite values.")
+        val_acc, evaluation.val_loss = _evaluate(model, data.x_val, data.y_val, device)
         evaluation.train_loss.append(mean_loss)
-        evaluation.val_accs.append(_accuracy(model, data.x_val, data.y_val, device))
+        evaluation.val_accs.append(val_acc)
         evaluation.epochs_trained = epoch
+        if on_metrics is not None:
+            on_metrics(epoch - 1, {"train_loss": mean_loss, "val_acc": val_acc})
         first = evaluation.train_loss[0]
         if mean_loss > DIVERGENCE_FACTOR * first and mean_loss > DIVERGENCE_FLOOR:
             raise _Stop(f"training diverged: the mean loss rose from {first:.3g} in epoch 1 to {mean_loss:.3g} in "
@@ -285,7 +302,8 @@ def _run_epochs(model: nn.Module, candidate: Candidate, data: TrainData, evaluat
 
 def _train_into(outcome: TrainOutcome, data: TrainData, seed: int, device: torch.device,
                 max_params: int | None, init_weights: dict[str, torch.Tensor] | None,
-                resume: dict[str, Any] | None, measure_test: bool, started: float) -> None:
+                resume: dict[str, Any] | None, measure_test: bool, started: float,
+                on_metrics: OnMetrics | None) -> None:
     """The body of `train`. A separate frame, so on failure the model and optimizer die with it."""
     evaluation = outcome.evaluation
     candidate = evaluation.candidate
@@ -298,9 +316,11 @@ def _train_into(outcome: TrainOutcome, data: TrainData, seed: int, device: torch
     if resume is not None:
         model.load_state_dict(resume["model"])
     model.to(device)
-    outcome.checkpoint = _run_epochs(model, candidate, data, evaluation, seed, device, started, resume)
-    if not evaluation.val_accs:  # a budget of 0 epochs evaluates the initial (or inherited) weights
-        evaluation.val_accs.append(_accuracy(model, data.x_val, data.y_val, device))
+    outcome.checkpoint = _run_epochs(model, candidate, data, evaluation, seed, device, started, resume, on_metrics)
+    if evaluation.val_loss is None:  # no epoch ran here: a budget of 0 scores the initial (or inherited) weights
+        val_acc, evaluation.val_loss = _evaluate(model, data.x_val, data.y_val, device)
+        if not evaluation.val_accs:
+            evaluation.val_accs.append(val_acc)
     evaluation.val_acc = evaluation.val_accs[-1]
     if measure_test:
         evaluation.test_acc = _accuracy(model, data.x_test, data.y_test, device)
@@ -311,7 +331,8 @@ def _train_into(outcome: TrainOutcome, data: TrainData, seed: int, device: torch
 
 def train(candidate: Candidate, data: TrainData, *, seed: int = 0, device: str | torch.device | None = None,
           max_params: int | None = None, init_weights: dict[str, torch.Tensor] | None = None,
-          resume: dict[str, Any] | None = None, measure_test: bool = True) -> TrainOutcome:
+          resume: dict[str, Any] | None = None, measure_test: bool = True, folds: int = 1,
+          on_metrics: OnMetrics | None = None) -> TrainOutcome:
     """Train `candidate` on `data`; every failure comes back as a failed evaluation with a reason.
 
     `seed` is the search's: the trial trains with its own seed derived from it and the
@@ -322,16 +343,39 @@ def train(candidate: Candidate, data: TrainData, *, seed: int = 0, device: str |
     shape match; `inherited` lists them. `resume` (a shorter run's `checkpoint`) continues
     that run up to this candidate's budget instead of starting afresh. `measure_test=False`
     leaves the test split untouched (refinement decides on validation accuracy alone).
+
+    `folds` > 1 scores the trial by stratified K-fold cross-validation (see `_cross_validate`)
+    instead of on the val split. `on_metrics(step, metrics)` hears each epoch's metrics as
+    it ends (step = epoch - 1; a resumed run only its new epochs), or, cross-validating,
+    each fold's (step = fold index), so a store can show them while the trial trains.
     """
     started = time.perf_counter()
     device = pick_device(device)
-    setting = TrialSetting(data.fingerprint, seed, device.type, max_params)
-    evaluation = Evaluation(candidate, candidate.trial_key(setting), device=str(device))
+    setting = TrialSetting(data.fingerprint, seed, device.type, max_params, folds)
+    trial_key, trial_seed = candidate.trial_key(setting), candidate.trial_seed(setting)
+    if folds > 1:
+        if resume is not None:
+            raise ValueError("a cross-validated trial cannot resume a checkpoint (it keeps none); train it from "
+                             "scratch, without `resume`.")
+        outcome = _cross_validate(candidate, trial_key, data, folds, trial_seed, device, max_params, init_weights,
+                                  measure_test, started, on_metrics)
+    else:
+        outcome = _train_once(candidate, trial_key, data, trial_seed, device, max_params, init_weights, resume,
+                              measure_test, started, on_metrics)
+    outcome.evaluation.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _train_once(candidate: Candidate, trial_key: str, data: TrainData, seed: int, device: torch.device,
+                max_params: int | None, init_weights: dict[str, torch.Tensor] | None,
+                resume: dict[str, Any] | None, measure_test: bool, started: float,
+                on_metrics: OnMetrics | None) -> TrainOutcome:
+    """One network trained on data's train split and scored on its val split."""
+    evaluation = Evaluation(candidate, trial_key, device=str(device))
     outcome = TrainOutcome(evaluation)
     out_of_memory = False
     try:
-        _train_into(outcome, data, candidate.trial_seed(setting), device, max_params, init_weights, resume,
-                    measure_test, started)
+        _train_into(outcome, data, seed, device, max_params, init_weights, resume, measure_test, started, on_metrics)
     except ArchitectureError as exc:
         evaluation.status, evaluation.reason = TrialStatus.FAILED, str(exc)
     except _Stop as stop:
@@ -350,8 +394,53 @@ def train(candidate: Candidate, data: TrainData, *, seed: int = 0, device: str |
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    evaluation.seconds = time.perf_counter() - started
     return outcome
+
+
+def _cross_validate(candidate: Candidate, trial_key: str, data: TrainData, folds: int, seed: int,
+                    device: torch.device, max_params: int | None, init_weights: dict[str, torch.Tensor] | None,
+                    measure_test: bool, started: float, on_metrics: OnMetrics | None) -> TrainOutcome:
+    """Stratified K-fold over the pooled train+val rows: K networks, scored by their means.
+
+    A small val split ties many networks at the same accuracy and ranks them by luck; every
+    row validating once does not. Every fold starts from the trial's initial weights, so
+    folds differ by their data alone. The outcome keeps the first fold's network (weights
+    and model), trained on (K-1)/K of the rows: what a child inherits and what stands for
+    the trial. It keeps no checkpoint: a longer budget (a Hyperband promotion) trains all
+    folds again from scratch rather than storing K checkpoints. The time limit spans all folds.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    x, y = torch.cat([data.x_train, data.x_val]), torch.cat([data.y_train, data.y_val])
+    # Stratifying needs a class with a row in every fold; data that small gets fewer folds.
+    folds = min(folds, int(torch.bincount(y).max()))
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=derive_seed(seed, "folds") % 2**32)
+    kept: TrainOutcome | None = None
+    scored: list[Evaluation] = []
+    for fold, (train_rows, val_rows) in enumerate(splitter.split(np.zeros(len(y)), y.cpu().numpy())):
+        train_rows, val_rows = torch.from_numpy(train_rows).to(x.device), torch.from_numpy(val_rows).to(x.device)
+        fold_data = replace(data, x_train=x[train_rows], y_train=y[train_rows], x_val=x[val_rows], y_val=y[val_rows])
+        outcome = _train_once(candidate, trial_key, fold_data, seed, device, max_params, init_weights, None,
+                              measure_test, started, None)
+        evaluation = outcome.evaluation
+        if not evaluation.ok:
+            evaluation.reason = f"fold {fold + 1} of {folds}: {evaluation.reason}"
+            return outcome
+        if on_metrics is not None:
+            on_metrics(fold, {"fold_val_acc": evaluation.val_acc, "fold_val_loss": evaluation.val_loss})
+        scored.append(evaluation)
+        if kept is None:
+            kept = outcome
+    assert kept is not None  # folds >= 2, all ok
+    mean = statistics.fmean
+    kept.evaluation = replace(
+        kept.evaluation, val_acc=mean(e.val_acc for e in scored), val_loss=mean(e.val_loss for e in scored),
+        test_acc=mean(e.test_acc for e in scored) if measure_test else None,
+        train_loss=[mean(epoch) for epoch in zip(*(e.train_loss for e in scored))],
+        val_accs=[mean(epoch) for epoch in zip(*(e.val_accs for e in scored))],
+        fold_val_accs=[e.val_acc for e in scored], fold_val_losses=[e.val_loss for e in scored])
+    kept.checkpoint = None
+    return kept
 
 
 def fit(arch: Architecture, hparams: HParams, data: TrainData, budget: Budget,

@@ -6,6 +6,7 @@ store and the MLflow lineage store unchanged, and strategies never need torch or
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any
@@ -38,6 +39,7 @@ class TrialSetting:
     seed: int = 0
     device: str = "cpu"  # the device type: "cpu" or "cuda"
     max_params: int | None = None
+    folds: int = 1  # 1: scored on the val split; K > 1: stratified K-fold over train+val, scored by the mean
 
     @property
     def precision(self) -> str:
@@ -87,6 +89,8 @@ class Candidate:
         Parents and strategy notes are lineage, not inputs, so two methods proposing the
         same training share its result.
         """
+        # Folds join the key only when cross-validating, so hold-out keys stay those of earlier versions.
+        folds = {"folds": setting.folds} if setting.folds > 1 else {}
         return digest({
             "graph": self.arch.to_json(),
             "hparams": self.hparams.to_json(),
@@ -100,6 +104,7 @@ class Candidate:
             "precision": setting.precision,
             "max_params": setting.max_params,
             "version": TRAINING_VERSION,
+            **folds,
         })
 
     def to_json(self) -> dict[str, Any]:
@@ -138,10 +143,13 @@ class Evaluation:
     trial_key: str
     status: TrialStatus = TrialStatus.OK
     reason: str | None = None
-    val_acc: float | None = None
+    val_acc: float | None = None  # cross-validated: the mean over folds, as are the other scores and curves
+    val_loss: float | None = None  # breaks val_acc ties (see rank_key)
     test_acc: float | None = None
     train_loss: list[float] = field(default_factory=list)  # per epoch
     val_accs: list[float] = field(default_factory=list)  # per epoch
+    fold_val_accs: list[float] = field(default_factory=list)  # per fold, when cross-validated
+    fold_val_losses: list[float] = field(default_factory=list)
     params: int = 0
     flops: int = 0
     seconds: float = 0.0
@@ -167,6 +175,21 @@ class Evaluation:
     def score(self) -> float:
         """What strategies maximise: validation accuracy, with failures ranked below everything."""
         return self.val_acc if self.ok and self.val_acc is not None else -1.0
+
+    @property
+    def rank_key(self) -> tuple[float, float]:
+        """What choosing the best maximises: the score, then the lower validation loss.
+
+        Small validation sets leave many networks at the same accuracy (often 1.0); the
+        loss still tells the confident ones from the lucky ones.
+        """
+        return self.score, -(self.val_loss if self.val_loss is not None else math.inf)
+
+    def curves(self) -> list[tuple[str, int, float]]:
+        """Every per-step metric as (name, step, value): per epoch (step = epoch - 1) and per fold."""
+        series = {"train_loss": self.train_loss, "val_acc": self.val_accs, "fold_val_acc": self.fold_val_accs,
+                  "fold_val_loss": self.fold_val_losses}
+        return [(name, step, value) for name, values in series.items() for step, value in enumerate(values)]
 
     @property
     def arch_id(self) -> str:

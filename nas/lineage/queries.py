@@ -86,7 +86,8 @@ class StoreQueries(StoreConnection):
     def _best_runs(self, k: int) -> list[Run]:
         return self._search(f"tags.`nas.kind` = '{KIND_TRIAL}' and tags.`nas.status` = '{TrialStatus.OK.value}' "
                             "and attributes.status = 'FINISHED'",
-                            order_by=["metrics.val_acc DESC", "attributes.start_time ASC"],  # ties: the earlier run
+                            # ties: the lower validation loss (runs without one last), then the earlier run
+                            order_by=["metrics.val_acc DESC", "metrics.val_loss ASC", "attributes.start_time ASC"],
                             max_results=k)
 
     def leaderboard(self, limit: int = 20) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,13 +213,23 @@ class StoreRuns(StoreQueries):
                                       "hparams": candidate.hparams.to_json()}, ARCHITECTURE_FILE)
         return run_id
 
-    def finish_trial(self, run_id: str, evaluation: Evaluation, weights: dict[str, torch.Tensor] | None = None,
-                     checkpoint: dict[str, Any] | None = None) -> None:
-        """Record the outcome; a failed candidate is still a FINISHED run: it was evaluated."""
+    def log_step(self, run_id: str, step: int, metrics: dict[str, float]) -> None:
+        """Log one epoch's (or fold's) metrics as it ends, so the UI's curves grow while a trial trains."""
         now = _now_ms()
-        metrics = [Metric("train_loss", float(v), now, i) for i, v in enumerate(evaluation.train_loss)]
-        metrics += [Metric("val_acc", float(v), now, i) for i, v in enumerate(evaluation.val_accs)]
-        finals = {"val_acc": evaluation.val_acc, "test_acc": evaluation.test_acc,
+        self._log_metrics(run_id, [Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def finish_trial(self, run_id: str, evaluation: Evaluation, weights: dict[str, torch.Tensor] | None = None,
+                     checkpoint: dict[str, Any] | None = None, streamed: Collection[tuple[str, int]] = ()) -> None:
+        """Record the outcome; a failed candidate is still a FINISHED run: it was evaluated.
+
+        `streamed`: the (metric, step) points of `evaluation.curves()` already logged by
+        log_step; the rest (a resumed run's earlier epochs, the means of cross-validation, a
+        point whose streaming failed) are logged now.
+        """
+        now = _now_ms()
+        metrics = [Metric(name, float(v), now, step) for name, step, v in evaluation.curves()
+                   if (name, step) not in streamed]
+        finals = {"val_acc": evaluation.val_acc, "val_loss": evaluation.val_loss, "test_acc": evaluation.test_acc,
                   "params": evaluation.params, "flops": evaluation.flops,
                   "seconds": evaluation.seconds, "epochs_trained": evaluation.epochs_trained}
         # The final val_acc shares the last epoch's step but is logged later, so that MLflow's

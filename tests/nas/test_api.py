@@ -40,6 +40,8 @@ def test_create_optimize_read_and_reload_without_retraining(project):
     assert len(outcome.evaluations) == 3 and outcome.stop_reason == "the trial budget of 3 is spent"
     best = search.best_trial
     assert best is not None and best.val_acc == max(e.val_acc for e in outcome.evaluations if e.ok)
+    # digits has enough rows for a hold-out val split; the test split is left to `nas evaluate`
+    assert search.job.setting.folds == 1 and best.test_acc is None and "best_test_acc" not in search.summary()
     frame = search.trials_dataframe()
     assert len(frame) == 3 and set(frame["status"]) <= {"ok", "failed"} and frame["val_acc"].max() == best.val_acc
     assert set(search.lineage()) == set(frame["run_id"])
@@ -60,6 +62,14 @@ def test_a_users_own_strategy_class_runs_in_the_same_loop(project):
     outcome = search.optimize()
     assert len(outcome.evaluations) == 2
     assert search.store.run_summary(outcome.evaluations[0].run_id)["tags"]["nas.strategy"] == "smallest-first"
+
+
+def test_report_test_measures_every_trial_on_the_test_split(project):
+    search = create_search("reported", data="digits", tracking_uri=f"sqlite:///{project}/mlflow.db", root=project,
+                           trials=1, epochs=1, max_seconds=None, report_test=True)
+    search.optimize()
+    assert search.best_trial.test_acc is not None
+    assert search.store.run_summary(search.run_id)["metrics"]["best_test_acc"] == search.best_trial.test_acc
 
 
 KILLED_SEARCH = """

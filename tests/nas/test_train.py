@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
 from nas.build import build
 from nas.data import prepare, read_meta
+from nas.lineage import LineageStore
+from nas.runner import TrialJob, run_trial
 from nas.space import Architecture, HParams, Node, infer
 from nas.train import TrainData, _is_out_of_memory, fit, load_data, pick_device, train
 from nas.trial import Budget, Candidate, TrialSetting, TrialStatus
@@ -194,8 +197,96 @@ def test_a_budget_of_no_epochs_still_scores(digits: TrainData) -> None:
 
 def test_parallel_threads_give_the_same_results_as_one_by_one(digits: TrainData) -> None:
     cand = candidate(epochs=1)
-    alone = [train(cand, digits, seed=s).evaluation for s in (0, 1)]
+    # One by one in a worker thread too: a thread's torch thread count (which decides float sums)
+    # can differ from the main thread's once an earlier test's runner has set it in its workers.
+    with ThreadPoolExecutor(1) as pool:
+        alone = list(pool.map(lambda s: train(cand, digits, seed=s).evaluation, (0, 1)))
     with ThreadPoolExecutor(2) as pool:
         together = list(pool.map(lambda s: train(cand, digits, seed=s).evaluation, (0, 1)))
     assert [e.train_loss for e in together] == [e.train_loss for e in alone]
     assert [e.val_accs for e in together] == [e.val_accs for e in alone]
+
+
+# -- metrics streamed while a trial trains ------------------------------------------------
+
+
+def test_on_metrics_hears_each_epoch_as_it_ends_and_a_resumed_run_only_its_new_ones(digits: TrainData) -> None:
+    heard: list[tuple[int, dict[str, float]]] = []
+    short = train(candidate(epochs=1), digits, on_metrics=lambda step, metrics: heard.append((step, metrics)))
+    assert heard == [(0, {"train_loss": short.evaluation.train_loss[0], "val_acc": short.evaluation.val_accs[0]})]
+    assert short.checkpoint is not None and math.isfinite(short.evaluation.val_loss)
+
+    heard.clear()
+    resumed = train(candidate(epochs=3), digits, resume=short.checkpoint,
+                    on_metrics=lambda step, metrics: heard.append((step, metrics))).evaluation
+    assert [step for step, _ in heard] == [1, 2]
+    assert [m["val_acc"] for _, m in heard] == resumed.val_accs[1:] and resumed.resumed_at == 1
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    MlflowClient(uri)  # migrated once: a fresh database takes seconds
+    return uri
+
+
+def trial_job(digits: TrainData, tracking_uri: str, experiment: str) -> TrialJob:
+    LineageStore(tracking_uri, experiment).ensure()
+    return TrialJob(TrialSetting(digits.fingerprint, 0, "cpu"), experiment, tracking_uri, None, "test")
+
+
+def spy_on_streaming(monkeypatch: pytest.MonkeyPatch, tracking_uri: str) -> list[tuple[int, str, list[int]]]:
+    """After each streamed step: the step, the run's status, and the steps of train_loss the store holds."""
+    seen: list[tuple[int, str, list[int]]] = []
+    log_step = LineageStore.log_step
+
+    def spying(self: LineageStore, run_id: str, step: int, metrics: dict[str, float]) -> None:
+        log_step(self, run_id, step, metrics)
+        client = MlflowClient(tracking_uri)
+        history = client.get_metric_history(run_id, "train_loss")
+        seen.append((step, client.get_run(run_id).info.status, [m.step for m in history]))
+
+    monkeypatch.setattr(LineageStore, "log_step", spying)
+    return seen
+
+
+def test_a_trial_streams_each_epoch_to_its_run_while_it_trains(digits: TrainData, tracking_uri: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = spy_on_streaming(monkeypatch, tracking_uri)
+    ev = run_trial(candidate(), digits, trial_job(digits, tracking_uri, "streamed"))
+    assert seen == [(0, "RUNNING", [0]), (1, "RUNNING", [0, 1]), (2, "RUNNING", [0, 1, 2])]
+
+    client = MlflowClient(tracking_uri)
+    losses = client.get_metric_history(ev.run_id, "train_loss")
+    assert [m.step for m in losses] == [0, 1, 2] and [m.value for m in losses] == ev.train_loss  # none re-logged
+    assert all(a.timestamp <= b.timestamp for a, b in zip(losses, losses[1:]))
+    accs = client.get_metric_history(ev.run_id, "val_acc")
+    assert [m.step for m in accs] == [0, 1, 2, 2]  # the curve, then the final value, logged last
+    assert client.get_run(ev.run_id).data.metrics["val_acc"] == ev.val_acc == accs[-1].value
+    assert client.get_run(ev.run_id).data.metrics["val_loss"] == ev.val_loss
+
+
+def test_a_resumed_trial_streams_only_its_new_epochs(digits: TrainData, tracking_uri: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    job = trial_job(digits, tracking_uri, "resumed")
+    first = run_trial(candidate(epochs=1), digits, job)
+    seen = spy_on_streaming(monkeypatch, tracking_uri)
+    promoted = dataclasses.replace(candidate(epochs=3), resume_from=first.run_id)
+    ev = run_trial(promoted, digits, job)
+    assert ev.resumed_at == 1 and [(step, status) for step, status, _ in seen] == [(1, "RUNNING"), (2, "RUNNING")]
+    losses = sorted(MlflowClient(tracking_uri).get_metric_history(ev.run_id, "train_loss"), key=lambda m: m.step)
+    # the epoch it continued from is logged with the result, so the run still shows the whole curve
+    assert [m.step for m in losses] == [0, 1, 2] and [m.value for m in losses] == ev.train_loss
+
+
+def test_a_failing_metric_log_warns_and_training_goes_on(digits: TrainData, tracking_uri: str,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    def broken(self: LineageStore, run_id: str, step: int, metrics: dict[str, float]) -> None:
+        raise ConnectionError("tracking server unreachable")
+
+    monkeypatch.setattr(LineageStore, "log_step", broken)
+    ev = run_trial(candidate(epochs=2), digits, trial_job(digits, tracking_uri, "unstreamed"))
+    assert ev.status == TrialStatus.OK and "were not logged: tracking server unreachable" in caplog.text
+    losses = MlflowClient(tracking_uri).get_metric_history(ev.run_id, "train_loss")
+    assert [m.step for m in losses] == [0, 1]  # what could not be streamed came with the result

@@ -36,8 +36,8 @@ def main() -> None:
         nas("pipeline")
     print(f"nas pipeline (params.yaml defaults): {times['first']:.1f} s for {search['trials']} search trials, "
           "refinement, evaluation and registration")
-    print(f"search's best: test {search['best_test_acc']:.4f} (val {search['best_val_acc']:.4f}); registered model "
-          f"{final['registered_uri']}: test {final['test_acc']:.4f} (target >= 0.993)")
+    print(f"search's best: val {search['best_val_acc']:.4f}; registered model {final['registered_uri']}: test "
+          f"{final['test_acc']:.4f} (target >= 0.993)")
     print(f"same command again: {times['repeat']:.1f} s = {times['repeat'] / times['first']:.3f} of the first "
           "(includes starting Python, imports and Prefect's temporary server)")
 

@@ -38,7 +38,8 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         config = SearchConfig(data=DataConfig(source="mnist1d"), space=args.space, trials=args.trials,
                               epochs=args.epochs, seed=seed,
-                              concurrency=args.concurrency, experiment=f"mnist1d-random-{seed}", max_seconds=600)
+                              concurrency=args.concurrency, experiment=f"mnist1d-random-{seed}", max_seconds=600,
+                              report_test=True)
         times: dict[str, float] = {}
         with stopwatch(times, "search"):
             summary = run_search(config)

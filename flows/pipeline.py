@@ -2,7 +2,7 @@
 
 Each step is a cached Prefect task or a subflow of cached tasks, so re-running the
 pipeline redoes only what changed. `evaluate` loads the final model exactly as a user
-would (mlflow.pytorch.load_model) and measures the test split, the only time the
+would (mlflow.pyfunc.load_model) and measures the test split, the only time the
 pipeline looks at it; `register` then files that model in the MLflow Model Registry with
 its lineage.
 """
@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 
 from flows.common import thread_runner
 from flows.refine import refine
-from flows.search import preflight, search
+from flows.search import checked, search
 from nas.config import RefineConfig, SearchConfig
 from nas.provenance import provenance_tags
 from tasks.evaluate import evaluate_model, register_model
@@ -49,5 +49,4 @@ def pipeline(config: dict[str, Any], refine_config: dict[str, Any], model_name: 
 
 
 def run_pipeline(config: SearchConfig, refine_config: RefineConfig, model_name: str | None = None) -> dict[str, Any]:
-    preflight(config)
-    return pipeline(config.to_json(), refine_config.to_json(), model_name)
+    return pipeline(checked(config).to_json(), refine_config.to_json(), model_name)

@@ -8,7 +8,6 @@ every worker busy instead, at the price of that replay.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,19 +19,17 @@ from tqdm import tqdm
 from flows.common import describe, prefect_runner, prepared_data, thread_runner
 from nas.api import Search
 from nas.build import build
-from nas.config import ConfigError, SearchConfig
-from nas.data import BUILTINS, DataError, DataMeta, load_split, source_name
+from nas.checks import check_search
+from nas.config import SearchConfig
+from nas.data import DataMeta, load_split
 from nas.lineage import LineageStore
 from nas.provenance import provenance_tags
-from nas.space import SearchSpace
-from nas.strategies import strategy_class
-from nas.strategies.hyperband import SCHEDULERS
 from nas.trial import Evaluation
 
 
 def _log_best_model(store: LineageStore, parent_run_id: str, best: Evaluation, meta: DataMeta,
                     data_dir: Path) -> None:
-    """The winner as an MLflow model on the search's run, loadable with mlflow.pytorch.load_model."""
+    """The winner as an MLflow model on the search's run, loadable with mlflow.pyfunc.load_model."""
     model = build(best.candidate.arch, meta.shape, len(meta.classes))
     model.load_state_dict(store.weights(best.run_id))
     model.eval()
@@ -77,31 +74,14 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def preflight(config: SearchConfig) -> None:
-    """Reject a malformed space, an unknown strategy or a missing data file before any flow starts."""
-    SearchSpace.load(config.space)
-    try:
-        cls = strategy_class(config.strategy)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    if config.scheduler and config.scheduler not in SCHEDULERS:
-        raise ConfigError(f"unknown scheduler '{config.scheduler}'; choose one of {list(SCHEDULERS)} with "
-                          "--scheduler, or leave it out to train every candidate for --epochs.")
-    if config.scheduler and config.min_epochs > config.epochs:
-        raise ConfigError(f"--min-epochs {config.min_epochs} exceeds --epochs {config.epochs}: the scheduler's "
-                          "first rung must be no longer than its last.")
-    if config.population and "population_size" not in inspect.signature(cls).parameters:
-        raise ConfigError(f"--population applies to population-based strategies; '{config.strategy}' has none.")
-    if config.from_experiment and not LineageStore(config.tracking_uri, config.from_experiment).leaderboard(1):
-        raise ConfigError(f"--from-experiment '{config.from_experiment}' has no finished runs in this store; "
-                          "check the name with `nas runs --experiment NAME` or `nas ui`.")
-    source_name(config.data.source)
-    if config.data.source not in BUILTINS and not Path(config.data.source).is_file():
-        raise DataError(f"data file {config.data.source} does not exist; --data takes digits, mnist1d, "
-                        "or the path of a .parquet or .npz file.")
+def checked(config: SearchConfig) -> SearchConfig:
+    """The configuration once its inputs pass every check (nas.checks), its space resolved; says what auto chose."""
+    result = check_search(config)
+    print(result.note)
+    return result.config
 
 
 def run_search(config: SearchConfig) -> dict[str, Any]:
     """Check the inputs, then run the flow with as many trial threads as the configuration asks for."""
-    preflight(config)
+    config = checked(config)
     return search.with_options(task_runner=thread_runner(config.concurrency))(config.to_json())

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nas.config import DataConfig, SearchConfig
-from nas.data import DataMeta, prepare
+from nas.data import DataMeta, feature_columns, prepare
 from nas.lineage import LineageStore, resolve_tracking_uri
 from nas.loop import LoopOutcome, Submit, run_loop, time_limit
 from nas.runner import ThreadRunner, TrialJob, trial_setting
-from nas.space import SearchSpace
+from nas.space import SearchSpace, resolve_space
 from nas.strategies import Strategy, make_search
 from nas.trial import Budget, Evaluation
 
@@ -60,8 +60,10 @@ class Search:
         data = config.data  # prepared every time: it is quick, and a changed file must not go unnoticed
         self.meta = meta or prepare(data.source, self.data_dir, label_column=data.label_column, shape=data.shape,
                                     seed=data.split_seed)
-        self.space = (SearchSpace.load(config.space).bind(self.meta.shape, len(self.meta.classes))
-                      .with_hparams(epochs=config.epochs))
+        # "auto" becomes a file before anything records or loads the space; the note says why that one
+        space, self.space_note = resolve_space(config.space, self.meta.shape, feature_columns(data.source, data.label_column))
+        self.config = config = replace(config, space=space)
+        self.space = bound_space(config, self.meta)
         budget = Budget(config.epochs, config.max_seconds)
         if strategy is None:
             self.strategy = make_search(config.strategy, self.space, budget, seed=config.seed,
@@ -77,8 +79,9 @@ class Search:
         self.store.ensure()  # the database and experiment, once, before trial threads race to create them
         self.run_id = self.store.start_search(config.to_json(), Path(config.space), self.meta.fingerprint,
                                               tags=tags, identity=config.identity())
-        self.job = TrialJob(trial_setting(config, self.meta.fingerprint, self.space), config.experiment_name, self.tracking_uri, self.run_id, config.strategy,
-                            tags=dict(tags or {}), dataset=self.meta.to_json())
+        self.job = TrialJob(trial_setting(config, self.meta, self.space), config.experiment_name, self.tracking_uri,
+                            self.run_id, config.strategy, tags=dict(tags or {}), measure_test=config.report_test,
+                            dataset=self.meta.to_json())
         self.evaluations: list[Evaluation] = []
         self.stop_reason: str | None = None
 
@@ -113,14 +116,17 @@ class Search:
         }
         if (best := self.best_trial) is not None:
             summary.update(best_run_id=best.run_id, best_arch_id=best.arch_id, best_val_acc=best.val_acc,
-                           best_test_acc=best.test_acc, best_params=best.params)
+                           best_params=best.params)
+            if best.test_acc is not None:  # measured only under report_test; the search run's metrics take numbers
+                summary["best_test_acc"] = best.test_acc
         return summary
 
     @property
     def best_trial(self) -> Evaluation | None:
-        """The successful trial of highest validation accuracy (the earlier one on ties, as in the
-        leaderboard), of this search only: a warm start's runs belong to their own experiment."""
-        return max((e for e in self.evaluations if e.ok), key=lambda e: e.score, default=None)
+        """The successful trial of highest validation accuracy, then lowest validation loss (the
+        earlier one on ties, as in the leaderboard), of this search only: a warm start's runs
+        belong to their own experiment."""
+        return max((e for e in self.evaluations if e.ok), key=lambda e: e.rank_key, default=None)
 
     def trials(self) -> list[Evaluation]:
         """This search's trials as recorded in the store, oldest first (earlier sessions' included)."""
@@ -140,6 +146,11 @@ class Search:
     def lineage(self) -> dict[str, list[str]]:
         """Run id -> the run ids of its parents, for every recorded trial of this search."""
         return {e.run_id: list(e.candidate.parents) for e in self.trials() if e.run_id}
+
+
+def bound_space(config: SearchConfig, meta: DataMeta) -> SearchSpace:
+    """The configuration's space file for this data, its epochs pinned to the configuration's."""
+    return SearchSpace.load(config.space).bind(meta.shape, len(meta.classes)).with_hparams(epochs=config.epochs)
 
 
 def create_search(name: str, *, data: str = "digits", tracking_uri: str | None = None,

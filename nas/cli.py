@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 EPILOG = """\
 examples:
@@ -29,6 +30,13 @@ The MLflow store defaults to sqlite:///mlflow/mlflow.db (set MLFLOW_TRACKING_URI
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error in one line that points at --help, not the whole usage of a command with thirty options."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}; see `{self.prog} --help`.\n")
+
+
 def _configure_environment(root: Path) -> None:
     # Prefect's database and result cache live in the project, not in the home folder,
     # so a project's cache travels with its MLflow store and `make clean` resets both.
@@ -38,6 +46,8 @@ def _configure_environment(root: Path) -> None:
     # database, longer on a busy machine; Prefect's default patience is 20 s.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    # Against a tracking server MLflow prints a "View run" line per run; the log names every run already.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -57,7 +67,9 @@ def _add_store_options(p: argparse.ArgumentParser) -> None:
 
 def _add_search_options(p: argparse.ArgumentParser) -> None:
     _add_data_options(p)
-    p.add_argument("--space", help="search-space YAML file (default: spaces/small-cnn.yaml)")
+    p.add_argument("--space", help="search-space YAML file, or auto (the default): a space chosen from the data's "
+                                   "shape, images -> 2-D convolutions, signals C,L -> 1-D convolutions, flat vectors -> "
+                                   "perceptrons and 1-D convolutions over the features")
     p.add_argument("--strategy", help="search method: random, grid, evolution (Real et al. 2017: tournaments, "
                                       "mutations, weight inheritance), aging-evolution (Real et al. 2019), "
                                       "codeepneat (Miikkulainen et al. 2017) or bayes (Gaussian-process "
@@ -83,6 +95,12 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=float, help="per-trial time limit in seconds (default: 120)")
     p.add_argument("--max-params", type=int, help="reject networks with more parameters (default: the space's)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="training device (default: cuda when available)")
+    p.add_argument("--cv", type=int, help="score each trial by stratified K-fold cross-validation over train+val "
+                                          "(default: 5 folds below 1000 rows, else the hold-out validation split; "
+                                          "1 forces hold-out)")
+    p.add_argument("--report-test", action="store_true", default=None,
+                   help="measure every trial on the test split too (for benchmarks); by default only `nas "
+                        "evaluate` reads it, once")
     p.add_argument("--plots-dir", default="plots", help="CSV files for `dvc plots` (default: plots)")
     _add_store_options(p)
 
@@ -97,7 +115,7 @@ def _add_refine_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nas", description="Search neural architectures and their hyper-parameters; every trial is "
         "an MLflow run, every step a cached Prefect task.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_options(p)
 
     p = sub.add_parser("evaluate", help="measure the refined model on the test split and register it",
-                       description="Load the refined model with mlflow.pytorch.load_model, measure its test accuracy "
+                       description="Load the refined model with mlflow.pyfunc.load_model, measure its test accuracy "
                        "(the only look at the test split), and register it in the MLflow Model Registry.")
     p.add_argument("--from-summary", default="metrics/refine.json",
                    help="the refine summary JSON (default: metrics/refine.json)")
@@ -181,6 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Browse every trial: its curves, architecture, weights and parents.")
     p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: as for search)")
+
+    p = sub.add_parser("server", help="run a Prefect server and an MLflow tracking server for repeated commands",
+                       description="Start a Prefect API server and an MLflow tracking server (in front of the same "
+                       "store) on 127.0.0.1, print the two exports that point other nas commands at them, and keep "
+                       "both until Ctrl-C. Commands then skip starting a temporary Prefect server each time. Logs go "
+                       "to PREFECT_HOME (default .prefect).")
+    p.add_argument("--prefect-port", type=int, default=4200, help="Prefect API and UI port (default: 4200)")
+    p.add_argument("--mlflow-port", type=int, default=5000, help="MLflow tracking server and UI port (default: 5000)")
+    p.add_argument("--tracking-uri", help="the store the MLflow server serves (default: as for search)")
 
     p = sub.add_parser("gc", help="purge deleted runs for good",
                        description="A trial attempt whose process died is tagged abandoned and deleted (its "
@@ -252,9 +279,10 @@ def _report_search(summary: dict, plots_dir: str) -> None:
     write_plot_data(store.trials_of(summary["parent_run_id"]), plots_dir)
     _print_leaderboard(store, 5)
     if summary.get("best_run_id"):
+        test = summary.get("best_test_acc")  # measured by `nas evaluate`, or by trials under --report-test
         print(f"\nbest: run {summary['best_run_id']} (architecture {summary['best_arch_id']}): "
-              f"val {summary['best_val_acc']:.4f}, test {summary['best_test_acc']:.4f}, "
-              f"{summary['best_params']:,} parameters")
+              f"val {summary['best_val_acc']:.4f}" + ("" if test is None else f", test {test:.4f}") +
+              f", {summary['best_params']:,} parameters")
     else:
         print("\nno trial finished successfully; see the reasons above or with `nas runs`.")
 
@@ -297,7 +325,7 @@ def _print_refined(refined: dict) -> None:
 
 def _print_final(final: dict) -> None:
     print(f"test accuracy {final['test_acc']:.4f} on {final['test_examples']} examples; registered as "
-          f"{final['registered_uri']}, alias {final['champion_uri']} (load it with mlflow.pytorch.load_model)")
+          f"{final['registered_uri']}, alias {final['champion_uri']} (load it with mlflow.pyfunc.load_model)")
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
@@ -427,13 +455,24 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_server(args: argparse.Namespace) -> int:
+    from nas.servers import serve, services
+
+    store = _store(args)
+    store.ensure()  # the store's first-time migrations, once, before a server and a client race for them
+    wanted = services(store.tracking_uri, store.artifact_dir, args.prefect_port, args.mlflow_port,
+                      Path(os.environ["PREFECT_HOME"]))
+    return serve(wanted, {"PREFECT_API_URL": f"http://127.0.0.1:{args.prefect_port}/api",
+                          "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{args.mlflow_port}"})
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     return subprocess.run(_store(args).gc_command()).returncode
 
 
 COMMANDS = {"prepare": cmd_prepare, "search": cmd_search, "refine": cmd_refine, "evaluate": cmd_evaluate,
             "pipeline": cmd_pipeline, "report": cmd_report, "runs": cmd_runs, "show": cmd_show,
-            "lineage": cmd_lineage, "ui": cmd_ui, "gc": cmd_gc}
+            "lineage": cmd_lineage, "ui": cmd_ui, "server": cmd_server, "gc": cmd_gc}
 
 
 def main(argv: list[str] | None = None) -> int:

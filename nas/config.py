@@ -6,6 +6,7 @@ traced back to the parameters that produced it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import yaml
 
 from nas.data import parse_shape, source_name
+from nas.ids import digest
+from nas.yaml_errors import yaml_problem
 
 PARAMS_FILE = "params.yaml"
 
@@ -21,11 +24,15 @@ class ConfigError(ValueError):
     """A malformed params.yaml or an impossible option."""
 
 
-def _require_positive(config: Any, names: tuple[str, ...], section: str = "") -> None:
+def _require_positive(config: Any, names: tuple[str, ...], section: str = "", minimum: int = 1,
+                      optional: bool = False) -> None:
     for name in names:
         value = getattr(config, name)
-        if not (type(value) is int and value >= 1):
-            raise ConfigError(f"{section}{name}={value!r} must be a positive integer.")
+        if optional and value is None:
+            continue
+        if not (type(value) is int and value >= minimum):
+            raise ConfigError(f"{section}{name}={value!r} (--{name.replace('_', '-')}) must be an integer of at "
+                              f"least {minimum}.")
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,17 @@ class SearchConfig:
     report_test: bool = False  # measure every trial on the test split (benchmarks); else only `nas evaluate` does
 
     def __post_init__(self) -> None:
-        _require_positive(self, ("trials", "epochs", "concurrency", "min_epochs", "eta"))
+        _require_positive(self, ("trials", "epochs", "concurrency", "min_epochs", "top_k"))
+        _require_positive(self, ("eta",), minimum=2)  # keeping 1/1 of a rung would never stop
+        _require_positive(self, ("population",), minimum=2, optional=True)  # a tournament needs two
+        _require_positive(self, ("max_params", "cv"), optional=True)
+        _require_positive(self, ("seed",), minimum=0)
+        seconds = self.max_seconds
+        if seconds is not None and not (type(seconds) in (int, float) and 0 < seconds < math.inf):
+            raise ConfigError(f"max_seconds={seconds!r} (--max-seconds) must be a positive number of seconds, "
+                              "the time limit of one trial, e.g. 120.")
+        if self.device not in (None, "cpu", "cuda"):
+            raise ConfigError(f"device={self.device!r} (--device) must be cpu or cuda, or left out.")
 
     @property
     def experiment_name(self) -> str:
@@ -82,6 +99,9 @@ class SearchConfig:
         for name in ("concurrency", "tracking_uri"):
             config.pop(name)
         config["data"].pop("data_dir")
+        space = Path(self.space)
+        if space.is_file():  # the space's words, not where this clone keeps the file ("auto" resolves to a path)
+            config["space"] = digest(space.read_text())
         return config
 
     @staticmethod
@@ -134,7 +154,7 @@ def _read_params(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text()) if path.is_file() else {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML ({exc}); fix the syntax and run again.") from None
+        raise ConfigError(f"{path} is not valid YAML ({yaml_problem(exc)}); fix the syntax and run again.") from None
     if not isinstance(raw or {}, dict):
         raise ConfigError(f"{path} must be a mapping with sections `data:`, `search:` and `refine:`.")
     return raw or {}

@@ -119,6 +119,13 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def feature_columns(source: str, label_column: str) -> list[str] | None:
+    """A Parquet table's feature column names, read from its footer alone; None for other sources."""
+    if Path(source).suffix.lower() != ".parquet" or not Path(source).is_file():
+        return None
+    return [name for name in pq.read_schema(source).names if name != label_column]
+
+
 def source_name(source: str) -> str:
     """Short name of a source: the built-in name, or the file's stem (for data/<name>)."""
     if source in BUILTINS:
@@ -158,6 +165,7 @@ def prepare(
     splits = {
         split: (_standardise(x[rows], mean, std), y[rows].astype(np.int64)) for split, rows in index.items()
     }
+    _check_standardised(x, mean, std, splits)
 
     meta = DataMeta(
         name=source_name(source),
@@ -445,6 +453,16 @@ def _check_finite(values: np.ndarray, where: str) -> None:
         )
 
 
+def _check_standardised(x: np.ndarray, mean: np.ndarray, std: np.ndarray, splits: Splits) -> None:
+    """Finite inputs can still overflow: squares of 1e300 are infinite, and a network would train on NaN."""
+    if np.isfinite(mean).all() and np.isfinite(std).all() and all(np.isfinite(v[0]).all() for v in splits.values()):
+        return
+    raise DataError(
+        f"The feature values reach {np.abs(x).max():.3g}, too large to standardise in floating point (their "
+        f"squares overflow). Rescale those features (divide by a constant, or take a log) before preparing."
+    )
+
+
 def _check_labels(labels: list[Any], where: str) -> list[Any]:
     missing = sum(1 for v in labels if v is None or (isinstance(v, float) and math.isnan(v)))
     if missing:
@@ -536,8 +554,9 @@ def _stratified_cut(
 def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean/std over axis 0 of the example shape: per channel, or per feature for (F,)."""
     per_channel = x.reshape(len(x), x.shape[1], -1)
-    mean = per_channel.mean(axis=(0, 2))
-    std = per_channel.std(axis=(0, 2))
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values overflow: _check_standardised says so
+        mean = per_channel.mean(axis=(0, 2))
+        std = per_channel.std(axis=(0, 2))
     return mean, np.where(std > 0, std, 1.0)  # constant channels are centred, not divided by 0
 
 

@@ -18,7 +18,7 @@ def nas(*args, cwd=ROOT, timeout=120):
 
 
 @pytest.mark.parametrize("command", [[], ["search"], ["prepare"], ["refine"], ["evaluate"], ["pipeline"], ["report"],
-                                     ["runs"], ["show"], ["ui"]])
+                                     ["runs"], ["show"], ["ui"], ["server"]])
 def test_help_explains_every_option_quickly(command):
     result, seconds = nas(*command, "--help")
     assert result.returncode == 0

@@ -110,6 +110,7 @@ class StoreConnection:
         with self._exclusive():
             if self._experiment_id is None:
                 try:
+                    self._create_database()
                     client = MlflowClient(tracking_uri=self.tracking_uri)
                     experiment_id = self._get_or_create_experiment(client)
                 except LineageError:
@@ -121,6 +122,19 @@ class StoreConnection:
                     ) from error
                 self._client, self._experiment_id = client, experiment_id
             return self._experiment_id
+
+    def _create_database(self) -> None:
+        """A new SQLite store is migrated in a scratch file, then renamed into place: a process killed
+        during MLflow's first-time migrations (seconds) leaves no half-made database, on which every
+        later process would fail ("table ... already exists")."""
+        database = _sqlite_file(self.tracking_uri)
+        if database is None or database.exists():
+            return
+        scratch = database.with_name(f".{database.name}.{os.getpid()}.new")
+        scratch.unlink(missing_ok=True)
+        _, query = _split_query(self.tracking_uri.removeprefix("sqlite:///"))
+        MlflowClient(tracking_uri=f"sqlite:///{scratch}{query}").search_experiments(max_results=1)
+        os.replace(scratch, database)
 
     def _get_or_create_experiment(self, client: MlflowClient) -> str:
         found = client.get_experiment_by_name(self.experiment)

@@ -1,0 +1,73 @@
+"""Every check of a search's inputs, run before any flow starts.
+
+Data, space, options and store are read and checked in the caller's process, so that a
+user error arrives as one paragraph (DataError, SpaceError, ConfigError, LineageError)
+rather than under an orchestrator's tracebacks, and leaves no run behind. What passes is
+what the flow then uses: the prepared data and the space file that `auto` chose.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from nas.config import ConfigError, SearchConfig
+from nas.api import bound_space
+from nas.data import DataMeta, feature_columns, prepare
+from nas.lineage import LineageStore
+from nas.space import resolve_space
+from nas.strategies import strategy_class
+from nas.strategies.hyperband import SCHEDULERS
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A configuration that passed: its space resolved to a file, its data prepared, and the line that tells the user which space."""
+
+    config: SearchConfig
+    meta: DataMeta
+    note: str
+
+
+def check_search(config: SearchConfig, root: Path | None = None) -> Checked:
+    """Check options, data, space and store in this order (cheapest first); raise the first problem."""
+    root = root or Path.cwd()
+    _check_options(config)
+    data = config.data
+    meta = prepare(data.source, data.resolved_dir(root), label_column=data.label_column, shape=data.shape,
+                   seed=data.split_seed)
+    path, note = resolve_space(config.space, meta.shape, feature_columns(data.source, data.label_column))
+    config = replace(config, space=path)
+    space = bound_space(config, meta)
+    # A space in which no network fits this data (or --max-params) says so now, not after a search of failures.
+    replace(space, max_params=min(space.max_params, config.max_params or space.max_params)).sample_arch(
+        random.Random(config.seed))
+    LineageStore(config.tracking_uri, config.experiment_name, root).ensure()
+    if config.from_experiment and not LineageStore(config.tracking_uri, config.from_experiment, root).leaderboard(1):
+        raise ConfigError(f"--from-experiment '{config.from_experiment}' has no finished runs in this store; "
+                          "check the name with `nas runs --experiment NAME` or `nas ui`.")
+    return Checked(config, meta, note)
+
+
+def _check_options(config: SearchConfig) -> None:
+    """What the configuration's own checks cannot know: the strategies, the schedulers, the machine."""
+    try:
+        cls = strategy_class(config.strategy)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if config.scheduler and config.scheduler not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler '{config.scheduler}'; choose one of {list(SCHEDULERS)} with "
+                          "--scheduler, or leave it out to train every candidate for --epochs.")
+    if config.scheduler and config.min_epochs > config.epochs:
+        raise ConfigError(f"--min-epochs {config.min_epochs} exceeds --epochs {config.epochs}: the scheduler's "
+                          "first rung must be no longer than its last.")
+    if config.population and "population_size" not in inspect.signature(cls).parameters:
+        raise ConfigError(f"--population applies to population-based strategies; '{config.strategy}' has none.")
+    if config.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda, but this machine has no usable CUDA GPU (torch.cuda.is_available() "
+                              "is False); leave --device out to train on what there is, or pass --device cpu.")

@@ -1,0 +1,116 @@
+"""`nas server`: a Prefect API server and an MLflow tracking server on loopback, for repeated commands.
+
+Without them every `nas search` starts a temporary Prefect server (about 20 s on a fresh Prefect
+home) and opens the SQLite store itself. With them running, a command only connects. Both run
+as children in their own sessions (a Ctrl-C reaches them once, through us) and stop together.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+HOST = "127.0.0.1"
+READY_SECONDS = 180.0  # a fresh Prefect home first creates its database: 20 s here, more on a busy machine
+STOP_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    command: list[str]
+    health_url: str
+    log: Path
+
+
+def services(tracking_uri: str, artifact_dir: Path | None, prefect_port: int, mlflow_port: int,
+             log_dir: Path) -> list[Service]:
+    """The two servers: Prefect's API (and UI), and MLflow's tracking server in front of the store."""
+    scripts = Path(sys.executable).parent  # this environment's own prefect and mlflow
+    mlflow = [str(scripts / "mlflow"), "server", "--backend-store-uri", tracking_uri, "--host", HOST,
+              "--port", str(mlflow_port), "--workers", "1"]
+    if artifact_dir is not None:  # new experiments' artifacts land beside the store, as without the server
+        mlflow += ["--artifacts-destination", artifact_dir.as_uri()]
+    return [
+        Service("Prefect API", [str(scripts / "prefect"), "server", "start", "--host", HOST, "--port",
+                                str(prefect_port), "--analytics-off"],
+                f"http://{HOST}:{prefect_port}/api/health", log_dir / "prefect-server.log"),
+        Service("MLflow tracking", mlflow, f"http://{HOST}:{mlflow_port}/health", log_dir / "mlflow-server.log"),
+    ]
+
+
+def serve(wanted: list[Service], exports: dict[str, str]) -> int:
+    """Start every service, say how to use them once all answer, and keep them until Ctrl-C or SIGTERM."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    running: list[tuple[Service, subprocess.Popen]] = []
+    try:
+        for service in wanted:
+            service.log.parent.mkdir(parents=True, exist_ok=True)
+            with open(service.log, "ab") as log:
+                running.append((service, subprocess.Popen(service.command, stdout=log, stderr=subprocess.STDOUT,
+                                                          stdin=subprocess.DEVNULL, start_new_session=True)))
+        print("starting " + " and ".join(s.name for s in wanted) + " ...", flush=True)
+        for service, process in running:
+            if not _wait_ready(service, process):
+                print(f"{service.name} did not start; its log is {service.log}", file=sys.stderr)
+                return 1
+        print("ready. In another shell, point the nas commands at them:", flush=True)
+        for name, value in exports.items():
+            print(f"  export {name}={value}")
+        print("Ctrl-C stops both.", flush=True)
+        while True:
+            for service, process in running:
+                if process.poll() is not None:
+                    print(f"{service.name} stopped (exit {process.returncode}); its log is {service.log}",
+                          file=sys.stderr)
+                    return 1
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print("stopping ...", flush=True)
+        return 0
+    finally:
+        _stop([process for _, process in running])
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _wait_ready(service: Service, process: subprocess.Popen) -> bool:
+    deadline = time.monotonic() + READY_SECONDS
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(service.health_url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:  # not listening yet
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM to each whole process group (servers have workers), then SIGKILL what is left."""
+    for process in processes:
+        _signal_group(process, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_SECONDS
+    for process in processes:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(process, signal.SIGKILL)  # workers that outlived their parent go too
+
+
+def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,57 @@
+"""`nas server` as a user runs it: both servers come up on a fresh Prefect home, a search runs
+through them, and Ctrl-C stops both (nothing left listening)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from mlflow.tracking import MlflowClient
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_search_runs_through_nas_server_and_ctrl_c_stops_both(tmp_path, digits_dir):
+    prefect_port, mlflow_port = _free_port(), _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    server = subprocess.Popen([sys.executable, "-m", "nas.cli", "server", "--prefect-port", str(prefect_port),
+                               "--mlflow-port", str(mlflow_port), "--tracking-uri", store],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        said = []
+        for line in server.stdout:
+            said.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        exports = dict(line.split()[1].split("=", 1) for line in said if line.strip().startswith("export "))
+        assert exports == {"PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+                           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}, said
+        search = subprocess.run([sys.executable, "-m", "nas.cli", "search", "--data-dir", str(digits_dir), "--trials",
+                                 "1", "--epochs", "1", "--experiment", "served"],
+                                cwd=tmp_path, env={**env, **exports}, capture_output=True, text=True, timeout=300)
+        assert search.returncode == 0, search.stderr[-3000:]
+        assert f"View at http://127.0.0.1:{prefect_port}/" in search.stderr + search.stdout  # the server ran the flow
+        assert "Starting temporary server" not in search.stderr + search.stdout
+        client = MlflowClient(store)  # the server wrote into the store it was given
+        runs = client.search_runs([client.get_experiment_by_name("served").experiment_id], "tags.`nas.kind` = 'trial'")
+        assert [r.info.status for r in runs] == ["FINISHED"]
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)
+    assert server.returncode == 0
+    deadline = time.monotonic() + 20
+    while (_listening(prefect_port) or _listening(mlflow_port)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _listening(prefect_port) and not _listening(mlflow_port)

@@ -1,7 +1,7 @@
 """The user's path on files a user brings: `nas search` on a Parquet file with default options (no
 --shape, --space auto), 30 trials, against baselines trained on the same prepared splits.
 
-    python bench/user_files.py [--trials 30]
+    python bench/user_files.py [--trials 30] [--only mnist1d-flat]
 
 Targets (issue 9): MNIST-1D as a flat table (columns x0..x39) >= 98% test; the same with its 40
 columns shuffled (position carries nothing, dense networks win) >= 72%; scikit-learn's breast
@@ -92,10 +92,13 @@ def cnn_baseline(data_dir: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--only", action="append", help="run this table only (repeatable)")
     args = parser.parse_args()
     folder = scratch_project("user-files")
     targets = {"mnist1d-flat": 0.98, "mnist1d-shuffled": 0.72, "breast-cancer": 0.98}
     for name, path in write_tables(folder).items():
+        if args.only and name not in args.only:
+            continue
         found = search(path, args.trials)
         scores = baselines(name, folder / "data" / name)
         best_baseline = max(scores.values())

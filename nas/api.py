@@ -61,7 +61,8 @@ class Search:
         self.meta = meta or prepare(data.source, self.data_dir, label_column=data.label_column, shape=data.shape,
                                     seed=data.split_seed)
         # "auto" becomes a file before anything records or loads the space; the note says why that one
-        space, self.space_note = resolve_space(config.space, self.meta.shape, feature_columns(data.source, data.label_column))
+        columns = feature_columns(data.source, data.label_column)
+        space, self.space_note = resolve_space(config.space, self.meta.shape, columns)
         self.config = config = replace(config, space=space)
         self.space = bound_space(config, self.meta)
         budget = Budget(config.epochs, config.max_seconds)

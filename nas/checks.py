@@ -24,7 +24,8 @@ from nas.strategies.hyperband import SCHEDULERS
 
 @dataclass(frozen=True)
 class Checked:
-    """A configuration that passed: its space resolved to a file, its data prepared, and the line that tells the user which space."""
+    """A configuration that passed: its space resolved to a file, its data prepared, and the line
+    that tells the user which space."""
 
     config: SearchConfig
     meta: DataMeta

@@ -67,9 +67,9 @@ def _add_store_options(p: argparse.ArgumentParser) -> None:
 
 def _add_search_options(p: argparse.ArgumentParser) -> None:
     _add_data_options(p)
-    p.add_argument("--space", help="search-space YAML file, or auto (the default): a space chosen from the data's "
-                                   "shape, images -> 2-D convolutions, signals C,L -> 1-D convolutions, flat vectors -> "
-                                   "perceptrons and 1-D convolutions over the features")
+    p.add_argument("--space", help="search-space YAML file, or auto (the default): a space chosen from the "
+                                   "data's shape, images -> 2-D convolutions, signals C,L -> 1-D convolutions, flat "
+                                   "vectors -> perceptrons and 1-D convolutions over the features")
     p.add_argument("--strategy", help="search method: random, grid, evolution (Real et al. 2017: tournaments, "
                                       "mutations, weight inheritance), aging-evolution (Real et al. 2019), "
                                       "codeepneat (Miikkulainen et al. 2017) or bayes (Gaussian-process "

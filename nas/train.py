@@ -404,10 +404,10 @@ def _cross_validate(candidate: Candidate, trial_key: str, data: TrainData, folds
 
     A small val split ties many networks at the same accuracy and ranks them by luck; every
     row validating once does not. Every fold starts from the trial's initial weights, so
-    folds differ by their data alone. The outcome keeps the first fold's network (weights
-    and model), trained on (K-1)/K of the rows: what a child inherits and what stands for
-    the trial. It keeps no checkpoint: a longer budget (a Hyperband promotion) trains all
-    folds again from scratch rather than storing K checkpoints. The time limit spans all folds.
+    folds differ by their data alone. Then, as a cross-validated grid search refits, one
+    network trains on all of train+val and stands for the trial: its weights are what a
+    child inherits, its test accuracy what `measure_test` reports. It keeps no checkpoint:
+    a longer budget (a Hyperband promotion) trains again from scratch. The time limit spans all.
     """
     from sklearn.model_selection import StratifiedKFold
 
@@ -415,32 +415,31 @@ def _cross_validate(candidate: Candidate, trial_key: str, data: TrainData, folds
     # Stratifying needs a class with a row in every fold; data that small gets fewer folds.
     folds = min(folds, int(torch.bincount(y).max()))
     splitter = StratifiedKFold(folds, shuffle=True, random_state=derive_seed(seed, "folds") % 2**32)
-    kept: TrainOutcome | None = None
     scored: list[Evaluation] = []
     for fold, (train_rows, val_rows) in enumerate(splitter.split(np.zeros(len(y)), y.cpu().numpy())):
         train_rows, val_rows = torch.from_numpy(train_rows).to(x.device), torch.from_numpy(val_rows).to(x.device)
         fold_data = replace(data, x_train=x[train_rows], y_train=y[train_rows], x_val=x[val_rows], y_val=y[val_rows])
         outcome = _train_once(candidate, trial_key, fold_data, seed, device, max_params, init_weights, None,
-                              measure_test, started, None)
-        evaluation = outcome.evaluation
-        if not evaluation.ok:
-            evaluation.reason = f"fold {fold + 1} of {folds}: {evaluation.reason}"
+                              False, started, None)
+        if not outcome.evaluation.ok:
+            outcome.evaluation.reason = f"fold {fold + 1} of {folds}: {outcome.evaluation.reason}"
             return outcome
         if on_metrics is not None:
-            on_metrics(fold, {"fold_val_acc": evaluation.val_acc, "fold_val_loss": evaluation.val_loss})
-        scored.append(evaluation)
-        if kept is None:
-            kept = outcome
-    assert kept is not None  # folds >= 2, all ok
+            on_metrics(fold, {"fold_val_acc": outcome.evaluation.val_acc, "fold_val_loss": outcome.evaluation.val_loss})
+        scored.append(outcome.evaluation)
+    refit = _train_once(candidate, trial_key, data.with_validation_in_training(), seed, device, max_params,
+                        init_weights, None, measure_test, started, None)
+    if not refit.evaluation.ok:
+        refit.evaluation.reason = f"the refit on train+val: {refit.evaluation.reason}"
+        return refit
     mean = statistics.fmean
-    kept.evaluation = replace(
-        kept.evaluation, val_acc=mean(e.val_acc for e in scored), val_loss=mean(e.val_loss for e in scored),
-        test_acc=mean(e.test_acc for e in scored) if measure_test else None,
+    refit.evaluation = replace(
+        refit.evaluation, val_acc=mean(e.val_acc for e in scored), val_loss=mean(e.val_loss for e in scored),
         train_loss=[mean(epoch) for epoch in zip(*(e.train_loss for e in scored))],
         val_accs=[mean(epoch) for epoch in zip(*(e.val_accs for e in scored))],
         fold_val_accs=[e.val_acc for e in scored], fold_val_losses=[e.val_loss for e in scored])
-    kept.checkpoint = None
-    return kept
+    refit.checkpoint = None
+    return refit
 
 
 def fit(arch: Architecture, hparams: HParams, data: TrainData, budget: Budget,

@@ -102,7 +102,8 @@ class SearchSpace:
         limits = _mapping(raw, "limits", source, "max_nodes and max_params to integers")
         space = SearchSpace(
             name=str(raw.get("name", Path(source).stem)), ops=ops, layout=layout, hparams=hparams,
-            max_nodes=_limit(limits, "max_nodes", 24, source), max_params=_limit(limits, "max_params", 2_000_000, source),
+            max_nodes=_limit(limits, "max_nodes", 24, source),
+            max_params=_limit(limits, "max_params", 2_000_000, source),
             source=source)
         space._check_layout()
         return space

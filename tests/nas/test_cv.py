@@ -50,7 +50,7 @@ def test_a_cv_trial_trains_k_folds_and_is_scored_by_their_means(small: TrainData
     assert heard == [(k, {"fold_val_acc": ev.fold_val_accs[k], "fold_val_loss": ev.fold_val_losses[k]})
                      for k in range(FOLDS)]
     assert ev.test_acc is not None and 0.0 <= ev.test_acc <= 1.0
-    # one fold's network stands for the trial; no checkpoint, though the schedule (3 epochs) is unfinished
+    # the refit on train+val stands for the trial; no checkpoint, though the schedule (3 epochs) is unfinished
     assert outcome.model is not None and outcome.weights.keys() == outcome.model.state_dict().keys()
     assert outcome.checkpoint is None
 

@@ -3,7 +3,8 @@
 Data, space, options and store are read and checked in the caller's process, so that a
 user error arrives as one paragraph (DataError, SpaceError, ConfigError, LineageError)
 rather than under an orchestrator's tracebacks, and leaves no run behind. What passes is
-what the flow then uses: the prepared data and the space file that `auto` chose.
+what the flow then uses: the prepared folder (which `prepare` then finds current) and the
+space file that `auto` chose.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from nas.config import ConfigError, SearchConfig
 from nas.api import bound_space
-from nas.data import DataMeta, feature_columns, prepare
+from nas.config import ConfigError, SearchConfig
+from nas.data import feature_columns, prepare
 from nas.lineage import LineageStore
 from nas.space import resolve_space
 from nas.strategies import strategy_class
@@ -24,11 +25,9 @@ from nas.strategies.hyperband import SCHEDULERS
 
 @dataclass(frozen=True)
 class Checked:
-    """A configuration that passed: its space resolved to a file, its data prepared, and the line
-    that tells the user which space."""
+    """A configuration that passed, its space resolved to a file, and the line that tells the user which."""
 
     config: SearchConfig
-    meta: DataMeta
     note: str
 
 
@@ -43,13 +42,13 @@ def check_search(config: SearchConfig, root: Path | None = None) -> Checked:
     config = replace(config, space=path)
     space = bound_space(config, meta)
     # A space in which no network fits this data (or --max-params) says so now, not after a search of failures.
-    replace(space, max_params=min(space.max_params, config.max_params or space.max_params)).sample_arch(
-        random.Random(config.seed))
+    limit = min(space.max_params, config.max_params or space.max_params)
+    replace(space, max_params=limit).sample_arch(random.Random(config.seed))
     LineageStore(config.tracking_uri, config.experiment_name, root).ensure()
     if config.from_experiment and not LineageStore(config.tracking_uri, config.from_experiment, root).leaderboard(1):
         raise ConfigError(f"--from-experiment '{config.from_experiment}' has no finished runs in this store; "
                           "check the name with `nas runs --experiment NAME` or `nas ui`.")
-    return Checked(config, meta, note)
+    return Checked(config, note)
 
 
 def _check_options(config: SearchConfig) -> None:

@@ -29,6 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from nas.ids import digest
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 BUILTINS: tuple[str, ...] = ("digits", "mnist1d")
 META_FILE = "meta.json"
@@ -151,6 +153,11 @@ def prepare(
         shape = tuple(shape)
         _check_shape_values(shape)
 
+    inputs = digest({"source": source, "content": source_fingerprint(source), "label_column": label_column,
+                     "shape": shape, "seed": seed, "fractions": [val_fraction, test_fraction]})
+    if (done := _prepared(Path(out_dir), inputs)) is not None:
+        return done  # the folder holds these very inputs' splits: reading and splitting again changes nothing
+
     # Everything is loaded and checked in memory first, so a bad source never
     # touches an existing prepared folder.
     raw = _load_source(source, label_column)
@@ -177,8 +184,30 @@ def prepare(
         std=tuple(float(v) for v in std),
         fingerprint=_fingerprint(splits, example_shape, classes),
     )
-    _write(Path(out_dir), splits, meta)
+    _write(Path(out_dir), splits, meta, inputs)
     return meta
+
+
+def source_fingerprint(source: str) -> str:
+    """What names a source's content: a built-in's name, a file's SHA-256 ("missing" if there is none)."""
+    if source in BUILTINS:
+        return source
+    path = Path(source)
+    if not path.is_file():
+        return "missing"  # preparing then says so, in this module's words
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()[:16]
+
+
+def _prepared(out_dir: Path, inputs: str) -> DataMeta | None:
+    """The meta of a complete folder that `prepare` wrote from `inputs`, else None."""
+    try:
+        raw = json.loads((out_dir / META_FILE).read_text())
+        if raw.get("inputs") != inputs or not all((out_dir / f"{s}.parquet").is_file() for s in SPLITS):
+            return None
+        return DataMeta.from_json(raw)
+    except (OSError, ValueError, AttributeError):  # no folder, or not one of ours: prepare it afresh
+        return None
 
 
 def read_meta(data_dir: str | Path) -> DataMeta:
@@ -581,7 +610,7 @@ def _fingerprint(splits: Splits, shape: tuple[int, ...], classes: tuple[str, ...
 # --------------------------------------------------------------------------- writing
 
 
-def _write(out_dir: Path, splits: Splits, meta: DataMeta) -> None:
+def _write(out_dir: Path, splits: Splits, meta: DataMeta, inputs: str) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -594,7 +623,7 @@ def _write(out_dir: Path, splits: Splits, meta: DataMeta) -> None:
     for split in SPLITS:
         table = _split_table(*splits[split])
         _atomic_write(out_dir / f"{split}.parquet", lambda tmp, t=table: pq.write_table(t, tmp))
-    text = json.dumps(meta.to_json(), indent=2, sort_keys=True) + "\n"
+    text = json.dumps({**meta.to_json(), "inputs": inputs}, indent=2, sort_keys=True) + "\n"
     _atomic_write(out_dir / META_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 

@@ -7,6 +7,7 @@ as children in their own sessions (a Ctrl-C reaches them once, through us) and s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -86,12 +87,10 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def _wait_ready(service: Service, process: subprocess.Popen) -> bool:
     deadline = time.monotonic() + READY_SECONDS
     while time.monotonic() < deadline and process.poll() is None:
-        try:
+        with contextlib.suppress(OSError):  # not listening yet
             with urllib.request.urlopen(service.health_url, timeout=2) as response:
                 if response.status == 200:
                     return True
-        except OSError:  # not listening yet
-            pass
         time.sleep(0.5)
     return False
 
@@ -102,15 +101,11 @@ def _stop(processes: list[subprocess.Popen]) -> None:
         _signal_group(process, signal.SIGTERM)
     deadline = time.monotonic() + STOP_SECONDS
     for process in processes:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            pass
         _signal_group(process, signal.SIGKILL)  # workers that outlived their parent go too
 
 
 def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # already gone
         os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass

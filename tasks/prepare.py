@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.context import TaskRunContext
 
-from nas.data import BUILTINS, prepare
+from nas.data import prepare, source_fingerprint
 from nas.ids import digest
-
-
-def _file_digest(path: Path) -> str:
-    if not path.is_file():
-        return "missing"  # the task itself then says so, in the data module's words
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def _prepare_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     # A user's file is part of the key by content, so editing it prepares the data again.
-    source = parameters["source"]
-    source_fp = source if source in BUILTINS else _file_digest(Path(source))
-    return "prepare-" + digest({**parameters, "source_fp": source_fp})
+    return "prepare-" + digest({**parameters, "source_fp": source_fingerprint(parameters["source"])})
 
 
 @task(name="prepare-data", cache_key_fn=_prepare_cache_key, persist_result=True, result_serializer="json")

@@ -75,10 +75,10 @@ class SearchSpace:
             raise SpaceError(f"{source}: unknown top-level keys {sorted(unknown)}; allowed are "
                              "name, description, limits, ops, layout, hparams.")
         ops: dict[str, dict[str, Domain]] = {op: {} for op in ALWAYS}
-        for op, attrs in _mapping(raw, "ops", source, "op names to their attributes' domains").items():
+        for op, attrs in _mapping(raw.get("ops"), f"{source}: ops", "op names to their attributes' domains").items():
             if op not in OPS:
                 raise SpaceError(f"{source}: unknown op '{op}' under ops; the language knows {sorted(OPS)}.")
-            attrs = _mapping({op: attrs}, op, f"{source}: ops", "attribute names to domains")
+            attrs = _mapping(attrs, f"{source}: ops.{op}", "attribute names to domains")
             wanted = set(OPS[op].attrs)
             if set(attrs) != wanted:
                 raise SpaceError(f"{source}: ops.{op} must give a domain for exactly {sorted(wanted)}, "
@@ -88,18 +88,18 @@ class SearchSpace:
                 for value in domain.values():
                     if problem := attr_problem(name, value):
                         raise SpaceError(f"{source}: ops.{op}.{name} holds {value!r}, which {problem}")
-        layout_raw = _mapping(raw, "layout", source, "layout keys to domains")
+        layout_raw = _mapping(raw.get("layout"), f"{source}: layout", "layout keys to domains")
         unknown = set(layout_raw) - set(LAYOUT_KEYS)
         if unknown:
             raise SpaceError(f"{source}: unknown layout keys {sorted(unknown)}; allowed are {list(LAYOUT_KEYS)}.")
         layout = {k: Domain.parse(v, f"{source}: layout.{k}") for k, v in layout_raw.items()}
         hp_names = {f.name for f in fields(HParams)}
-        hp_raw = _mapping(raw, "hparams", source, "hyper-parameter names to domains")
+        hp_raw = _mapping(raw.get("hparams"), f"{source}: hparams", "hyper-parameter names to domains")
         unknown = set(hp_raw) - hp_names
         if unknown:
             raise SpaceError(f"{source}: unknown hparams {sorted(unknown)}; known are {sorted(hp_names)}.")
         hparams = {k: Domain.parse(v, f"{source}: hparams.{k}") for k, v in hp_raw.items()}
-        limits = _mapping(raw, "limits", source, "max_nodes and max_params to integers")
+        limits = _mapping(raw.get("limits"), f"{source}: limits", "max_nodes and max_params to integers")
         space = SearchSpace(
             name=str(raw.get("name", Path(source).stem)), ops=ops, layout=layout, hparams=hparams,
             max_nodes=_limit(limits, "max_nodes", 24, source),
@@ -367,11 +367,11 @@ class SearchSpace:
         return list(dict.fromkeys(tokens))
 
 
-def _mapping(raw: dict[str, Any], key: str, source: str, what: str) -> dict[str, Any]:
-    """raw[key] as a mapping (empty when left out); a list or a scalar there is the user's slip, named."""
-    value = raw.get(key) or {}
+def _mapping(value: Any, where: str, what: str) -> dict[str, Any]:
+    """A section of a space file as a mapping (empty when left out); a list or a scalar there is named."""
+    value = value or {}
     if not isinstance(value, dict):
-        raise SpaceError(f"{source}: {key} must be a mapping of {what}, got the {type(value).__name__} {value!r:.60}.")
+        raise SpaceError(f"{where} must be a mapping of {what}, got the {type(value).__name__} {value!r:.60}.")
     return value
 
 

@@ -151,6 +151,18 @@ def test_parquet_numeric_columns(tmp_path):
     np.testing.assert_allclose(x.std(axis=0), 1, atol=1e-4)
 
 
+def test_a_current_folder_is_reused_and_a_changed_file_prepared_again(tmp_path):
+    source = numeric_parquet(tmp_path / "toy.parquet")
+    first = prepare(str(source), tmp_path / "out")
+    written = (tmp_path / "out" / "train.parquet").stat().st_mtime_ns
+    assert prepare(str(source), tmp_path / "out") == first  # same inputs: nothing read or written again
+    assert (tmp_path / "out" / "train.parquet").stat().st_mtime_ns == written
+    assert prepare(str(source), tmp_path / "out", seed=1).fingerprint != first.fingerprint  # another split
+    table = pq.read_table(source)
+    pq.write_table(table.set_column(0, table.column_names[0], pa.array([7.0] * table.num_rows)), source)
+    assert prepare(str(source), tmp_path / "out").fingerprint != first.fingerprint  # the file changed
+
+
 def test_parquet_list_column_with_shape(tmp_path):
     source = list_parquet(tmp_path / "seq.parquet", n_features=6)
     meta = prepare(str(source), tmp_path / "out", shape=(2, 3))

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from nas.batched import groups
 from nas.config import SearchConfig
 from nas.data import DataError, DataMeta, read_meta
-from nas.loop import Submit
-from nas.runner import TrialJob, torch_threads
+from nas.loop import Submit, SubmitGroup
+from nas.runner import TrialJob, batches, torch_threads
 from nas.trial import Candidate, Evaluation
 from tasks.prepare import prepare_data
-from tasks.train import train_candidate
+from tasks.train import train_candidate, train_group
 
 
 def describe(e: Evaluation) -> str:
@@ -56,13 +59,35 @@ def prefect_runner(job: TrialJob, data_dir: Path, concurrency: int) -> Submit:
     return submit
 
 
-def _as_future(prefect_future: Any) -> Future[Evaluation]:
-    """A Prefect future as a standard one, which the loop can wait on with others."""
+def prefect_group_runner(job: TrialJob, data_dir: Path, concurrency: int) -> SubmitGroup:
+    """A round's candidates as Prefect tasks: those of one shape (nas.batched.groups) as one
+    `train_group` task that trains them as one batched network, the rest one task each."""
+    submit = prefect_runner(job, data_dir, concurrency)
+
+    def submit_group(candidates: list[Candidate]) -> list[Future[Evaluation]]:
+        futures: dict[int, Future[Evaluation]] = {}
+        for group in groups(candidates) if batches(job) else [[c] for c in candidates]:
+            if len(group) == 1:
+                futures[id(group[0])] = submit(group[0])
+                continue
+            # The group stands for len(group) trials at once: it gets their threads.
+            done = train_group.submit([c.to_json() for c in group], [c.trial_key(job.setting) for c in group],
+                                      job=job.to_json(), data_dir=str(data_dir),
+                                      threads=min(os.cpu_count() or 1, torch_threads(concurrency) * len(group)))
+            for position, candidate in enumerate(group):
+                futures[id(candidate)] = _as_future(done, lambda results, i=position: results[i])
+        return [futures[id(c)] for c in candidates]
+    return submit_group
+
+
+def _as_future(prefect_future: Any, pick: Callable[[Any], Any] = lambda result: result) -> Future[Evaluation]:
+    """A Prefect future (of one result, or of a group's `pick`ed one) as a standard one, which
+    the loop can wait on with others."""
     future: Future[Evaluation] = Future()
 
     def settle(done: Any) -> None:
         try:
-            future.set_result(Evaluation.from_json(done.result()))
+            future.set_result(Evaluation.from_json(pick(done.result())))
         except BaseException as error:  # the loop tells it as an ERROR result
             future.set_exception(error)
 

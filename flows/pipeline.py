@@ -41,7 +41,7 @@ def evaluate(refined: dict[str, Any], model_name: str | None = None) -> dict[str
 
 @flow(name="nas-pipeline", log_prints=True)
 def pipeline(config: dict[str, Any], refine_config: dict[str, Any], model_name: str | None = None) -> dict[str, Any]:
-    threads = thread_runner(SearchConfig.from_json(config).concurrency)
+    threads = thread_runner(SearchConfig.from_json(config).workers)
     searched = search.with_options(task_runner=threads)(config)
     refined = refine.with_options(task_runner=threads)(config, refine_config, searched["parent_run_id"])
     final = evaluate(refined, model_name)

@@ -10,6 +10,7 @@ with its full budget and logged as an MLflow model. The test split is left to `e
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.common import describe, prefect_runner, prepared_data, thread_runner
+from flows.common import describe, prefect_group_runner, prefect_runner, prepared_data, thread_runner
 from nas.config import ConfigError, RefineConfig, SearchConfig
 from nas.lineage import KIND_FINAL, LineageStore, resolve_tracking_uri
 from nas.loop import Submit, run_loop
@@ -71,15 +72,18 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
     results: list[Evaluation] = []
     for base in bases:
         job = TrialJob(setting, cfg.experiment_name, tracking_uri, base.run_id, f"refine-{rcfg.method}", tags=tags,
-                       measure_test=False, dataset=meta.to_json())
-        submit = prefect_runner(job, data_dir, cfg.concurrency)
+                       measure_test=False, dataset=meta.to_json(), cuda_graphs=cfg.cuda_graphs)
+        submit = prefect_runner(job, data_dir, cfg.workers)
+        submit_group = prefect_group_runner(job, data_dir, cfg.workers)
         results.append(_comparable(base, submit, logger))
         strategy = refinement_strategy(rcfg.method, refinement_space(space, base.candidate.arch,
                                                                      base.candidate.hparams, rcfg.hparams),
                                        base, cfg.seed, cfg.max_seconds)
-        # Each setting trains for the epochs it names, as a child of the architecture's run.
-        outcome = run_loop(strategy, lambda c: submit(as_refinement(c, base, cfg.max_seconds)), trials=rcfg.trials,
-                           concurrency=cfg.concurrency,
+        # Each setting trains for the epochs it names, as a child of the architecture's run; with
+        # `batched`, the settings of a round that share batch size and epochs train as one network.
+        child = functools.partial(as_refinement, base=base, max_seconds=cfg.max_seconds)
+        outcome = run_loop(strategy, lambda c: submit(child(c)), trials=rcfg.trials, concurrency=cfg.workers,
+                           submit_group=(lambda cs: submit_group([child(c) for c in cs])) if rcfg.batched else None,
                            on_result=lambda e: logger.info("refine %s: %s", base.arch_id, describe(e)))
         results.extend(outcome.evaluations)
 
@@ -91,7 +95,7 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
     final_setting = replace(setting, data_fingerprint=with_validation(meta.fingerprint), folds=1)  # trained once
     final_job = TrialJob(final_setting, cfg.experiment_name,
                          tracking_uri, winner.run_id, "final", tags=tags, kind=KIND_FINAL, measure_test=False,
-                         log_model=True)
+                         log_model=True, cuda_graphs=cfg.cuda_graphs)
     trained = Evaluation.from_json(train_final(final.to_json(), final.trial_key(final_job.setting),
                                                job=final_job.to_json(), data_dir=str(data_dir)))
     if not trained.ok:
@@ -109,5 +113,5 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
 
 def run_refine(config: SearchConfig, refine_config: RefineConfig, search_run_id: str) -> dict[str, Any]:
     """Refine a search; `config` is the search's own (LineageStore.search_config), so data and space match."""
-    runner = thread_runner(config.concurrency)
+    runner = thread_runner(config.workers)
     return refine.with_options(task_runner=runner)(config.to_json(), refine_config.to_json(), search_run_id)

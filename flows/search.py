@@ -52,7 +52,7 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
         logger.info("warm start: the best %d runs of experiment '%s'", current.warm_started, cfg.from_experiment)
     method = f"{cfg.strategy} + {cfg.scheduler}" if cfg.scheduler else cfg.strategy
     logger.info("searching %s with %s: %d trials of up to %d epochs, %d at a time; MLflow run %s in %s",
-                meta.name, method, cfg.trials, cfg.epochs, cfg.concurrency, current.run_id, current.tracking_uri)
+                meta.name, method, cfg.trials, cfg.epochs, cfg.workers, current.run_id, current.tracking_uri)
 
     with tqdm(total=cfg.trials, desc=f"{method} search", unit="trial", dynamic_ncols=True) as bar:
         def on_result(e: Evaluation) -> None:
@@ -61,7 +61,7 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
             if best := current.best_trial:
                 bar.set_postfix(best_val=f"{best.val_acc:.4f}")
 
-        outcome = current.optimize(runner=prefect_runner(current.job, data_dir, cfg.concurrency),
+        outcome = current.optimize(runner=prefect_runner(current.job, data_dir, cfg.workers),
                                    on_result=on_result)
     if len(outcome.evaluations) < cfg.trials:
         logger.warning("stopped after %d of %d trials: %s", len(outcome.evaluations), cfg.trials,
@@ -84,4 +84,4 @@ def checked(config: SearchConfig) -> SearchConfig:
 def run_search(config: SearchConfig) -> dict[str, Any]:
     """Check the inputs, then run the flow with as many trial threads as the configuration asks for."""
     config = checked(config)
-    return search.with_options(task_runner=thread_runner(config.concurrency))(config.to_json())
+    return search.with_options(task_runner=thread_runner(config.workers))(config.to_json())

@@ -82,7 +82,7 @@ class Search:
                                               tags=tags, identity=config.identity())
         self.job = TrialJob(trial_setting(config, self.meta, self.space), config.experiment_name, self.tracking_uri,
                             self.run_id, config.strategy, tags=dict(tags or {}), measure_test=config.report_test,
-                            dataset=self.meta.to_json())
+                            dataset=self.meta.to_json(), cuda_graphs=config.cuda_graphs)
         self.evaluations: list[Evaluation] = []
         self.stop_reason: str | None = None
 
@@ -100,8 +100,8 @@ class Search:
 
         with ExitStack() as stack:
             if runner is None:
-                runner = stack.enter_context(ThreadRunner(self.data_dir, self.job, cfg.concurrency))
-            outcome = run_loop(self.strategy, runner, trials=n_trials or cfg.trials, concurrency=cfg.concurrency,
+                runner = stack.enter_context(ThreadRunner(self.data_dir, self.job, cfg.workers))
+            outcome = run_loop(self.strategy, runner, trials=n_trials or cfg.trials, concurrency=cfg.workers,
                                asynchronous=cfg.asynchronous, stop=time_limit(timeout) if timeout else None,
                                on_result=told)
         self.stop_reason = outcome.stop_reason

@@ -91,10 +91,14 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, help="how many runs --from-experiment takes (default: 10)")
     p.add_argument("--epochs", type=int, help="training epochs per candidate (default: 20)")
     p.add_argument("--seed", type=int, help="seed of the strategy and of training (default: 0)")
-    p.add_argument("--concurrency", type=int, help="candidates trained at once (default: 2)")
+    p.add_argument("--concurrency", type=int, help="candidates trained at once (default: 2 on a CPU; on a GPU as "
+                                                   "many as its free memory holds, at most 32)")
     p.add_argument("--max-seconds", type=float, help="per-trial time limit in seconds (default: 120)")
     p.add_argument("--max-params", type=int, help="reject networks with more parameters (default: the space's)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="training device (default: cuda when available)")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
+                   help="train eagerly on CUDA instead of replaying each step as a CUDA graph (slower; to rule "
+                        "the graphs out when a network misbehaves on the GPU only)")
     p.add_argument("--cv", type=int, help="score each trial by stratified K-fold cross-validation over train+val "
                                           "(default: 5 folds below 1000 rows, else the hold-out validation split; "
                                           "1 forces hold-out)")
@@ -112,6 +116,9 @@ def _add_refine_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
                    help="how many of the search's best architectures to refine (default: 2)")
     p.add_argument(f"--{prefix}trials", dest="refine_trials", type=int,
                    help="training settings tried per architecture (default: 4)")
+    p.add_argument(f"--{prefix}batched", dest="refine_batched", action="store_true", default=None,
+                   help="train a round's settings that share batch size and epochs as one vmapped network; "
+                        "faster only when more settings share a shape than --concurrency trains at once")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,8 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-summary", help="a search summary JSON (nas search --metrics-out) naming the search")
     _add_refine_options(p)
     p.add_argument("--seed", type=int, help="seed of the refinement search and training (default: 0)")
-    p.add_argument("--concurrency", type=int, help="settings trained at once (default: 2)")
+    p.add_argument("--concurrency", type=int, help="settings trained at once (default: 2 on a CPU; on a GPU as "
+                                                   "many as its free memory holds, at most 32)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="training device (default: cuda when available)")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
+                   help="train eagerly on CUDA instead of replaying each step as a CUDA graph (slower; to rule "
+                        "the graphs out when a network misbehaves on the GPU only)")
     p.add_argument("--metrics-out", default="metrics/refine.json", help="summary JSON (default: metrics/refine.json)")
     _add_store_options(p)
 
@@ -256,7 +267,7 @@ def _refine_config(args: argparse.Namespace):
     from nas.config import load_refine_params
 
     given = dict(method=getattr(args, "refine_method", None), top_k=getattr(args, "refine_top_k", None),
-                 trials=getattr(args, "refine_trials", None))
+                 trials=getattr(args, "refine_trials", None), batched=getattr(args, "refine_batched", None))
     return replace(load_refine_params(args.params), **{k: v for k, v in given.items() if v is not None})
 
 
@@ -337,7 +348,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     # The search's own data, space and seed, so the architectures are refined where they were found.
     recorded = SearchConfig.from_json(store.search_config(search_run))
     config = recorded.override(tracking_uri=store.tracking_uri, concurrency=args.concurrency, device=args.device,
-                               data_dir=args.data_dir)
+                               cuda_graphs=args.cuda_graphs, data_dir=args.data_dir)
     refined = run_refine(config, _refine_config(args), search_run)
     _write_json(args.metrics_out, refined)
     _print_refined(refined)

@@ -18,7 +18,10 @@ Two modes:
   search) depends on timing.
 
 The runner is a function `submit(candidate) -> concurrent.futures.Future[Evaluation]`:
-Prefect tasks in the flows, threads in `nas.runner`, a lookup table in a benchmark.
+Prefect tasks in the flows, threads in `nas.runner`, a lookup table in a benchmark. In
+batch mode a runner may also take a whole round at once (`submit_group(candidates) ->
+futures`, in the same order), which lets it train candidates of one shape as one batched
+network (`nas.batched`).
 A runner that raises is a failure of the environment: the trial is told as an ERROR
 result (a rerun trains it again) and the search goes on.
 
@@ -50,6 +53,7 @@ from nas.trial import Candidate, Evaluation, TrialStatus
 log = logging.getLogger(__name__)
 
 Submit = Callable[[Candidate], "Future[Evaluation]"]
+SubmitGroup = Callable[[list[Candidate]], "list[Future[Evaluation]]"]
 StopRule = Callable[[], "str | None"]  # a reason to stop asking, or None to go on
 
 
@@ -67,12 +71,14 @@ class LoopOutcome:
 
 def run_loop(strategy: Strategy, submit: Submit, *, trials: int, concurrency: int = 1,
              asynchronous: bool = False, stop: StopRule | None = None,
-             on_result: Callable[[Evaluation], None] | None = None) -> LoopOutcome:
+             on_result: Callable[[Evaluation], None] | None = None,
+             submit_group: SubmitGroup | None = None) -> LoopOutcome:
     """Ask, run and tell until `trials` results are told, the strategy is done, or `stop`
     (asked before every ask) gives a reason; trials already running then still finish and are told."""
     if trials < 1 or concurrency < 1:
         raise ValueError(f"trials={trials} and concurrency={concurrency} must both be at least 1.")
-    loop = _Loop(strategy, submit, trials, stop or (lambda: None), on_result or (lambda e: None))
+    group = submit_group or (lambda candidates: [submit(c) for c in candidates])
+    loop = _Loop(strategy, submit, group, trials, stop or (lambda: None), on_result or (lambda e: None))
     if asynchronous:
         loop.run_async(concurrency)
     else:
@@ -84,6 +90,7 @@ def run_loop(strategy: Strategy, submit: Submit, *, trials: int, concurrency: in
 class _Loop:
     strategy: Strategy
     submit: Submit
+    submit_group: SubmitGroup
     trials: int
     stop: StopRule
     on_result: Callable[[Evaluation], None]
@@ -118,7 +125,7 @@ class _Loop:
                 return
             if not batch:  # everything asked has been told, so there is nothing to wait for
                 raise ProtocolError(f"{self.strategy.name} says WAIT with no result pending.")
-            self._tell([(c, self.submit(c)) for c in batch])
+            self._tell(list(zip(batch, self.submit_group(batch), strict=True)))
 
     def run_async(self, concurrency: int) -> None:
         running: dict[Future[Evaluation], tuple[int, Candidate]] = {}
@@ -148,4 +155,4 @@ def _result(candidate: Candidate, future: Future[Evaluation]) -> Evaluation:
     return replace(evaluation, candidate=candidate)
 
 
-__all__ = ["LoopOutcome", "StopRule", "Submit", "run_loop", "time_limit"]
+__all__ = ["LoopOutcome", "StopRule", "Submit", "SubmitGroup", "run_loop", "time_limit"]

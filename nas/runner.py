@@ -11,16 +11,18 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from nas.batched import train_together
 from nas.build import inherited_weights
 from nas.config import SearchConfig
 from nas.data import DataError, DataMeta
-from nas.lineage import KIND_TRIAL, LineageError, LineageStore
+from nas.lineage import KIND_TRIAL, Claim, LineageError, LineageStore
 from nas.space import SearchSpace
 from nas.train import TrainData, load_data, pick_device, train
 from nas.trial import Candidate, Evaluation, TrialSetting
@@ -43,6 +45,7 @@ class TrialJob:
     measure_test: bool = True
     log_model: bool = False  # log the network as an MLflow model too (the final run of refinement)
     dataset: dict[str, Any] | None = None  # the prepared data's DataMeta, logged as each run's dataset input
+    cuda_graphs: bool = True  # see nas.train.train
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,8 +64,9 @@ def trial_setting(config: SearchConfig, meta: DataMeta, space: SearchSpace) -> T
                         config.max_params or space.max_params, folds)
 
 
-def run_trial(candidate: Candidate, data: TrainData, job: TrialJob, tags: dict[str, str] | None = None) -> Evaluation:
-    """The recorded result of `candidate`: found in the store, waited for, or trained now."""
+def _claim(candidate: Candidate, data: TrainData, job: TrialJob,
+           tags: dict[str, str] | None) -> tuple[LineageStore, Claim]:
+    """The store, and the candidate's result there or this process's claim to train it."""
     if data.fingerprint != job.setting.data_fingerprint:
         raise DataError(f"the prepared data changed while the search ran (fingerprint {data.fingerprint}, the "
                         f"search started with {job.setting.data_fingerprint}); run the search again, which "
@@ -72,6 +76,12 @@ def run_trial(candidate: Candidate, data: TrainData, job: TrialJob, tags: dict[s
                               strategy=job.strategy, data_fingerprint=data.fingerprint,
                               tags={**job.tags, **(tags or {})}, kind=job.kind,
                               dataset=DataMeta.from_json(job.dataset) if job.dataset else None)
+    return store, claim
+
+
+def run_trial(candidate: Candidate, data: TrainData, job: TrialJob, tags: dict[str, str] | None = None) -> Evaluation:
+    """The recorded result of `candidate`: found in the store, waited for, or trained now."""
+    store, claim = _claim(candidate, data, job, tags)
     if claim.result is not None:
         return claim.result
     run_id = claim.run_id
@@ -95,7 +105,8 @@ def run_trial(candidate: Candidate, data: TrainData, job: TrialJob, tags: dict[s
             resume = store.checkpoint(candidate.resume_from) if continues else None
             outcome = train(candidate, data, seed=job.setting.seed, device=job.setting.device,
                             max_params=job.setting.max_params, init_weights=init, resume=resume,
-                            measure_test=job.measure_test, folds=job.setting.folds, on_metrics=stream)
+                            measure_test=job.measure_test, folds=job.setting.folds, on_metrics=stream,
+                            cuda_graphs=job.cuda_graphs)
         outcome.evaluation.run_id = run_id
         if job.log_model and outcome.model is not None:  # before finishing: find() trusts a FINISHED run
             example = data.x_train[:4].cpu().numpy()
@@ -105,6 +116,44 @@ def run_trial(candidate: Candidate, data: TrainData, job: TrialJob, tags: dict[s
         store.fail_trial(run_id, f"{type(exc).__name__}: {exc}")
         raise
     return outcome.evaluation
+
+
+def batches(job: TrialJob) -> bool:
+    """Whether the job's trials may train in groups: not cross-validated, not a final model."""
+    return job.setting.folds == 1 and not job.log_model
+
+
+def run_group(candidates: list[Candidate], data: TrainData, job: TrialJob,
+              tags: dict[str, str] | None = None) -> list[Evaluation]:
+    """`run_trial` for candidates that `nas.batched.groups` put together: each is claimed and
+    recorded as its own run, and those the store has no result for train as one batched network.
+
+    Its metrics reach the store when the group ends, not epoch by epoch. A job that cannot
+    batch (see `batches`) trains them one by one.
+    """
+    if len(candidates) == 1 or not batches(job):
+        return [run_trial(c, data, job, tags) for c in candidates]
+    claims = [_claim(c, data, job, tags) for c in candidates]
+    store = claims[0][0]
+    results = [claim.result for _, claim in claims]
+    todo = [i for i, result in enumerate(results) if result is None]
+    try:
+        with ExitStack() as beats:
+            for i in todo:
+                beats.enter_context(store.heartbeat(claims[i][1].run_id))
+            outcomes = train_together([candidates[i] for i in todo], data, seed=job.setting.seed,
+                                      device=job.setting.device, max_params=job.setting.max_params,
+                                      measure_test=job.measure_test)
+        for i, outcome in zip(todo, outcomes):
+            outcome.evaluation.run_id = claims[i][1].run_id
+            store.finish_trial(outcome.evaluation.run_id, outcome.evaluation, outcome.weights, None, set())
+            results[i] = outcome.evaluation
+    except BaseException as exc:
+        for i in todo:
+            if results[i] is None:
+                store.fail_trial(claims[i][1].run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    return results
 
 
 def _inherited(store: LineageStore, candidate: Candidate, run_id: str) -> dict[str, torch.Tensor] | None:

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas import data as datasets
-from nas.build import build
+from nas.build import Dropout, build
+from nas.gpu import GraphedStep, trial_stream
 from nas.ids import derive_seed
 from nas.space.architecture import Architecture, ArchitectureError, HParams
 from nas.space.shapes import infer
@@ -147,15 +148,28 @@ def load_data(data_dir: str | Path, device: str | torch.device | None = None) ->
         shape=tuple(meta.shape), num_classes=len(meta.classes), fingerprint=meta.fingerprint)
 
 
-def _optimizer(model: nn.Module, hparams: HParams) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, hparams: HParams, device: torch.device) -> torch.optim.Optimizer:
     params = model.parameters()
+    # On CUDA: fused kernels (one launch per step) and the learning rate as a device tensor,
+    # which a captured step reads at each replay (see nas.gpu.GraphedStep). The CPU keeps
+    # torch's default implementation, so earlier CPU results stay bit-identical.
+    fast = device.type == "cuda"
+    lr = torch.tensor(hparams.lr, device=device) if fast else hparams.lr
     if hparams.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=hparams.lr, momentum=0.9, nesterov=True, weight_decay=hparams.weight_decay)
-    if hparams.optimizer == "adam":
-        return torch.optim.Adam(params, lr=hparams.lr, weight_decay=hparams.weight_decay)
-    if hparams.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=hparams.lr, weight_decay=hparams.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=hparams.weight_decay,
+                               fused=fast or None)
+    if hparams.optimizer in ("adam", "adamw"):
+        kind = torch.optim.Adam if hparams.optimizer == "adam" else torch.optim.AdamW
+        return kind(params, lr=lr, weight_decay=hparams.weight_decay, fused=fast or None, capturable=fast)
     raise ArchitectureError(f"optimizer '{hparams.optimizer}' is unknown; use sgd, adam or adamw.")
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)  # in place: a captured step holds its address
+        else:
+            group["lr"] = lr
 
 
 def _cosine(base_lr: float, step: int, total: int) -> float:
@@ -172,8 +186,9 @@ def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
     # bf16 on the GPU for speed; CPU stays float32 so a seed gives bit-identical runs.
+    # No cast cache: a captured step must cast the weights afresh at every replay.
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
@@ -216,9 +231,11 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 def _to_host(value: Any) -> Any:
-    """A copy on the CPU of a tensor, or of every tensor in a (nested) dict."""
+    """A copy on the CPU of a tensor, or of every tensor in a (nested) dict or list."""
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", copy=True)
+    if isinstance(value, list):
+        return [_to_host(v) for v in value]
     return {k: _to_host(v) for k, v in value.items()} if isinstance(value, dict) else value
 
 
@@ -230,18 +247,66 @@ def _checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, shuffle: tor
             "train_loss": list(evaluation.train_loss), "val_accs": list(evaluation.val_accs)}
 
 
+def _time_limit_reason(seconds: float, epoch: int) -> str:
+    return (f"exceeded the per-trial time limit of {seconds:g} s in epoch {epoch}; raise budget.max_seconds, or "
+            "train a smaller network or fewer epochs.")
+
+
+def _not_finite_reason(mean_loss: float, epoch: int, lr: float) -> str:
+    return (f"loss became {'NaN' if math.isnan(mean_loss) else 'infinite'} at epoch {epoch}; lower the learning "
+            f"rate (now {lr:g}), add batch norm, or check the data for NaN or infinite values.")
+
+
+def _divergence_reason(train_loss: list[float], lr: float) -> str | None:
+    """Why the epoch mean losses so far (the last one just ended) count as divergence, if they do."""
+    first, last = train_loss[0], train_loss[-1]
+    if last > DIVERGENCE_FACTOR * first and last > DIVERGENCE_FLOOR:
+        return (f"training diverged: the mean loss rose from {first:.3g} in epoch 1 to {last:.3g} in epoch "
+                f"{len(train_loss)}; lower the learning rate (now {lr:g}).")
+    return None
+
+
+def _out_of_memory_reason(evaluation: Evaluation, device: torch.device) -> str:
+    return (f"ran out of memory on {device} in epoch {evaluation.epochs_trained + 1}; use a smaller batch size (now "
+            f"{evaluation.candidate.hparams.batch_size}) or a smaller network, or run fewer trials at once on this "
+            "device.")
+
+
+def _training_step(model: nn.Module, optimizer: torch.optim.Optimizer, data: TrainData,
+                   device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One optimizer step on the training rows `index`; it returns the batch's summed loss."""
+    def step(index: torch.Tensor) -> torch.Tensor:
+        xb = data.x_train[index].to(device, non_blocking=True)
+        yb = data.y_train[index].to(device, non_blocking=True)
+        with _autocast(device):
+            logits = model(xb)
+        loss = F.cross_entropy(logits.float(), yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach() * len(index)
+    return step
+
+
+def _dropout_generators(model: nn.Module, device: torch.device) -> list[torch.Generator]:
+    """The generator a network draws its dropout masks from on `device`, if it uses dropout at all."""
+    uses = any(isinstance(m, Dropout) and m.p > 0 for m in model.modules())
+    return [model.dropout_generators.on(device)] if uses else []
+
+
 def _run_epochs(model: nn.Module, candidate: Candidate, data: TrainData, evaluation: Evaluation, seed: int,
                 device: torch.device, started: float, resume: dict[str, Any] | None,
-                on_metrics: OnMetrics | None) -> dict[str, Any] | None:
+                on_metrics: OnMetrics | None, cuda_graphs: bool) -> dict[str, Any] | None:
     """Train up to the budget's epochs, appending each epoch's metrics to `evaluation` (and
     handing them to `on_metrics`) as it goes.
 
     Returns a checkpoint when the schedule is unfinished. `resume` (such a checkpoint)
     continues a run where it stopped: same weights, optimizer moments, data order and
     dropout masks, so a run resumed from epoch k equals one trained straight through.
+    `cuda_graphs` replays each full batch's step as a CUDA graph (CUDA with the data on the device).
     """
     hparams, budget = candidate.hparams, candidate.budget
-    optimizer = _optimizer(model, hparams)
+    optimizer = _optimizer(model, hparams, device)
     batches = _batches(len(data.y_train), hparams.batch_size)
     if not batches:
         raise ValueError("the training split is empty; prepare the data again with `nas prepare`.")
@@ -250,51 +315,42 @@ def _run_epochs(model: nn.Module, candidate: Candidate, data: TrainData, evaluat
     shuffle = torch.Generator().manual_seed(derive_seed(seed, "shuffle"))  # on the host: same order on any device
     first_epoch = 1
     if resume is not None:
+        own_lrs = [group["lr"] for group in optimizer.param_groups]
         optimizer.load_state_dict(resume["optimizer"])
+        for group, lr in zip(optimizer.param_groups, own_lrs):  # keep tensor learning rates on the device
+            group["lr"] = lr
         shuffle.set_state(resume["shuffle"])
         model.dropout_generators.__setstate__(resume["dropout"])
         evaluation.train_loss, evaluation.val_accs = list(resume["train_loss"]), list(resume["val_accs"])
         evaluation.resumed_at = evaluation.epochs_trained = first_epoch = int(resume["epoch"])
         first_epoch += 1
+    train_step = _training_step(model, optimizer, data, device)
+    if cuda_graphs and device.type == "cuda" and data.device.type == "cuda":  # a graph cannot copy from the host
+        train_step = GraphedStep(train_step, hparams.batch_size, device, _dropout_generators(model, data.device))
     step = (first_epoch - 1) * len(batches)
     for epoch in range(first_epoch, budget.epochs + 1):
         model.train()
         order = torch.randperm(len(data.y_train), generator=shuffle).to(data.device)
         loss_sum = torch.zeros((), dtype=torch.float32, device=device)
         for start, end in batches:
-            index = order[start:end]
-            xb = data.x_train[index].to(device, non_blocking=True)
-            yb = data.y_train[index].to(device, non_blocking=True)
-            for group in optimizer.param_groups:
-                group["lr"] = _cosine(hparams.lr, step, total_steps)
-            with _autocast(device):
-                logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * (end - start)
+            _set_lr(optimizer, _cosine(hparams.lr, step, total_steps))
+            loss_sum += train_step(order[start:end])
             step += 1
             if budget.max_seconds is not None and time.perf_counter() - started > budget.max_seconds:
                 # A busy machine can cause this as well as the network: not remembered as a result.
-                raise _Stop(f"exceeded the per-trial time limit of {budget.max_seconds:g} s in epoch {epoch}; "
-                            "raise budget.max_seconds, or train a smaller network or fewer epochs.",
-                            TrialStatus.ERROR)
+                raise _Stop(_time_limit_reason(budget.max_seconds, epoch), TrialStatus.ERROR)
         mean_loss = loss_sum.item() / sum(end - start for start, end in batches)
         if not math.isfinite(mean_loss):
-            raise _Stop(f"loss became {'NaN' if math.isnan(mean_loss) else 'infinite'} at epoch {epoch}; lower "
-                        f"the learning rate (now {hparams.lr:g}), add batch norm, or check the data for NaN or "
-                        "infinite values.")
+            raise _Stop(_not_finite_reason(mean_loss, epoch, hparams.lr))
         val_acc, evaluation.val_loss = _evaluate(model, data.x_val, data.y_val, device)
         evaluation.train_loss.append(mean_loss)
         evaluation.val_accs.append(val_acc)
         evaluation.epochs_trained = epoch
         if on_metrics is not None:
             on_metrics(epoch - 1, {"train_loss": mean_loss, "val_acc": val_acc})
-        first = evaluation.train_loss[0]
-        if mean_loss > DIVERGENCE_FACTOR * first and mean_loss > DIVERGENCE_FLOOR:
-            raise _Stop(f"training diverged: the mean loss rose from {first:.3g} in epoch 1 to {mean_loss:.3g} in "
-                        f"epoch {epoch}; lower the learning rate (now {hparams.lr:g}).")
+        diverged = _divergence_reason(evaluation.train_loss, hparams.lr)
+        if diverged:
+            raise _Stop(diverged)
     if budget.epochs < hparams.epochs:
         return _checkpoint(model, optimizer, shuffle, evaluation)
     return None
@@ -303,7 +359,7 @@ def _run_epochs(model: nn.Module, candidate: Candidate, data: TrainData, evaluat
 def _train_into(outcome: TrainOutcome, data: TrainData, seed: int, device: torch.device,
                 max_params: int | None, init_weights: dict[str, torch.Tensor] | None,
                 resume: dict[str, Any] | None, measure_test: bool, started: float,
-                on_metrics: OnMetrics | None) -> None:
+                on_metrics: OnMetrics | None, cuda_graphs: bool) -> None:
     """The body of `train`. A separate frame, so on failure the model and optimizer die with it."""
     evaluation = outcome.evaluation
     candidate = evaluation.candidate
@@ -316,7 +372,8 @@ def _train_into(outcome: TrainOutcome, data: TrainData, seed: int, device: torch
     if resume is not None:
         model.load_state_dict(resume["model"])
     model.to(device)
-    outcome.checkpoint = _run_epochs(model, candidate, data, evaluation, seed, device, started, resume, on_metrics)
+    outcome.checkpoint = _run_epochs(model, candidate, data, evaluation, seed, device, started, resume, on_metrics,
+                                     cuda_graphs)
     if evaluation.val_loss is None:  # no epoch ran here: a budget of 0 scores the initial (or inherited) weights
         val_acc, evaluation.val_loss = _evaluate(model, data.x_val, data.y_val, device)
         if not evaluation.val_accs:
@@ -332,7 +389,7 @@ def _train_into(outcome: TrainOutcome, data: TrainData, seed: int, device: torch
 def train(candidate: Candidate, data: TrainData, *, seed: int = 0, device: str | torch.device | None = None,
           max_params: int | None = None, init_weights: dict[str, torch.Tensor] | None = None,
           resume: dict[str, Any] | None = None, measure_test: bool = True, folds: int = 1,
-          on_metrics: OnMetrics | None = None) -> TrainOutcome:
+          on_metrics: OnMetrics | None = None, cuda_graphs: bool = True) -> TrainOutcome:
     """Train `candidate` on `data`; every failure comes back as a failed evaluation with a reason.
 
     `seed` is the search's: the trial trains with its own seed derived from it and the
@@ -348,6 +405,10 @@ def train(candidate: Candidate, data: TrainData, *, seed: int = 0, device: str |
     instead of on the val split. `on_metrics(step, metrics)` hears each epoch's metrics as
     it ends (step = epoch - 1; a resumed run only its new epochs), or, cross-validating,
     each fold's (step = fold index), so a store can show them while the trial trains.
+
+    On CUDA the trial runs on a stream of its own, so trials in other threads share the GPU,
+    and `cuda_graphs` replays its training steps as CUDA graphs (see nas.gpu); the switch
+    is there to rule the graphs out when a network misbehaves on the GPU only.
     """
     started = time.perf_counter()
     device = pick_device(device)
@@ -357,11 +418,13 @@ def train(candidate: Candidate, data: TrainData, *, seed: int = 0, device: str |
         if resume is not None:
             raise ValueError("a cross-validated trial cannot resume a checkpoint (it keeps none); train it from "
                              "scratch, without `resume`.")
-        outcome = _cross_validate(candidate, trial_key, data, folds, trial_seed, device, max_params, init_weights,
-                                  measure_test, started, on_metrics)
+        with trial_stream(device):
+            outcome = _cross_validate(candidate, trial_key, data, folds, trial_seed, device, max_params,
+                                      init_weights, measure_test, started, on_metrics, cuda_graphs)
     else:
-        outcome = _train_once(candidate, trial_key, data, trial_seed, device, max_params, init_weights, resume,
-                              measure_test, started, on_metrics)
+        with trial_stream(device):
+            outcome = _train_once(candidate, trial_key, data, trial_seed, device, max_params, init_weights, resume,
+                                  measure_test, started, on_metrics, cuda_graphs)
     outcome.evaluation.seconds = time.perf_counter() - started
     return outcome
 
@@ -369,13 +432,14 @@ def train(candidate: Candidate, data: TrainData, *, seed: int = 0, device: str |
 def _train_once(candidate: Candidate, trial_key: str, data: TrainData, seed: int, device: torch.device,
                 max_params: int | None, init_weights: dict[str, torch.Tensor] | None,
                 resume: dict[str, Any] | None, measure_test: bool, started: float,
-                on_metrics: OnMetrics | None) -> TrainOutcome:
+                on_metrics: OnMetrics | None, cuda_graphs: bool) -> TrainOutcome:
     """One network trained on data's train split and scored on its val split."""
     evaluation = Evaluation(candidate, trial_key, device=str(device))
     outcome = TrainOutcome(evaluation)
     out_of_memory = False
     try:
-        _train_into(outcome, data, seed, device, max_params, init_weights, resume, measure_test, started, on_metrics)
+        _train_into(outcome, data, seed, device, max_params, init_weights, resume, measure_test, started, on_metrics,
+                    cuda_graphs)
     except ArchitectureError as exc:
         evaluation.status, evaluation.reason = TrialStatus.FAILED, str(exc)
     except _Stop as stop:
@@ -385,9 +449,7 @@ def _train_once(candidate: Candidate, trial_key: str, data: TrainData, seed: int
             raise
         out_of_memory = True
         evaluation.status = TrialStatus.ERROR  # another time, or fewer trials at once, it may fit
-        evaluation.reason = (f"ran out of memory on {device} in epoch {evaluation.epochs_trained + 1}; use a "
-                             f"smaller batch size (now {candidate.hparams.batch_size}) or a smaller network, "
-                             "or run fewer trials at once on this device.")
+        evaluation.reason = _out_of_memory_reason(evaluation, device)
     if not evaluation.ok:
         outcome.model, outcome.weights, outcome.checkpoint = None, None, None
     if out_of_memory:  # the failed frames are gone now, so their tensors can really be released
@@ -399,7 +461,8 @@ def _train_once(candidate: Candidate, trial_key: str, data: TrainData, seed: int
 
 def _cross_validate(candidate: Candidate, trial_key: str, data: TrainData, folds: int, seed: int,
                     device: torch.device, max_params: int | None, init_weights: dict[str, torch.Tensor] | None,
-                    measure_test: bool, started: float, on_metrics: OnMetrics | None) -> TrainOutcome:
+                    measure_test: bool, started: float, on_metrics: OnMetrics | None,
+                    cuda_graphs: bool) -> TrainOutcome:
     """Stratified K-fold over the pooled train+val rows: K networks, scored by their means.
 
     A small val split ties many networks at the same accuracy and ranks them by luck; every
@@ -420,7 +483,7 @@ def _cross_validate(candidate: Candidate, trial_key: str, data: TrainData, folds
         train_rows, val_rows = torch.from_numpy(train_rows).to(x.device), torch.from_numpy(val_rows).to(x.device)
         fold_data = replace(data, x_train=x[train_rows], y_train=y[train_rows], x_val=x[val_rows], y_val=y[val_rows])
         outcome = _train_once(candidate, trial_key, fold_data, seed, device, max_params, init_weights, None,
-                              False, started, None)
+                              False, started, None, cuda_graphs)
         if not outcome.evaluation.ok:
             outcome.evaluation.reason = f"fold {fold + 1} of {folds}: {outcome.evaluation.reason}"
             return outcome
@@ -428,7 +491,7 @@ def _cross_validate(candidate: Candidate, trial_key: str, data: TrainData, folds
             on_metrics(fold, {"fold_val_acc": outcome.evaluation.val_acc, "fold_val_loss": outcome.evaluation.val_loss})
         scored.append(outcome.evaluation)
     refit = _train_once(candidate, trial_key, data.with_validation_in_training(), seed, device, max_params,
-                        init_weights, None, measure_test, started, None)
+                        init_weights, None, measure_test, started, None, cuda_graphs)
     if not refit.evaluation.ok:
         refit.evaluation.reason = f"the refit on train+val: {refit.evaluation.reason}"
         return refit

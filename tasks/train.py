@@ -1,6 +1,7 @@
-"""Prefect tasks: train one candidate and record it in the lineage store (`nas.runner.run_trial`).
+"""Prefect tasks: train one candidate, or a group of one shape, and record each in the lineage store
+(`nas.runner.run_trial`, `run_group`).
 
-The cache key is the trial key (everything that decides the result: see
+The cache key is the trial key (a group's: its members') (everything that decides the result: see
 `Candidate.trial_key`) plus the store it is recorded in, and results persist as JSON. A
 repeated or interrupted search therefore never retrains a finished candidate; should
 Prefect's cache be gone, the lineage store still knows the trial and it is not trained
@@ -20,7 +21,7 @@ from prefect.runtime import flow_run, task_run
 
 from nas.ids import digest
 from nas.lineage import KIND_FINAL
-from nas.runner import TrialJob, run_trial
+from nas.runner import TrialJob, run_group
 from nas.space.architecture import ArchitectureError
 from nas.train import TrainData, load_data, with_validation
 from nas.trial import Candidate
@@ -30,10 +31,16 @@ class TrialInterrupted(RuntimeError):
     """The environment stopped a trial (time limit, out of memory): not a result to cache."""
 
 
+def _store_digest(job: dict[str, Any]) -> str:
+    return digest([job["tracking_uri"], job["experiment"]], 8)
+
+
 def _trial_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    job = parameters["job"]
-    store = digest([job["tracking_uri"], job["experiment"]], 8)
-    return f"trial-{parameters['trial_key']}-{store}"
+    return f"trial-{parameters['trial_key']}-{_store_digest(parameters['job'])}"
+
+
+def _group_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    return f"group-{digest(parameters['trial_keys'])}-{_store_digest(parameters['job'])}"
 
 
 def _infrastructure_error_only(task: Any, task_run: Any, state: Any) -> bool:
@@ -49,17 +56,19 @@ def _loaded(data_dir: str, device: str, fingerprint: str) -> TrainData:
     return load_data(data_dir, device)
 
 
-def _run(candidate: dict[str, Any], job: dict[str, Any], data_dir: str, final: bool = False) -> dict[str, Any]:
+def _run(candidates: list[dict[str, Any]], job: dict[str, Any], data_dir: str,
+         final: bool = False) -> list[dict[str, Any]]:
     trial_job = TrialJob.from_json(job)
     setting = trial_job.setting
     data = _loaded(data_dir, setting.device, setting.data_fingerprint.removesuffix(with_validation("")))
     if final:
         data = data.with_validation_in_training()
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.task_run_id": str(task_run.id)}
-    evaluation = run_trial(Candidate.from_json(candidate), data, trial_job, tags)
-    if evaluation.retryable:
-        raise TrialInterrupted(evaluation.reason)
-    return evaluation.to_json()
+    evaluations = run_group([Candidate.from_json(c) for c in candidates], data, trial_job, tags)
+    interrupted = [e.reason for e in evaluations if e.retryable]
+    if interrupted:
+        raise TrialInterrupted("; ".join(interrupted))
+    return [e.to_json() for e in evaluations]
 
 
 @task(name="train-candidate", task_run_name="train-{trial_key}", cache_key_fn=_trial_cache_key,
@@ -70,7 +79,17 @@ def train_candidate(candidate: dict[str, Any], trial_key: str, *, job: dict[str,
     # Per thread: OpenMP keeps its thread count per calling thread, and a worker thread
     # left at the process default runs small networks about half as fast.
     torch.set_num_threads(threads)
-    return _run(candidate, job, data_dir)
+    return _run([candidate], job, data_dir)[0]
+
+
+@task(name="train-group", task_run_name="train-group-{trial_keys[0]}", cache_key_fn=_group_cache_key,
+      persist_result=True, result_serializer="json", retries=2, retry_delay_seconds=2,
+      retry_condition_fn=_infrastructure_error_only)
+def train_group(candidates: list[dict[str, Any]], trial_keys: list[str], *, job: dict[str, Any], data_dir: str,
+                threads: int = 1) -> list[dict[str, Any]]:
+    """Candidates of one shape (nas.batched.groups) trained as one batched network, each its own run."""
+    torch.set_num_threads(threads)
+    return _run(candidates, job, data_dir)
 
 
 @task(name="train-final", task_run_name="final-{trial_key}", cache_key_fn=_trial_cache_key,
@@ -83,4 +102,4 @@ def train_final(candidate: dict[str, Any], trial_key: str, *, job: dict[str, Any
     and its kind must be KIND_FINAL.
     """
     assert job["kind"] == KIND_FINAL
-    return _run(candidate, job, data_dir, final=True)
+    return _run([candidate], job, data_dir, final=True)[0]

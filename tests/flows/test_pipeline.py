@@ -7,11 +7,13 @@ import mlflow
 import numpy as np
 
 from flows.pipeline import run_pipeline
+from flows.refine import run_refine
 from flows.search import run_search
 from nas.cli import main as nas
 from nas.config import RefineConfig
 from nas.data import load_split
 from nas.lineage import LineageStore
+from tests.conftest import ROOT
 from tests.flows.test_search import config, trial_runs
 
 TINY_REFINE = RefineConfig(top_k=2, trials=2, hparams={"lr": [2e-3, 5e-3], "epochs": [3]})
@@ -43,6 +45,23 @@ def test_successive_halving_over_bayes_is_bohb_like(tmp_path, digits_dir, prefec
     history = LineageStore(cfg.tracking_uri, cfg.experiment).history()
     assert {e.candidate.budget.epochs for e in history} >= {1, 2}
     assert all(e.candidate.hparams.epochs == 4 for e in history)
+
+
+def test_batched_refinement_trains_a_round_as_one_task_and_records_each_setting(tmp_path, digits_dir,
+                                                                                 prefect_api):
+    space = tmp_path / "no-dropout.yaml"  # dropout trains alone (nas.batched)
+    space.write_text((ROOT / "spaces/cnn.yaml").read_text().replace("dropout: [0.0, 0.1, 0.3]", "dropout: [0.0]"))
+    cfg = config(tmp_path, digits_dir, trials=2, epochs=1, experiment="batched-refine", space=str(space))
+    search = run_search(cfg)
+    refine = RefineConfig(top_k=1, trials=2, hparams={"lr": [2e-3, 5e-3], "epochs": [2]}, batched=True)
+    refined = run_refine(cfg, refine, search["parent_run_id"])
+    runs = [r for r in trial_runs(cfg) if r.data.tags["nas.strategy"] == "refine-grid"]
+    assert refined["refine_trials"] == 2 and len(runs) == 2
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.data.tags["prefect.task_run_id"] for r in runs}) == 1  # one train-group task trained both
+    assert sorted(r.data.params["lr"] for r in runs) == ["0.002", "0.005"]
+    assert run_refine(cfg, refine, search["parent_run_id"]) == refined  # a rerun: cached, nothing new
+    assert len(trial_runs(cfg)) == 2 + 2
 
 
 def test_pipeline_registers_a_model_that_reproduces_its_test_accuracy(tmp_path, digits_dir, prefect_api,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -486,6 +487,19 @@ COMMANDS = {"prepare": cmd_prepare, "search": cmd_search, "refine": cmd_refine, 
             "lineage": cmd_lineage, "ui": cmd_ui, "server": cmd_server, "gc": cmd_gc}
 
 
+class _WithoutTraceback(logging.Filter):
+    """Drops the traceback from log records of the given exception types."""
+
+    def __init__(self, errors: tuple[type[Exception], ...]) -> None:
+        super().__init__()
+        self.errors = errors
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], self.errors):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_environment(Path.cwd())
@@ -498,6 +512,11 @@ def main(argv: list[str] | None = None) -> int:
         from nas.lineage import LineageError
 
         user_errors += (LineageError,)
+    # A user error raised inside a flow: Prefect logs it with its traceback as the flow fails;
+    # the message alone is what the user needs (and this function prints it again, last).
+    no_traceback = _WithoutTraceback(user_errors)
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(no_traceback)
     try:
         return COMMANDS[args.command](args)
     except user_errors as exc:

@@ -104,3 +104,14 @@ def test_pipeline_registers_a_model_that_reproduces_its_test_accuracy(tmp_path, 
     assert pngs == ["pareto-pipeline.png", "trajectory-pipeline.png"]
     logged = {a.path for a in client.list_artifacts(result["search"]["parent_run_id"])}
     assert set(pngs) <= logged
+
+
+def test_a_user_error_inside_a_flow_reads_as_one_line_without_tracebacks(tmp_path, digits_dir, prefect_api,
+                                                                        monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)  # every trial fails its time limit, so refinement has nothing to refine
+    code = nas(["pipeline", "--data-dir", str(digits_dir), "--space", str(ROOT / "spaces/small-cnn.yaml"),
+                "--trials", "2", "--epochs", "1", "--max-seconds", "0.0001", "--experiment", "no-winner",
+                "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
+    err = capfd.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("nas pipeline: search run ")

@@ -503,6 +503,9 @@ class _WithoutTraceback(logging.Filter):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_environment(Path.cwd())
+    from nas.servers import end_children_at_death
+
+    end_children_at_death()  # no temporary Prefect server outlives a command killed with kill -9
     from nas.config import ConfigError
     from nas.data import DataError
     from nas.space import ArchitectureError, SpaceError

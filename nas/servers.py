@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+OWNER = "NAS_OWNER_PID"  # in the environment of every process a command starts, for its watchdog
 HOST = "127.0.0.1"
 READY_SECONDS = 180.0  # a fresh Prefect home first creates its database: 20 s here, more on a busy machine
 STOP_SECONDS = 15.0
@@ -78,6 +79,50 @@ def serve(wanted: list[Service], exports: dict[str, str]) -> int:
         return 0
     finally:
         _stop([process for _, process in running])
+
+
+# The watchdog: ends every process marked with the owner's pid once the kernel says the owner died.
+_WATCHDOG = f"""
+import os, signal, sys
+owner, mark = int(sys.argv[1]), ("{OWNER}=" + sys.argv[1]).encode()
+
+def reap(*_):
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{{pid}}/environ", "rb") as environ:
+                if mark in environ.read().split(b"\\0"):
+                    os.kill(int(pid), signal.SIGTERM)
+        except OSError:
+            pass
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, reap)
+if os.getppid() != owner:
+    reap()
+while True:
+    signal.pause()
+"""
+
+
+def end_children_at_death() -> None:
+    """Make what this process starts (Prefect's temporary API server) end with it, even on kill -9.
+
+    Children outlive a process killed with SIGKILL. A watchdog child learns of our death
+    from the kernel (PR_SET_PDEATHSIG) and ends every process whose environment carries our
+    mark, which whatever we start inherits. Linux only; elsewhere nothing happens.
+    """
+    if not sys.platform.startswith("linux") or OWNER in os.environ:  # an outer command's watchdog covers us
+        return
+    os.environ[OWNER] = str(os.getpid())
+    subprocess.Popen([sys.executable, "-c", _WATCHDOG, os.environ[OWNER]], preexec_fn=_signal_at_parent_death,
+                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, env={k: v for k, v in os.environ.items() if k != OWNER})
+
+
+def _signal_at_parent_death() -> None:
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

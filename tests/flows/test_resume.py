@@ -69,3 +69,39 @@ def test_sigkill_then_rerun_resumes_without_retraining_or_duplicates(tmp_path, d
     assert all(after.get(run_id) == start for run_id, start in before.items())  # not retrained
     searches = client.search_runs([experiment.experiment_id], "tags.`nas.kind` = 'search'")
     assert len(searches) == 1
+
+
+def test_a_search_killed_alone_leaves_no_server_behind(tmp_path, digits_dir):
+    home = str(tmp_path / "prefect")
+    env = {k: v for k, v in os.environ.items() if k != "NAS_OWNER_PID"}
+    process = subprocess.Popen(search_command(tmp_path, digits_dir, "random"), cwd=tmp_path,
+                               env={**env, "PREFECT_HOME": home}, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def marked() -> list[int]:  # processes of this search: its own environment holds its Prefect home
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as environ:
+                    if f"PREFECT_HOME={home}".encode() in environ.read().split(b"\0"):
+                        found.append(int(pid))
+            except OSError:
+                pass
+        return found
+
+    try:
+        deadline = time.time() + 240
+        while not finished_trials(f"sqlite:///{tmp_path}/mlflow.db") and time.time() < deadline:
+            time.sleep(0.5)
+        assert len(marked()) >= 2  # the search and its temporary Prefect server
+        os.kill(process.pid, signal.SIGKILL)  # the search alone, as `kill -9 PID` does
+        process.wait()
+        deadline = time.time() + 20
+        while marked() and time.time() < deadline:
+            time.sleep(0.2)
+        assert marked() == []
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        for pid in marked():
+            os.kill(pid, signal.SIGKILL)

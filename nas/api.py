@@ -69,7 +69,7 @@ class Search:
         if strategy is None:
             self.strategy = make_search(config.strategy, self.space, budget, seed=config.seed,
                                         population=config.population, scheduler=config.scheduler,
-                                        min_epochs=config.min_epochs, eta=config.eta)
+                                        min_epochs=config.min_epochs, eta=config.eta, trials=config.trials)
         else:
             self.strategy = strategy(self.space, budget, seed=config.seed)
         self.warm_started = 0
@@ -95,6 +95,9 @@ class Search:
 
         def told(evaluation: Evaluation) -> None:  # kept as told, so a progress bar can read best_trial
             self.evaluations.append(evaluation)
+            report = self.strategy.report()  # e.g. MetaQNN's Q-table, readable in the UI as it changes
+            if report is not None:
+                self.store.log_report(self.run_id, report)
             if on_result is not None:
                 on_result(evaluation)
 

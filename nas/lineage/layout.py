@@ -13,3 +13,4 @@ ARCHITECTURE_FILE = "architecture.json"
 WEIGHTS_FILE = "weights.safetensors"
 CHECKPOINT_FILE = "checkpoint.pt"  # weights, optimizer and RNG states of a run that can be continued
 CONFIG_FILE = "config.json"
+STRATEGY_REPORT_FILE = "strategy-report.json"  # a search's strategy state for people (Strategy.report)

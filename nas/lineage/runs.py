@@ -29,7 +29,7 @@ from nas.lineage.connection import (MAX_CONFIG_PARAM_CHARS, MAX_PARAMS_PER_BATCH
                                     _local_dir, _short, _tag_values)
 from nas.lineage.datasets import dataset_input
 from nas.lineage.layout import (ARCHITECTURE_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVALUATION_FILE, KIND_SEARCH,
-                                KIND_TRIAL, WEIGHTS_FILE)
+                                KIND_TRIAL, STRATEGY_REPORT_FILE, WEIGHTS_FILE)
 from nas.lineage.queries import StoreQueries
 from nas.trial import Candidate, Evaluation, TrialStatus
 
@@ -97,6 +97,10 @@ class StoreRuns(StoreQueries):
         now = _now_ms()
         self._log_metrics(run_id, [Metric(k, float(v), now, 0) for k, v in metrics.items()])
         self._set_tags(run_id, tags)
+
+    def log_report(self, run_id: str, report: dict[str, Any]) -> None:
+        """The search's strategy state for people to read (`Strategy.report`), replaced as it changes."""
+        self.client.log_dict(run_id, report, STRATEGY_REPORT_FILE)
 
     def log_file(self, run_id: str, path: Path) -> None:
         with self._writing() as client:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -12,12 +13,13 @@ from nas.strategies.codeepneat import CoDeepNEAT
 from nas.strategies.evolution import AgingEvolution, LargeScaleEvolution
 from nas.strategies.grid_search import GridSearch
 from nas.strategies.hyperband import Hyperband
+from nas.strategies.metaqnn import MetaQNN
 from nas.strategies.random_search import RandomSearch
 from nas.trial import Budget
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (RandomSearch, GridSearch, BayesianOptimization, LargeScaleEvolution, AgingEvolution,
-                              CoDeepNEAT)}
+                              CoDeepNEAT, MetaQNN)}
 
 
 ENTRY_POINT_GROUP = "nas.strategies"  # where other packages register strategies of their own
@@ -45,10 +47,15 @@ def make_strategy(name: str, space: SearchSpace, budget: Budget, seed: int = 0, 
 
 
 def make_search(name: str, space: SearchSpace, budget: Budget, seed: int = 0, *, population: int | None = None,
-                scheduler: str | None = None, min_epochs: int = 1, eta: int = 3) -> Strategy:
+                scheduler: str | None = None, min_epochs: int = 1, eta: int = 3,
+                trials: int | None = None) -> Strategy:
     """The strategy a search runs: `name`, with its population size if given, inside a
-    budget scheduler (`hyperband` or `successive-halving`) if one is named."""
-    strategy = make_strategy(name, space, budget, seed, **({"population_size": population} if population else {}))
+    budget scheduler (`hyperband` or `successive-halving`) if one is named. `trials` goes to
+    strategies whose schedule spans the search (MetaQNN's exploration)."""
+    options: dict[str, Any] = {"population_size": population} if population else {}
+    if trials and "trials" in inspect.signature(strategy_class(name)).parameters:
+        options["trials"] = trials
+    strategy = make_strategy(name, space, budget, seed, **options)
     if scheduler:
         strategy = Hyperband(strategy, min_epochs, budget.epochs, eta,
                              successive_halving=scheduler == "successive-halving")
@@ -56,4 +63,4 @@ def make_search(name: str, space: SearchSpace, budget: Budget, seed: int = 0, *,
 
 
 __all__ = ["ENTRY_POINT_GROUP", "STRATEGIES", "strategy_class", "AgingEvolution", "BayesianOptimization", "CoDeepNEAT", "GridSearch", "Hyperband",
-           "LargeScaleEvolution", "RandomSearch", "Strategy", "make_search", "make_strategy"]
+           "LargeScaleEvolution", "MetaQNN", "RandomSearch", "Strategy", "make_search", "make_strategy"]

@@ -181,6 +181,10 @@ class Strategy(ABC):
         self.pending = int(state.get("pending", 0))
         self.done_reason = state.get("done_reason")
 
+    def report(self) -> dict[str, Any] | None:
+        """A small JSON state for people to read in the MLflow UI (e.g. a Q-table), or None."""
+        return None
+
     @property
     def best(self) -> Evaluation | None:
         finished = [e for e in self.history if e.ok]

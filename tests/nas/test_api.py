@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from mlflow.entities import ViewType
@@ -70,6 +71,18 @@ def test_report_test_measures_every_trial_on_the_test_split(project):
     search.optimize()
     assert search.best_trial.test_acc is not None
     assert search.store.run_summary(search.run_id)["metrics"]["best_test_acc"] == search.best_trial.test_acc
+
+
+def test_metaqnn_logs_its_q_table_to_the_search_run_as_it_learns(project):
+    import json
+
+    search = create_search("metaqnn", data="digits", tracking_uri=f"sqlite:///{project}/mlflow.db", root=project,
+                           strategy="metaqnn", trials=2, epochs=1, max_seconds=None)
+    search.optimize()
+    path = MlflowClient(search.tracking_uri).download_artifacts(search.run_id, "strategy-report.json")
+    report = json.loads(Path(path).read_text())
+    assert report["networks"] == 2 and report["trials"] == 2  # the search's trials set the schedule
+    assert report["q"] and all(row["q"] != 0.5 for row in report["q"][:1])  # learned from the results
 
 
 KILLED_SEARCH = """

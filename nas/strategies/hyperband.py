@@ -198,6 +198,9 @@ class Hyperband(Strategy):
         self._record(history)
         self.sampler.warm_start(history)
 
+    def report(self) -> dict[str, Any] | None:
+        return self.sampler.report()  # the scheduler has nothing to show; what it samples with may
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "sampler": self.sampler.state_dict(), "opened": self.opened,
                 "brackets": [b.to_json() for b in self.brackets], "configs": self.configs,

@@ -15,6 +15,7 @@ import pytest
 import nas.strategies.metaqnn as metaqnn_module
 from nas.ids import derive_seed
 from nas.space import Architecture, Node, SearchSpace
+from nas.strategies import Hyperband
 from nas.strategies.base import ProtocolError, Strategy
 from nas.strategies.metaqnn import (ALPHA, DENSE_SIZE, EPSILON_SCHEDULE, MAX_REDRAWS, Q_INIT, REPLAY, MetaQNN,
                                    epsilon_at)
@@ -220,6 +221,7 @@ def test_report_is_small_json_and_other_strategies_report_nothing():
     assert set(report["q"][0]) == {"state", "action", "q"}
     assert RandomSearch(space, Budget(1)).report() is None
     assert Strategy.report is RandomSearch.report
+    assert Hyperband(search, 1, 3).report() == search.report()  # a scheduler shows its sampler's
 
 
 def test_warm_start_learns_only_from_networks_it_could_have_written():

@@ -74,7 +74,6 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
         job = TrialJob(setting, cfg.experiment_name, tracking_uri, base.run_id, f"refine-{rcfg.method}", tags=tags,
                        measure_test=False, dataset=meta.to_json(), cuda_graphs=cfg.cuda_graphs)
         submit = prefect_runner(job, data_dir, cfg.workers)
-        submit_group = prefect_group_runner(job, data_dir, cfg.workers)
         results.append(_comparable(base, submit, logger))
         strategy = refinement_strategy(rcfg.method, refinement_space(space, base.candidate.arch,
                                                                      base.candidate.hparams, rcfg.hparams),
@@ -82,8 +81,9 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
         # Each setting trains for the epochs it names, as a child of the architecture's run; with
         # `batched`, the settings of a round that share batch size and epochs train as one network.
         child = functools.partial(as_refinement, base=base, max_seconds=cfg.max_seconds)
+        grouped = prefect_group_runner(job, data_dir, cfg.workers) if rcfg.batched else None
         outcome = run_loop(strategy, lambda c: submit(child(c)), trials=rcfg.trials, concurrency=cfg.workers,
-                           submit_group=(lambda cs: submit_group([child(c) for c in cs])) if rcfg.batched else None,
+                           submit_group=(lambda cs: grouped([child(c) for c in cs])) if grouped else None,
                            on_result=lambda e: logger.info("refine %s: %s", base.arch_id, describe(e)))
         results.extend(outcome.evaluations)
 

@@ -81,27 +81,31 @@ def serve(wanted: list[Service], exports: dict[str, str]) -> int:
         _stop([process for _, process in running])
 
 
-# The watchdog: ends every process marked with the owner's pid once the kernel says the owner died.
-_WATCHDOG = f"""
-import os, signal, sys
-owner, mark = int(sys.argv[1]), ("{OWNER}=" + sys.argv[1]).encode()
-
-def reap(*_):
+def processes_with(variable: str, value: str) -> list[int]:
+    """The processes (readable by us) whose environment sets `variable` to `value`."""
+    wanted = f"{variable}={value}".encode()
+    found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{{pid}}/environ", "rb") as environ:
-                if mark in environ.read().split(b"\\0"):
-                    os.kill(int(pid), signal.SIGTERM)
-        except OSError:
-            pass
-    sys.exit(0)
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to read
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                if wanted in environ.read().split(b"\0"):
+                    found.append(int(pid))
+    return found
 
-signal.signal(signal.SIGTERM, reap)
-if os.getppid() != owner:
-    reap()
-while True:
-    signal.pause()
-"""
+
+def _watch(owner: int) -> None:
+    """The watchdog's body: wait for the kernel's word that `owner` died, then end what it started."""
+    def reap(*_: object) -> None:
+        for pid in processes_with(OWNER, str(owner)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, reap)
+    if os.getppid() != owner:  # died before the kernel was asked to tell
+        reap()
+    while True:
+        signal.pause()
 
 
 def end_children_at_death() -> None:
@@ -114,9 +118,10 @@ def end_children_at_death() -> None:
     if not sys.platform.startswith("linux") or OWNER in os.environ:  # an outer command's watchdog covers us
         return
     os.environ[OWNER] = str(os.getpid())
-    subprocess.Popen([sys.executable, "-c", _WATCHDOG, os.environ[OWNER]], preexec_fn=_signal_at_parent_death,
-                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, env={k: v for k, v in os.environ.items() if k != OWNER})
+    subprocess.Popen([sys.executable, "-m", "nas.servers", "watch", os.environ[OWNER]],
+                     preexec_fn=_signal_at_parent_death, start_new_session=True, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     env={k: v for k, v in os.environ.items() if k != OWNER})
 
 
 def _signal_at_parent_death() -> None:
@@ -154,3 +159,7 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):  # already gone
         os.killpg(process.pid, sig)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["watch"]:  # the watchdog of end_children_at_death
+    _watch(int(sys.argv[2]))

@@ -414,15 +414,14 @@ def train(candidate: Candidate, data: TrainData, *, seed: int = 0, device: str |
     device = pick_device(device)
     setting = TrialSetting(data.fingerprint, seed, device.type, max_params, folds)
     trial_key, trial_seed = candidate.trial_key(setting), candidate.trial_seed(setting)
-    if folds > 1:
-        if resume is not None:
-            raise ValueError("a cross-validated trial cannot resume a checkpoint (it keeps none); train it from "
-                             "scratch, without `resume`.")
-        with trial_stream(device):
+    if folds > 1 and resume is not None:
+        raise ValueError("a cross-validated trial cannot resume a checkpoint (it keeps none); train it from "
+                         "scratch, without `resume`.")
+    with trial_stream(device):
+        if folds > 1:
             outcome = _cross_validate(candidate, trial_key, data, folds, trial_seed, device, max_params,
                                       init_weights, measure_test, started, on_metrics, cuda_graphs)
-    else:
-        with trial_stream(device):
+        else:
             outcome = _train_once(candidate, trial_key, data, trial_seed, device, max_params, init_weights, resume,
                                   measure_test, started, on_metrics, cuda_graphs)
     outcome.evaluation.seconds = time.perf_counter() - started

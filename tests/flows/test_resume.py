@@ -12,6 +12,7 @@ from collections import Counter
 import mlflow
 import pytest
 
+from nas.servers import processes_with
 from tests.conftest import ROOT
 
 TRIALS = 6
@@ -35,7 +36,7 @@ def finished_trials(uri):
                               "tags.`nas.kind` = 'trial' and attributes.status = 'FINISHED'")
 
 
-@pytest.mark.parametrize("strategy", ["random", "evolution", "codeepneat"])
+@pytest.mark.parametrize("strategy", ["random", "evolution", "codeepneat", "metaqnn"])
 def test_sigkill_then_rerun_resumes_without_retraining_or_duplicates(tmp_path, digits_dir, strategy):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}  # the cache both runs share
@@ -78,16 +79,8 @@ def test_a_search_killed_alone_leaves_no_server_behind(tmp_path, digits_dir):
                                env={**env, "PREFECT_HOME": home}, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def marked() -> list[int]:  # processes of this search: its own environment holds its Prefect home
-        found = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/environ", "rb") as environ:
-                    if f"PREFECT_HOME={home}".encode() in environ.read().split(b"\0"):
-                        found.append(int(pid))
-            except OSError:
-                pass
-        return found
+    def marked() -> list[int]:  # processes of this search: their environment holds its Prefect home
+        return processes_with("PREFECT_HOME", home)
 
     try:
         deadline = time.time() + 240

@@ -69,7 +69,8 @@ class Search:
         if strategy is None:
             self.strategy = make_search(config.strategy, self.space, budget, seed=config.seed,
                                         population=config.population, scheduler=config.scheduler,
-                                        min_epochs=config.min_epochs, eta=config.eta, trials=config.trials)
+                                        min_epochs=config.min_epochs, eta=config.eta, trials=config.trials,
+                                        concurrency=config.workers)
         else:
             self.strategy = strategy(self.space, budget, seed=config.seed)
         self.warm_started = 0
@@ -84,6 +85,7 @@ class Search:
                             self.run_id, config.strategy, tags=dict(tags or {}), measure_test=config.report_test,
                             dataset=self.meta.to_json(), cuda_graphs=config.cuda_graphs)
         self.evaluations: list[Evaluation] = []
+        self.logged_files: set[str] = set()  # strategy files already on the search run
         self.stop_reason: str | None = None
 
     def optimize(self, n_trials: int | None = None, timeout: float | None = None, runner: Submit | None = None,
@@ -95,11 +97,11 @@ class Search:
 
         def told(evaluation: Evaluation) -> None:  # kept as told, so a progress bar can read best_trial
             self.evaluations.append(evaluation)
-            report = self.strategy.report()  # e.g. MetaQNN's Q-table, readable in the UI as it changes
-            if report is not None:
-                self.store.log_report(self.run_id, report)
+            self._log_strategy_state()
             if on_result is not None:
                 on_result(evaluation)
+
+        self._log_strategy_state()
 
         with ExitStack() as stack:
             if runner is None:
@@ -110,6 +112,17 @@ class Search:
         self.stop_reason = outcome.stop_reason
         self.store.finish_search(self.run_id, self.summary())
         return outcome
+
+    def _log_strategy_state(self) -> None:
+        """The strategy's state on the search run, as it changes: its report (e.g. MetaQNN's
+        Q-table) and its files (e.g. each version of the NAS controller's weights)."""
+        report = self.strategy.report()
+        if report is not None:
+            self.store.log_report(self.run_id, report)
+        for name, data in self.strategy.files().items():
+            if name not in self.logged_files:
+                self.store.log_bytes(self.run_id, name, data)
+                self.logged_files.add(name)
 
     def summary(self) -> dict[str, Any]:
         """What the search run records and `nas search` prints: counts, why it stopped, the best trial."""

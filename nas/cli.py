@@ -74,7 +74,9 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", help="search method: random, grid, evolution (Real et al. 2017: tournaments, "
                                       "mutations, weight inheritance), aging-evolution (Real et al. 2019), "
                                       "codeepneat (Miikkulainen et al. 2017), metaqnn (Baker et al. 2017: "
-                                      "Q-learning over layers) or bayes (Gaussian-process "
+                                      "Q-learning over layers), nas-rl (Zoph and Le 2017: an LSTM controller "
+                                      "trained with REINFORCE, one update per --concurrency results) or bayes "
+                                      "(Gaussian-process "
                                       "Bayesian optimisation, expected improvement) (default: random)")
     p.add_argument("--trials", type=int, help="how many candidates to train (default: 20); with --scheduler, "
                                               "how many runs (each rung of a candidate is one)")

@@ -106,6 +106,13 @@ class StoreRuns(StoreQueries):
         with self._writing() as client:
             client.log_artifact(run_id, str(path))
 
+    def log_bytes(self, run_id: str, name: str, data: bytes) -> None:
+        """A file made in memory (e.g. a strategy's weights) as the artifact `name` ("folder/file")."""
+        folder, _, file = name.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp, self._writing() as client:
+            (Path(tmp) / file).write_bytes(data)
+            client.log_artifact(run_id, str(Path(tmp) / file), folder or None)
+
     # -- claims ------------------------------------------------------------------------
 
     def claim_trial(self, candidate: Candidate, trial_key: str, *, parent_run_id: str | None,

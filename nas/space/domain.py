@@ -78,6 +78,15 @@ class Domain:
             return [v for v in range(low, high + 1) if v % 2 == 1]
         return [2**k for k in range(0, 31) if low <= 2**k <= high]
 
+    def nearest(self, value: AttrValue) -> AttrValue:
+        """The value of `values()` closest to `value` (on a log scale for a log range), e.g. to
+        write a continuous sample with a finite vocabulary; a value not comparable stays as it is."""
+        numbers = [v for v in self.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if self.contains(value) and self.rule != "log" or not numbers or isinstance(value, (bool, str)):
+            return value
+        scale = math.log if self.rule == "log" and value > 0 else float
+        return min(numbers, key=lambda v: abs(scale(v) - scale(value)))
+
     def contains(self, value: AttrValue) -> bool:
         if self.rule is None:
             return any(_same_value(value, c) for c in self.choices)

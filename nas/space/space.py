@@ -195,13 +195,15 @@ class SearchSpace:
             domains["kernel_h"] = Domain(choices=(1,))
         return domains
 
-    def _reductions(self, n_blocks: int) -> list[str]:
+    def reductions(self, n_blocks: int) -> list[str]:
+        """The layout's reductions after `n_blocks` conv blocks."""
         # Global pooling of the raw input averages every feature into one number per
         # channel; a layer list without conv blocks flattens instead.
-        choices = [str(v) for v in self._layout("reduce", "flatten").values()]
+        choices = [str(v) for v in self.layout_domain("reduce", "flatten").values()]
         return choices if n_blocks or "flatten" not in choices else ["flatten"]
 
-    def _layout(self, key: str, default: AttrValue) -> Domain:
+    def layout_domain(self, key: str, default: AttrValue) -> Domain:
+        """A layout key's domain for the bound data (`default` where the file leaves it out)."""
         domain = self.layout.get(key, Domain(choices=(default,)))
         if key in ("conv_blocks", "reduce") and self._rank() == 1 and "signal" not in self.ops:
             # flat features and no signal op to view them as one: no convolution applies
@@ -232,12 +234,12 @@ class SearchSpace:
 
     def sample_arch(self, rng: random.Random) -> Architecture:
         for _ in range(SAMPLE_TRIES):
-            n_blocks = int(self._layout("conv_blocks", 0).sample(rng))
+            n_blocks = int(self.layout_domain("conv_blocks", 0).sample(rng))
             blocks = [({a: d.sample(rng) for a, d in self.domains("conv").items()},
-                       self._layout("pool", "none").sample(rng), self._layout("skip", "none").sample(rng))
+                       self.layout_domain("pool", "none").sample(rng), self.layout_domain("skip", "none").sample(rng))
                       for _ in range(n_blocks)]
-            reduce = rng.choice(self._reductions(n_blocks))
-            n_dense = int(self._layout("dense_layers", 0).sample(rng))
+            reduce = rng.choice(self.reductions(n_blocks))
+            n_dense = int(self.layout_domain("dense_layers", 0).sample(rng))
             dense = [{a: d.sample(rng) for a, d in self.ops["dense"].items()} for _ in range(n_dense)]
             arch = self._assemble(blocks, reduce, dense)
             if self.is_valid(arch):
@@ -259,22 +261,23 @@ class SearchSpace:
     def grid_size(self) -> int:
         """How many sentences the grid holds before invalid ones are dropped."""
         block = len(self._choices(self.domains("conv"))) if "conv" in self.ops else 0
-        block *= len(self._layout("pool", "none").values()) * len(self._layout("skip", "none").values())
+        block *= len(self.layout_domain("pool", "none").values()) * len(self.layout_domain("skip", "none").values())
         dense = len(self._choices(self.ops["dense"])) if "dense" in self.ops else 0
-        archs = sum(block**b * dense**d * len(self._reductions(b))
-                    for b in self._layout("conv_blocks", 0).values()
-                    for d in self._layout("dense_layers", 0).values())
+        archs = sum(block**b * dense**d * len(self.reductions(b))
+                    for b in self.layout_domain("conv_blocks", 0).values()
+                    for d in self.layout_domain("dense_layers", 0).values())
         return archs * len(self._choices(self.hparams))
 
     def enumerate(self) -> Iterator[tuple[Architecture, HParams]]:
         """Every valid sentence of the layout, smallest networks first, in a fixed order."""
         blocks = [(c, p, s) for c in (self._choices(self.domains("conv")) if "conv" in self.ops else [])
-                  for p in self._layout("pool", "none").values() for s in self._layout("skip", "none").values()]
+                  for p in self.layout_domain("pool", "none").values()
+                  for s in self.layout_domain("skip", "none").values()]
         dense = self._choices(self.ops["dense"]) if "dense" in self.ops else []
         hparams = [HParams(**h) for h in self._choices(self.hparams)]
-        for n_blocks in sorted(self._layout("conv_blocks", 0).values()):
-            for n_dense in sorted(self._layout("dense_layers", 0).values()):
-                for reduce in self._reductions(n_blocks):
+        for n_blocks in sorted(self.layout_domain("conv_blocks", 0).values()):
+            for n_dense in sorted(self.layout_domain("dense_layers", 0).values()):
+                for reduce in self.reductions(n_blocks):
                     for conv_combo in itertools.product(blocks, repeat=n_blocks):
                         for dense_combo in itertools.product(dense, repeat=n_dense):
                             arch = self._assemble(list(conv_combo), reduce, list(dense_combo))
@@ -346,7 +349,7 @@ class SearchSpace:
                 raise ArchitectureError(f"token {position} '{token}': {exc}.") from None
         return Architecture.from_json({"nodes": raw_nodes}), HParams.from_json(hp)
 
-    def _hparam_domain(self, name: str) -> Domain:
+    def hparam_domain(self, name: str) -> Domain:
         """The space's domain for a hyper-parameter, or the default value where it gives none."""
         return self.hparams.get(name) or Domain(choices=(getattr(HParams(), name),))
 
@@ -354,6 +357,12 @@ class SearchSpace:
         if name not in self.hparams:
             return type(getattr(HParams(), name))(text)
         return self.hparams[name].parse_token(text)
+
+    def nearest_hparams(self, hparams: HParams) -> HParams:
+        """The hyper-parameters the vocabulary can write that are closest to these (a log
+        range's sample becomes its nearest grid point)."""
+        return HParams(**{f.name: self.hparam_domain(f.name).nearest(getattr(hparams, f.name))
+                          for f in fields(HParams)})
 
     def vocabulary(self) -> list[str]:
         """Every token a controller may emit, in a fixed order (index = token id)."""
@@ -363,7 +372,7 @@ class SearchSpace:
                 tokens.extend(f"{name}={token_text(v)}" for v in domain.values())
         tokens.extend(f"<{k}" for k in range(1, self.max_nodes + 2))
         for f in fields(HParams):
-            tokens.extend(f"hp.{f.name}={token_text(v)}" for v in self._hparam_domain(f.name).values())
+            tokens.extend(f"hp.{f.name}={token_text(v)}" for v in self.hparam_domain(f.name).values())
         return list(dict.fromkeys(tokens))
 
 

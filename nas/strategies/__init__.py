@@ -14,12 +14,13 @@ from nas.strategies.evolution import AgingEvolution, LargeScaleEvolution
 from nas.strategies.grid_search import GridSearch
 from nas.strategies.hyperband import Hyperband
 from nas.strategies.metaqnn import MetaQNN
+from nas.strategies.nas_rl import NasRL
 from nas.strategies.random_search import RandomSearch
 from nas.trial import Budget
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (RandomSearch, GridSearch, BayesianOptimization, LargeScaleEvolution, AgingEvolution,
-                              CoDeepNEAT, MetaQNN)}
+                              CoDeepNEAT, MetaQNN, NasRL)}
 
 
 ENTRY_POINT_GROUP = "nas.strategies"  # where other packages register strategies of their own
@@ -48,13 +49,17 @@ def make_strategy(name: str, space: SearchSpace, budget: Budget, seed: int = 0, 
 
 def make_search(name: str, space: SearchSpace, budget: Budget, seed: int = 0, *, population: int | None = None,
                 scheduler: str | None = None, min_epochs: int = 1, eta: int = 3,
-                trials: int | None = None) -> Strategy:
+                trials: int | None = None, concurrency: int | None = None) -> Strategy:
     """The strategy a search runs: `name`, with its population size if given, inside a
     budget scheduler (`hyperband` or `successive-halving`) if one is named. `trials` goes to
-    strategies whose schedule spans the search (MetaQNN's exploration)."""
+    strategies whose schedule spans the search (MetaQNN's exploration), `concurrency` to
+    those that learn from that many results at a time (the NAS controller's children)."""
     options: dict[str, Any] = {"population_size": population} if population else {}
-    if trials and "trials" in inspect.signature(strategy_class(name)).parameters:
+    accepted = inspect.signature(strategy_class(name)).parameters
+    if trials and "trials" in accepted:
         options["trials"] = trials
+    if concurrency and "children" in accepted:
+        options["children"] = concurrency
     strategy = make_strategy(name, space, budget, seed, **options)
     if scheduler:
         strategy = Hyperband(strategy, min_epochs, budget.epochs, eta,
@@ -63,4 +68,4 @@ def make_search(name: str, space: SearchSpace, budget: Budget, seed: int = 0, *,
 
 
 __all__ = ["ENTRY_POINT_GROUP", "STRATEGIES", "strategy_class", "AgingEvolution", "BayesianOptimization", "CoDeepNEAT", "GridSearch", "Hyperband",
-           "LargeScaleEvolution", "MetaQNN", "RandomSearch", "Strategy", "make_search", "make_strategy"]
+           "LargeScaleEvolution", "MetaQNN", "NasRL", "RandomSearch", "Strategy", "make_search", "make_strategy"]

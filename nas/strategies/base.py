@@ -185,6 +185,11 @@ class Strategy(ABC):
         """A small JSON state for people to read in the MLflow UI (e.g. a Q-table), or None."""
         return None
 
+    def files(self) -> dict[str, bytes]:
+        """Files of the strategy's state for the search run, by name (e.g. controller weights);
+        a name is logged once, so a new state takes a new name."""
+        return {}
+
     @property
     def best(self) -> Evaluation | None:
         finished = [e for e in self.history if e.ok]

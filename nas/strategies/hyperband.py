@@ -201,6 +201,9 @@ class Hyperband(Strategy):
     def report(self) -> dict[str, Any] | None:
         return self.sampler.report()  # the scheduler has nothing to show; what it samples with may
 
+    def files(self) -> dict[str, bytes]:
+        return self.sampler.files()
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "sampler": self.sampler.state_dict(), "opened": self.opened,
                 "brackets": [b.to_json() for b in self.brackets], "configs": self.configs,

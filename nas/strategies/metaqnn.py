@@ -132,7 +132,7 @@ class MetaQNN(Strategy):
         self._flat_input = len(shape) == 1
         self._start = State(0, "input", max(shape[1:]) if len(shape) > 1 else shape[0], 0, 0)
         self._layers: dict[str, tuple[str, dict[str, Any]]] = {}  # action -> (op, attrs)
-        conv_blocks = [int(v) for v in space._layout("conv_blocks", 0).values()] if "conv" in space.ops else [0]
+        conv_blocks = [int(v) for v in space.layout_domain("conv_blocks", 0).values()] if "conv" in space.ops else [0]
         self._convs = (min(conv_blocks), max(conv_blocks))
         if self._convs[1]:
             d = space.domains("conv")  # kernel_h is 1 on 1-D data
@@ -149,12 +149,13 @@ class MetaQNN(Strategy):
                         self._layers[f"conv {k} s{s} c{c}"] = ("conv", {
                             "channels": c, "kernel_h": kh, "kernel_w": kw, "stride": s, **fixed})
         if "pool" in space.ops:
-            for kind in space._layout("pool", "none").values():
+            for kind in space.layout_domain("pool", "none").values():
                 for size in space.ops["pool"]["size"].values() if kind != "none" else ():
                     self._layers[f"pool {kind} {size}"] = ("pool", {"kind": kind, "size": size})
         for reduce in REDUCTIONS:
             self._layers[reduce] = (reduce, {})
-        dense_layers = [int(v) for v in space._layout("dense_layers", 0).values()] if "dense" in space.ops else [0]
+        dense_layers = [int(v) for v in space.layout_domain("dense_layers", 0).values()] if "dense" in space.ops \
+            else [0]
         self._dense = (min(dense_layers), max(dense_layers))
         if self._dense[1]:
             d = space.ops["dense"]
@@ -188,7 +189,7 @@ class MetaQNN(Strategy):
             if fits:
                 actions.append(action)
         if state.convs >= self._convs[0]:
-            for reduce in self.space._reductions(state.convs):  # no global pool of the raw input
+            for reduce in self.space.reductions(state.convs):  # no global pool of the raw input
                 small = state.size <= DENSE_SIZE or (self._flat_input and not state.convs)
                 if reduce == "global_pool" or small:
                     actions.append(reduce)
@@ -209,7 +210,7 @@ class MetaQNN(Strategy):
         grown.append(Node.make(op, [len(grown) - 1], **attrs))
         ending: list[Node] = []
         if op in ("conv", "pool"):
-            reduce = "global_pool" if "global_pool" in self.space._reductions(1) else "flatten"
+            reduce = "global_pool" if "global_pool" in self.space.reductions(1) else "flatten"
             ending.append(Node.make(reduce, [len(grown) - 1]))
         if op != "head":
             ending.append(Node.make("head", [len(grown) + len(ending) - 1]))

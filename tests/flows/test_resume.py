@@ -36,7 +36,7 @@ def finished_trials(uri):
                               "tags.`nas.kind` = 'trial' and attributes.status = 'FINISHED'")
 
 
-@pytest.mark.parametrize("strategy", ["random", "evolution", "codeepneat", "metaqnn"])
+@pytest.mark.parametrize("strategy", ["random", "evolution", "codeepneat", "metaqnn", "nas-rl"])
 def test_sigkill_then_rerun_resumes_without_retraining_or_duplicates(tmp_path, digits_dir, strategy):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}  # the cache both runs share

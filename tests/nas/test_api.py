@@ -85,6 +85,18 @@ def test_metaqnn_logs_its_q_table_to_the_search_run_as_it_learns(project):
     assert report["q"] and all(row["q"] != 0.5 for row in report["q"][:1])  # learned from the results
 
 
+def test_nas_rl_logs_each_controller_version_and_notes_it_on_every_child(project):
+    search = create_search("nas-rl", data="digits", tracking_uri=f"sqlite:///{project}/mlflow.db", root=project,
+                           strategy="nas-rl", trials=3, epochs=1, concurrency=2, max_seconds=None)
+    search.optimize()
+    client = MlflowClient(search.tracking_uri)
+    assert {f.path for f in client.list_artifacts(search.run_id, "controller")} == {
+        "controller/v0000.safetensors", "controller/v0001.safetensors"}  # the first, and one update after 2 results
+    children = [client.get_run(e.run_id).data.tags for e in search.evaluations]
+    assert sorted(t["nas.controller_version"] for t in children) == ["0", "0", "1"]
+    assert all(float(t["nas.log_prob"]) < 0 for t in children)
+
+
 KILLED_SEARCH = """
 import sys
 from nas.api import create_search

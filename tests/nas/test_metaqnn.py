@@ -62,8 +62,8 @@ def test_proposals_are_valid_chains_that_keep_the_papers_rules(name, shape):
     candidates = drive(search, 10)  # epsilon 1.0 for 17 networks, then greedier
     assert len({c.arch.arch_id for c in candidates}) == len(candidates) == 30
     assert len({c.hparams for c in candidates}) == 1  # one seeded sample trains them all
-    conv_blocks = [int(v) for v in space._layout("conv_blocks", 0).values()] if "conv" in space.ops else [0]
-    dense_layers = [int(v) for v in space._layout("dense_layers", 0).values()]
+    conv_blocks = [int(v) for v in space.layout_domain("conv_blocks", 0).values()] if "conv" in space.ops else [0]
+    dense_layers = [int(v) for v in space.layout_domain("dense_layers", 0).values()]
     for c in candidates:
         plan = space.validate(c.arch, c.hparams)
         nodes = c.arch.nodes

@@ -24,8 +24,10 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from nas.cells import CellRNN
 from nas.ids import derive_seed
 from nas.space.architecture import INITS, Architecture, ArchitectureError
+from nas.space.cell import cell_spec
 from nas.space.shapes import NodePlan, Plan, Projection, Shape, infer
 
 __all__ = ["Network", "build", "inherited_weights", "remap_state"]
@@ -192,6 +194,17 @@ class Dense(nn.Module):
         return self.drop(self.act(self.linear(x)))
 
 
+class Recurrent(nn.Module):
+    """A cell unrolled over a signal (C, L), read as L steps of C features: its last hidden state."""
+
+    def __init__(self, in_shape: Shape, plan: NodePlan) -> None:
+        super().__init__()
+        self.rnn = CellRNN(cell_spec(plan.node.attr_dict), in_shape[0], plan.out_shape[0], device="meta")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rnn(x.transpose(1, 2))
+
+
 def _node_module(plan: NodePlan, num_classes: int, generators: DropoutGenerators) -> nn.Module:
     node, x = plan.node, plan.in_shapes[0]
     if node.op == "conv":
@@ -212,6 +225,8 @@ def _node_module(plan: NodePlan, num_classes: int, generators: DropoutGenerators
         return nn.Linear(x[0], num_classes, device="meta")
     if node.op == "identity":
         return nn.Identity()
+    if node.op == "cell":
+        return Recurrent(x, plan)
     raise ArchitectureError(f"node {plan.index}: the builder has no module for op '{node.op}'.")
 
 
@@ -254,6 +269,9 @@ class Network(nn.Module):
                         yield project.mix, "linear"
             elif isinstance(module, nn.Linear):
                 yield module, "linear"
+            elif isinstance(module, Recurrent):  # gain 1 keeps the recurrent weights near unit scale
+                yield module.rnn.cell.w, "linear"
+                yield module.rnn.cell.u, "linear"
 
 
 def _init_layer(layer: nn.Module, scheme: str, nonlinearity: str, generator: torch.Generator) -> None:

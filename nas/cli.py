@@ -53,7 +53,8 @@ def _configure_environment(root: Path) -> None:
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", dest="source", metavar="SOURCE",
-                   help="digits (default), mnist1d, a .parquet file or an .npz file (arrays x and y)")
+                   help="digits (default), mnist1d, adding (the adding problem; adding:L for length L), "
+                        "a .parquet file or an .npz file (arrays x and y)")
     p.add_argument("--label-column", help="label column of a Parquet file (default: label)")
     p.add_argument("--shape", help="example shape C,H,W or C,L for a flat file (default: inferred, flat)")
     p.add_argument("--data-dir", help="where the prepared splits go (default: data/<source name>)")
@@ -440,8 +441,18 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"  {key:<28} {value}")
     print("\nartifacts: " + ", ".join(summary["artifacts"]))
     if summary.get("architecture"):
+        arch = Architecture.from_json(summary["architecture"]["arch"])
         print("\narchitecture:")
-        print("\n".join(Architecture.from_json(summary["architecture"]["arch"]).describe()))
+        print("\n".join(arch.describe()))
+        for node in arch.nodes:
+            if node.op == "cell":
+                from nas.reports import draw_cell
+                from nas.space.cell import cell_spec
+
+                spec = cell_spec(node.attr_dict)
+                path = Path(f"cell-{summary['run_id'][:8]}.png")
+                path.write_bytes(draw_cell(spec))
+                print(f"\ncell: {spec.describe()}\n  drawn -> {path}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Turn a data source into standardised, stratified train/val/test splits on disk.
 
-`prepare` reads one of the built-in data sets (``digits``, ``mnist1d``) or a user
+`prepare` reads one of the built-in data sets (``digits``, ``mnist1d``, ``adding[:L]``) or a user
 file (``.parquet`` / ``.npz``), checks it, splits it, standardises it with train
 statistics and writes ``train/val/test.parquet`` plus ``meta.json`` into a folder.
 `read_meta` and `load_split` read that folder back.
@@ -32,17 +32,19 @@ import pyarrow.parquet as pq
 from nas.ids import digest
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-BUILTINS: tuple[str, ...] = ("digits", "mnist1d")
+BUILTINS: tuple[str, ...] = ("digits", "mnist1d", "adding")
+ADDING_LENGTH = 100  # `adding` is `adding:100`; `adding:L` sets the sequence length
+ADDING_ROWS = 4000
 META_FILE = "meta.json"
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]  # split name -> (x, y)
 
 _ACCEPTED = (
-    "--data accepts `digits`, `mnist1d`, a path to a `.parquet` file (one label column plus "
+    "--data accepts `digits`, `mnist1d`, `adding` (or `adding:L` for sequences of length L), a path to a `.parquet` file (one label column plus "
     "either numeric feature columns or exactly one list column of numbers) or a path to an "
     "`.npz` file (arrays `x` of shape (N, ...) and `y` of shape (N,))."
 )
-_REPREPARE = "Run `nas prepare --data <digits|mnist1d|file>` to (re)create it."
+_REPREPARE = "Run `nas prepare --data <digits|mnist1d|adding|file>` to (re)create it."
 
 
 class DataError(ValueError):
@@ -128,10 +130,15 @@ def feature_columns(source: str, label_column: str) -> list[str] | None:
     return [name for name in pq.read_schema(source).names if name != label_column]
 
 
+def is_builtin(source: str) -> bool:
+    """Whether `source` names a data set made here (digits, mnist1d, adding or adding:L), not a file."""
+    return source in BUILTINS or re.fullmatch(r"adding:\d+", source) is not None
+
+
 def source_name(source: str) -> str:
     """Short name of a source: the built-in name, or the file's stem (for data/<name>)."""
-    if source in BUILTINS:
-        return source
+    if is_builtin(source):
+        return source.replace(":", "-")
     _file_kind(source)  # rejects unsupported forms early, before a folder is named after them
     return Path(source).stem
 
@@ -176,7 +183,7 @@ def prepare(
 
     meta = DataMeta(
         name=source_name(source),
-        source=source if source in BUILTINS else str(Path(source).expanduser().resolve()),
+        source=source if is_builtin(source) else str(Path(source).expanduser().resolve()),
         shape=example_shape,
         classes=classes,
         counts={split: len(splits[split][1]) for split in SPLITS},
@@ -190,7 +197,7 @@ def prepare(
 
 def source_fingerprint(source: str) -> str:
     """What names a source's content: a built-in's name, a file's SHA-256 ("missing" if there is none)."""
-    if source in BUILTINS:
+    if is_builtin(source):
         return source
     path = Path(source)
     if not path.is_file():
@@ -283,6 +290,8 @@ def _load_source(source: str, label_column: str) -> _Raw:
         return _load_digits()
     if source == "mnist1d":
         return _load_mnist1d()
+    if is_builtin(source):
+        return _load_adding(int(source.partition(":")[2] or ADDING_LENGTH))
     kind = _file_kind(source)
     path = Path(source).expanduser()
     if not path.exists():
@@ -318,6 +327,15 @@ def _load_mnist1d() -> _Raw:
     x = np.concatenate([d["x"], d["x_test"]]).astype(np.float64)
     labels = np.concatenate([d["y"], d["y_test"]]).tolist()
     return _Raw(x=x, labels=labels, shape=(1, x.shape[1]), test_start=len(d["y"]))
+
+
+def _load_adding(length: int) -> _Raw:
+    from nas.sequences import adding_problem  # generated here: nothing to download
+
+    if length < 2:
+        raise DataError(f"adding:{length}: the adding problem needs sequences of length 2 or more, e.g. adding:100.")
+    x, y = adding_problem(ADDING_ROWS, length, seed=0)
+    return _Raw(x=x.reshape(len(x), -1).astype(np.float64), labels=y.tolist(), shape=(2, length))
 
 
 def _load_parquet(path: Path, label_column: str) -> _Raw:

@@ -1,13 +1,16 @@
-"""Pictures of a search, drawn from its lineage history (matplotlib is imported lazily)."""
+"""Pictures of a search, drawn from its lineage history, and of a recurrent cell (matplotlib is
+imported lazily)."""
 
 from __future__ import annotations
 
 import csv
+import io
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nas.space.cell import CellSpec, tree_children
 from nas.trial import Evaluation
 
 _FAILED_COLOUR = "#9e9e9e"
@@ -234,3 +237,78 @@ def write_plot_data(history: list[Evaluation], folder: str | Path) -> list[Path]
     return [write_csv(trajectory_rows(history), folder / "trajectory.csv", TRAJECTORY_COLUMNS),
             write_csv(pareto, folder / "pareto.csv", PARETO_COLUMNS),
             write_csv([r for r in pareto if r["pareto"]], folder / "pareto_front.csv", PARETO_COLUMNS)]
+
+
+def draw_cell(spec: CellSpec) -> bytes:
+    """A PNG of the cell's tree: leaves at the bottom, the root (h_t) on top, the memory path if any."""
+    import textwrap
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    level, lift = 3.0, 1.5  # vertical gap between tree levels; height of an inject box above its node
+    memory, ink = "#b07a2a", "#444444"
+    fig = Figure(figsize=(8, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.01, 0.01, 0.98, 0.88))
+    ax.set_axis_off()
+    fig.suptitle(textwrap.fill(spec.describe(), 120), fontsize=7)
+
+    # Leaves sit at x = 0..base-1, each parent midway above its two children.
+    pos: dict[int, tuple[float, float]] = {i: (float(i), 0.0) for i in range(spec.base)}
+    children = tree_children(spec.base)
+    for parent, (left, right) in children.items():
+        pos[parent] = ((pos[left][0] + pos[right][0]) / 2, pos[left][1] + level)
+
+    # Boxes are drawn before the arrows, which are clipped at the boxes' outlines.
+    boxes: dict[str, Any] = {}
+
+    def box(key: str, text: str, xy: tuple[float, float], color: str = "#3b6ea5", fill: str = "#dbe8f5") -> None:
+        boxes[key] = ax.annotate(text, xy, ha="center", va="center", fontsize=8,
+                                 bbox={"boxstyle": "round", "facecolor": fill, "edgecolor": color})
+
+    def arrow(src: tuple[float, float], dst: tuple[float, float], color: str = ink, text: str = "",
+              patch_a: str | None = None, patch_b: str | None = None) -> None:
+        """An arrow src -> dst, with `text` at src; a named box at either end cuts the arrow at its outline."""
+        ends = {"patchA": boxes[patch_a].get_bbox_patch() if patch_a else None,
+                "patchB": boxes[patch_b].get_bbox_patch() if patch_b else None}
+        ax.annotate(text, xy=dst, xytext=src, ha="center", va="center", fontsize=8, color=color,
+                    arrowprops={"arrowstyle": "->", "color": color, "shrinkA": 3, "shrinkB": 2,
+                                **{k: v for k, v in ends.items() if v is not None}})
+
+    for i, op in enumerate(spec.nodes):
+        box(str(i), "\n".join(op), pos[i])
+    # Where each node's output leaves from: its inject box when c_{t-1} is injected there.
+    out = {str(i): str(i) for i in range(spec.size)}
+    if spec.inject is not None and spec.inject_at is not None and spec.memory_from is not None:
+        # The memory arrows keep to the side of a node away from the edge to its parent.
+        right_children = {right for _, right in children.values()}
+
+        def away(node: int) -> float:
+            return 0.4 if node in right_children else -0.4
+
+        x, y = pos[spec.inject_at]
+        box("inject", "\n".join(spec.inject), (x, y + lift), color=memory, fill="#f5e3c8")
+        out[str(spec.inject_at)] = "inject"
+        arrow(pos[spec.inject_at], (x, y + lift), patch_a=str(spec.inject_at), patch_b="inject")
+        arrow((x + away(spec.inject_at), y + lift + 0.8), (x, y + lift), memory, "$c_{t-1}$", patch_b="inject")
+        mx, my = pos[spec.memory_from]
+        arrow((mx, my), (mx + away(spec.memory_from), my + 0.8), memory, patch_a=str(spec.memory_from))
+        ax.annotate("$c_t$", (mx + 1.2 * away(spec.memory_from), my + 0.95), ha="center", fontsize=8, color=memory)
+    for i in range(spec.base):
+        arrow((i - 0.2, -1.2), pos[i], text="$x_t$", patch_b=str(i))
+        arrow((i + 0.2, -1.2), pos[i], text="$h_{t-1}$", patch_b=str(i))
+    for parent, (left, right) in children.items():
+        for child in (left, right):
+            source = out[str(child)]
+            arrow(boxes[source].xy, pos[parent], patch_a=source, patch_b=str(parent))
+    root = out[str(spec.size - 1)]
+    root_x, root_y = boxes[root].xy
+    arrow((root_x, root_y), (root_x, root_y + 1.1), patch_a=root)
+    ax.annotate("$h_t$", (root_x, root_y + 1.3), ha="center", va="center", fontsize=9)
+
+    ax.set_xlim(-1, spec.base)  # centred on the leaves
+    ax.set_ylim(-1.6, root_y + 1.8)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()

@@ -13,4 +13,5 @@ ARCHITECTURE_FILE = "architecture.json"
 WEIGHTS_FILE = "weights.safetensors"
 CHECKPOINT_FILE = "checkpoint.pt"  # weights, optimizer and RNG states of a run that can be continued
 CONFIG_FILE = "config.json"
+CELL_DRAWING_FILE = "cell.png"  # the tree of a network's recurrent cell (nas.reports.draw_cell)
 STRATEGY_REPORT_FILE = "strategy-report.json"  # a search's strategy state for people (Strategy.report)

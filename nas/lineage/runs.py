@@ -28,9 +28,10 @@ from nas.ids import digest
 from nas.lineage.connection import (MAX_CONFIG_PARAM_CHARS, MAX_PARAMS_PER_BATCH, LineageError, _chunks,
                                     _local_dir, _short, _tag_values)
 from nas.lineage.datasets import dataset_input
-from nas.lineage.layout import (ARCHITECTURE_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVALUATION_FILE, KIND_SEARCH,
-                                KIND_TRIAL, STRATEGY_REPORT_FILE, WEIGHTS_FILE)
+from nas.lineage.layout import (ARCHITECTURE_FILE, CELL_DRAWING_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVALUATION_FILE,
+                                KIND_SEARCH, KIND_TRIAL, STRATEGY_REPORT_FILE, WEIGHTS_FILE)
 from nas.lineage.queries import StoreQueries
+from nas.space.cell import cell_spec
 from nas.trial import Candidate, Evaluation, TrialStatus
 
 if TYPE_CHECKING:
@@ -222,6 +223,10 @@ class StoreRuns(StoreQueries):
                 client.log_inputs(run_id, [dataset_input(dataset)])
         self.client.log_dict(run_id, {"arch": candidate.arch.to_json(),
                                       "hparams": candidate.hparams.to_json()}, ARCHITECTURE_FILE)
+        for node in candidate.arch.nodes:
+            if node.op == "cell":  # a tree reads better drawn than as twenty attributes
+                from nas.reports import draw_cell
+                self.log_bytes(run_id, CELL_DRAWING_FILE, draw_cell(cell_spec(node.attr_dict)))
         return run_id
 
     def log_step(self, run_id: str, step: int, metrics: dict[str, float]) -> None:

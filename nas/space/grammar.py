@@ -11,14 +11,15 @@ with channels, kernels and units and shrink with stride.)
 
 Sentences follow the space's layout, as random search writes them:
 
-    sentence := [signal] layer* reduction dense* head hparam*
+    sentence := [signal] layer* reduction dense* head hparam*   (reduction: e.g. flatten, or a cell)
     layer    := [skip <1 <k...] conv attrs <1 [pool attrs <1]
 
 with the skip connections of Zoph and Le: a conv layer's input may sum (or concatenate,
 whichever ops `layout.skip` offers) the outputs of any earlier layers besides the previous
 one. Those are `anchor` decisions, yes or no for each earlier layer, taken right after the
 controller chose `conv`, so the skip node's tokens come before the `conv` it feeds.
-Flat features get the `signal` stem before the first conv layer (none without layers).
+Flat features get the `signal` stem before the first conv layer, or before a recurrent
+cell that reads them as a sequence.
 
     >>> import random
     >>> space = SearchSpace.load("spaces/small-cnn.yaml").bind((1, 8, 8), 10)
@@ -36,6 +37,7 @@ from dataclasses import dataclass, fields
 
 from nas.space.architecture import ArchitectureError, HParams
 from nas.space.domain import token_text
+from nas.space.shapes import OPS
 from nas.space.space import SearchSpace
 
 YES, NO = "yes", "no"
@@ -172,8 +174,9 @@ def _sentence(space: SearchSpace, tokens: list[str]) -> _Writer:
     def node(op: str, inputs: list[int]) -> _Writer:
         nonlocal size
         tokens.append(op)
-        for name, domain in space.domains(op).items():
-            tokens.append((yield Decision(name, tuple(f"{name}={token_text(v)}" for v in domain.values()))))
+        domains = space.domains(op)
+        for name in OPS[op].attrs:  # the language's order, as `space.to_tokens` writes them
+            tokens.append((yield Decision(name, tuple(f"{name}={token_text(v)}" for v in domains[name].values()))))
         tokens.extend(f"<{size - j}" for j in inputs)
         size += 1
 
@@ -217,6 +220,8 @@ def _sentence(space: SearchSpace, tokens: list[str]) -> _Writer:
             size += 1
             outputs[-1] = size - 1
         else:
+            if op == "cell" and flat and not convs:  # a cell reads flat features as a sequence, too
+                yield from node("signal", [size - 1])
             yield from node(op, [size - 1])
             break
         last = op

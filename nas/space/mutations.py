@@ -1,4 +1,5 @@
-"""The eleven mutations of Real et al. 2017, "Large-Scale Evolution of Image Classifiers".
+"""The eleven mutations of Real et al. 2017, "Large-Scale Evolution of Image Classifiers",
+and a twelfth for spaces of recurrent cells (alter-cell: one attribute of the cell's tree).
 
 A mutation turns a parent (architecture, hyper-parameters) into a child that the search
 space accepts, and says which child nodes may inherit the parent's weights: `node_map`
@@ -38,7 +39,8 @@ __all__ = ["MUTATIONS", "Mutated", "NotApplicable", "apply_mutation", "mutate"]
 
 MUTATIONS: tuple[str, ...] = (
     "alter-learning-rate", "identity", "reset-weights", "insert-convolution", "remove-convolution",
-    "alter-stride", "alter-number-of-channels", "filter-size", "insert-one-to-one", "add-skip", "remove-skip")
+    "alter-stride", "alter-number-of-channels", "filter-size", "insert-one-to-one", "add-skip", "remove-skip",
+    "alter-cell")
 
 MERGES = ("add", "concat")
 
@@ -231,6 +233,17 @@ def _remove_skip(space: SearchSpace, nodes: tuple[Node, ...], plan: Plan, rng: r
         yield _remove(nodes, k)
 
 
+def _alter_cell(space: SearchSpace, nodes: tuple[Node, ...], plan: Plan, rng: random.Random) -> Candidates:
+    cells = [k for k, node in enumerate(nodes) if node.op == "cell"]
+    if not cells:
+        raise NotApplicable("the architecture has no recurrent cell.")
+    domains = space.domains("cell")
+    for k in _shuffled(rng, cells):
+        for name in _shuffled(rng, [name for name in domains if name != "base"]):  # a new base is a new tree
+            for value in _shuffled(rng, _other_values(domains[name], nodes[k].get(name))):
+                yield _replace(nodes, k, nodes[k].with_attrs(**{name: value}))
+
+
 _GRAPH_MUTATIONS = MappingProxyType({
     "insert-convolution": _insert_convolution,
     "remove-convolution": _remove_convolution,
@@ -240,6 +253,7 @@ _GRAPH_MUTATIONS = MappingProxyType({
     "insert-one-to-one": _insert_one_to_one,
     "add-skip": _add_skip,
     "remove-skip": _remove_skip,
+    "alter-cell": _alter_cell,
 })
 
 

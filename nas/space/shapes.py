@@ -7,7 +7,8 @@ its modules from the same plan, and a test checks that torch counts the same par
 Shapes exclude the batch: (C, H, W) for images, (C, L) for signals, (F,) for features.
 The `signal` op views features (F,) as a one-channel signal (1, F), so convolutions can
 run over the feature axis while the data stays flat (standardised per feature, as tabular
-data needs).
+data needs). A `cell` reads a signal (C, L) as L steps of C features and outputs its last
+hidden state (units,).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nas.space.architecture import Architecture, ArchitectureError, Node
+from nas.space.cell import BASES, CELL_ACTIVATIONS, CELL_ATTRS, CELL_COMBINES, NODE_ATTRS, NONE, cell_params, cell_spec
 
 Shape = tuple[int, ...]
 
@@ -39,6 +41,7 @@ OPS: dict[str, OpSpec] = {
     "global_pool": OpSpec(()),
     "flatten": OpSpec(()),
     "dense": OpSpec(("units", "activation", "dropout")),
+    "cell": OpSpec(CELL_ATTRS),  # a recurrent cell over a sequence (C, L): nas/space/cell.py
     "head": OpSpec(()),
 }
 POSITIVE_INTS = ("channels", "kernel_h", "kernel_w", "stride", "size", "units")
@@ -119,6 +122,15 @@ def attr_problem(name: str, value: Any) -> str | None:
         return "must be in [0, 1)."
     if name == "batch_norm" and not isinstance(value, bool):
         return "must be true or false."
+    if name == "base" and value not in BASES:
+        return f"must be one of {list(BASES)} (the leaves of a cell's tree)."
+    if name in (*NODE_ATTRS, "inject") and value != NONE and (
+            not isinstance(value, str) or value.partition("_")[0] not in CELL_COMBINES
+            or value.partition("_")[2] not in CELL_ACTIVATIONS):
+        return (f"must be 'none' or combine_activation with a combine of {list(CELL_COMBINES)} and an "
+                f"activation of {list(CELL_ACTIVATIONS)}, e.g. 'add_tanh'.")
+    if name in ("inject_at", "memory_from") and not (type(value) is int and 0 <= value < len(NODE_ATTRS)):
+        return f"must be a node index 0..{len(NODE_ATTRS) - 1}."
     return None
 
 
@@ -157,6 +169,9 @@ def infer(arch: Architecture, input_shape: Shape, num_classes: int) -> Plan:
         x = ins[0] if ins else tuple(input_shape)
         params = flops = 0
         projections: tuple[Projection | None, ...] = ()
+        if node.op == "cell" and len(x) != 2:
+            raise _fail(i, node, f"reads a sequence (C, L) but gets {x}; put a signal node before it to read flat "
+                        "features as a sequence, or use a space without cells for images.")
         if node.op in ("conv", "pool", "global_pool") and len(x) < 2:
             raise _fail(i, node, f"needs a spatial input (C,H,W) or (C,L) but gets the flat shape {x}; "
                         "put a signal node before it to convolve over the features, or use a dense-only space "
@@ -188,6 +203,14 @@ def infer(arch: Architecture, input_shape: Shape, num_classes: int) -> Plan:
             params = sum(p.params for p in projections if p is not None)
         elif node.op == "signal":
             out = (1, x[0])
+        elif node.op == "cell":
+            try:
+                spec = cell_spec(node.attr_dict)
+            except ValueError as exc:
+                raise _fail(i, node, str(exc)) from None
+            out = (node.get("units"),)
+            params = cell_params(spec, x[0], node.get("units"))
+            flops = 2 * params * x[1]  # every weight once per step
         elif node.op == "global_pool":
             out = (x[0],)
         elif node.op == "flatten":
@@ -205,5 +228,6 @@ def infer(arch: Architecture, input_shape: Shape, num_classes: int) -> Plan:
         raise _fail(arch.output, arch.nodes[-1], "the last node must be the head (the classifier layer).")
     unused = [i for i in range(arch.output) if not arch.consumers(i)]
     if unused:
-        raise ArchitectureError(f"nodes {unused} feed nothing; every node but the head must be an input of a later node.")
+        raise ArchitectureError(f"nodes {unused} feed nothing; every node but the head must be an input of a "
+                                "later node.")
     return Plan(tuple(input_shape), num_classes, tuple(plans))

@@ -21,6 +21,7 @@ controllers) need only respect `ops` and `limits`, not the layout.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
@@ -210,11 +211,11 @@ class SearchSpace:
             return Domain(choices=(0,) if key == "conv_blocks" else ("flatten",))
         return domain
 
-    def _assemble(self, blocks: list[tuple[dict, str, str]], reduce: str,
+    def _assemble(self, blocks: list[tuple[dict, str, str]], reduce: tuple[str, dict],
                   dense: list[dict]) -> Architecture:
-        """A layer list into a graph: conv blocks, reduction, dense layers, head."""
+        """A layer list into a graph: conv blocks, reduction (op, attributes), dense layers, head."""
         nodes = [Node.make("input")]
-        if blocks and self._rank() == 1:
+        if (blocks or reduce[0] == "cell") and self._rank() == 1:  # both read flat features as a signal
             nodes.append(Node.make("signal", [0]))
         for conv, pool, skip in blocks:
             block_input = len(nodes) - 1
@@ -223,11 +224,18 @@ class SearchSpace:
                 nodes.append(Node.make("pool", [len(nodes) - 1], kind=pool, size=self._pool_size()))
             if skip != "none":
                 nodes.append(Node.make(skip, [len(nodes) - 1, block_input]))
-        nodes.append(Node.make(reduce, [len(nodes) - 1]))
+        nodes.append(Node.make(reduce[0], [len(nodes) - 1], **reduce[1]))
         for attrs in dense:
             nodes.append(Node.make("dense", [len(nodes) - 1], **attrs))
         nodes.append(Node.make("head", [len(nodes) - 1]))
         return Architecture(tuple(nodes))
+
+    def _reduce_choices(self, n_blocks: int) -> Iterator[tuple[str, dict[str, AttrValue]]]:
+        """Every reduction with its attributes, lazily: a cell's tree has billions."""
+        for op in self.reductions(n_blocks):
+            names = list(self.domains(op))
+            for combo in itertools.product(*(self.domains(op)[n].values() for n in names)):
+                yield op, dict(zip(names, combo))
 
     def _pool_size(self) -> int:
         return int(self.ops["pool"]["size"].values()[0])
@@ -238,7 +246,8 @@ class SearchSpace:
             blocks = [({a: d.sample(rng) for a, d in self.domains("conv").items()},
                        self.layout_domain("pool", "none").sample(rng), self.layout_domain("skip", "none").sample(rng))
                       for _ in range(n_blocks)]
-            reduce = rng.choice(self.reductions(n_blocks))
+            op = rng.choice(self.reductions(n_blocks))
+            reduce = (op, {a: d.sample(rng) for a, d in self.domains(op).items()})
             n_dense = int(self.layout_domain("dense_layers", 0).sample(rng))
             dense = [{a: d.sample(rng) for a, d in self.ops["dense"].items()} for _ in range(n_dense)]
             arch = self._assemble(blocks, reduce, dense)
@@ -263,7 +272,8 @@ class SearchSpace:
         block = len(self._choices(self.domains("conv"))) if "conv" in self.ops else 0
         block *= len(self.layout_domain("pool", "none").values()) * len(self.layout_domain("skip", "none").values())
         dense = len(self._choices(self.ops["dense"])) if "dense" in self.ops else 0
-        archs = sum(block**b * dense**d * len(self.reductions(b))
+        archs = sum(block**b * dense**d * sum(math.prod(len(v.values()) for v in self.domains(r).values())
+                                              for r in self.reductions(b))
                     for b in self.layout_domain("conv_blocks", 0).values()
                     for d in self.layout_domain("dense_layers", 0).values())
         return archs * len(self._choices(self.hparams))
@@ -277,7 +287,7 @@ class SearchSpace:
         hparams = [HParams(**h) for h in self._choices(self.hparams)]
         for n_blocks in sorted(self.layout_domain("conv_blocks", 0).values()):
             for n_dense in sorted(self.layout_domain("dense_layers", 0).values()):
-                for reduce in self.reductions(n_blocks):
+                for reduce in self._reduce_choices(n_blocks):
                     for conv_combo in itertools.product(blocks, repeat=n_blocks):
                         for dense_combo in itertools.product(dense, repeat=n_dense):
                             arch = self._assemble(list(conv_combo), reduce, list(dense_combo))

@@ -156,13 +156,23 @@ class _Evolution(Strategy):
 
 
 def simplest_network(space: SearchSpace) -> Architecture:
-    """input -> global_pool -> head, or input -> flatten -> head for flat data or without global_pool."""
+    """input -> global_pool -> head, or input -> flatten -> head for flat data or without
+    global_pool; in a space of recurrent cells, input -> cell -> head with the cell the space
+    lists first (a signal view before it on flat data)."""
     shape, _ = space.bound()
     reduce = "global_pool" if len(shape) > 1 and "global_pool" in space.ops else "flatten"
-    if reduce not in space.ops:
-        raise SpaceError(f"space '{space.name}' has neither global_pool nor flatten, so evolution cannot write "
-                         "its simplest network (input -> reduction -> head); add one of them under ops.")
-    arch = Architecture((Node.make("input"), Node.make(reduce, [0]), Node.make("head", [1])))
+    nodes = [Node.make("input")]
+    if reduce in space.ops:
+        nodes.append(Node.make(reduce, [0]))
+    elif "cell" in space.ops:
+        if len(shape) == 1 and "signal" in space.ops:
+            nodes.append(Node.make("signal", [0]))
+        nodes.append(Node.make("cell", [len(nodes) - 1],
+                               **{name: d.values()[0] for name, d in space.domains("cell").items()}))
+    else:
+        raise SpaceError(f"space '{space.name}' has neither global_pool, flatten nor cell, so evolution cannot "
+                         "write its simplest network (input -> reduction -> head); add one of them under ops.")
+    arch = Architecture((*nodes, Node.make("head", [len(nodes) - 1])))
     try:
         space.validate(arch)
     except ArchitectureError as exc:

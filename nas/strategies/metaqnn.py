@@ -29,7 +29,9 @@ Attributes MetaQNN does not search (batch norm, activation, dropout) take one va
 relu where allowed, otherwise the domain's first. The training hyper-parameters are not
 MetaQNN's subject either: one sample of the space's `hparams`, drawn from the seed,
 trains every network, so equal networks are equal trials and the reward is the
-architecture's alone. Networks are chains (no skips). Representation sizes are exact
+architecture's alone. A recurrent cell (spaces/rnn-cell.yaml) is a reduction
+whose units MetaQNN picks; its tree is the one the space lists first (searching trees is
+nas-rl's job). Networks are chains (no skips). Representation sizes are exact
 (the paper bins them): halving by pools leaves only a few, and an exact size tells
 whether a pool or a kernel still fits.
 
@@ -154,6 +156,11 @@ class MetaQNN(Strategy):
                     self._layers[f"pool {kind} {size}"] = ("pool", {"kind": kind, "size": size})
         for reduce in REDUCTIONS:
             self._layers[reduce] = (reduce, {})
+        if "cell" in space.ops:  # MetaQNN writes layers, not trees: a cell takes the tree the space lists first
+            d = space.domains("cell")
+            tree = {name: domain.values()[0] for name, domain in d.items() if name != "units"}
+            for units in d["units"].values():
+                self._layers[f"cell {units}"] = ("cell", {"units": units, **tree})
         dense_layers = [int(v) for v in space.layout_domain("dense_layers", 0).values()] if "dense" in space.ops \
             else [0]
         self._dense = (min(dense_layers), max(dense_layers))
@@ -174,8 +181,8 @@ class MetaQNN(Strategy):
 
     def _rules(self, state: State) -> list[str]:
         op, attrs = self._layers.get(state.layer, ("input", {}))
-        if op in ("flatten", "global_pool", "dense"):
-            top = attrs.get("units")
+        if op in (*REDUCTIONS, "cell", "dense"):
+            top = attrs["units"] if op == "dense" else None  # dense units never grow
             dense = [a for a, (o, at) in self._layers.items() if o == "dense" and (top is None or at["units"] <= top)]
             return (dense if state.dense < self._dense[1] else []) + ([HEAD] if state.dense >= self._dense[0] else [])
         actions = []
@@ -191,7 +198,9 @@ class MetaQNN(Strategy):
         if state.convs >= self._convs[0]:
             for reduce in self.space.reductions(state.convs):  # no global pool of the raw input
                 small = state.size <= DENSE_SIZE or (self._flat_input and not state.convs)
-                if reduce == "global_pool" or small:
+                if reduce == "cell":
+                    actions.extend(a for a, (o, _) in self._layers.items() if o == "cell")
+                elif reduce == "global_pool" or small:
                     actions.append(reduce)
         return actions
 
@@ -205,7 +214,7 @@ class MetaQNN(Strategy):
         prefix with its cheapest ending is not a valid network of the space."""
         op, attrs = self._layers[action]
         grown = list(nodes)
-        if op == "conv" and len(shape) == 1:  # flat features: view them as one signal
+        if op in ("conv", "cell") and len(shape) == 1:  # flat features: view them as one signal
             grown.append(Node.make("signal", [len(grown) - 1]))
         grown.append(Node.make(op, [len(grown) - 1], **attrs))
         ending: list[Node] = []
@@ -265,7 +274,7 @@ class MetaQNN(Strategy):
         for i, node in enumerate(arch.nodes[1:], start=1):
             if node.inputs != (i - 1,):
                 return None  # not a chain
-            if node.op == "signal" and i == 1 and arch.nodes[2].op == "conv":
+            if node.op == "signal" and i == 1 and arch.nodes[2].op in ("conv", "cell"):
                 continue  # part of the first convolution's action
             action = self._by_node.get((node.op, node.attrs))
             if action is None or action not in self._actions(state):

@@ -97,6 +97,19 @@ def test_nas_rl_logs_each_controller_version_and_notes_it_on_every_child(project
     assert all(float(t["nas.log_prob"]) < 0 for t in children)
 
 
+def test_nas_rl_writes_recurrent_cells_for_the_adding_problem_and_each_run_shows_its_tree(project):
+    search = create_search("cells", data="adding:12", space=str(ROOT / "spaces/rnn-cell.yaml"),
+                           tracking_uri=f"sqlite:///{project}/mlflow.db", root=project, strategy="nas-rl",
+                           trials=2, epochs=1, concurrency=2, max_seconds=None)
+    search.optimize()
+    client = MlflowClient(search.tracking_uri)
+    assert search.meta.shape == (2, 12) and all(e.ok for e in search.evaluations)
+    for evaluation in search.evaluations:
+        assert any(node.op == "cell" for node in evaluation.candidate.arch.nodes)
+        png = Path(client.download_artifacts(evaluation.run_id, "cell.png", str(project)))
+        assert png.read_bytes().startswith(b"\x89PNG")
+
+
 KILLED_SEARCH = """
 import sys
 from nas.api import create_search

@@ -120,6 +120,19 @@ def test_deterministic_fingerprint(digits, tmp_path):
     assert prepare("digits", tmp_path / "seed1", seed=1).fingerprint != meta.fingerprint
 
 
+def test_the_adding_problem_is_a_built_in_sequence_data_set_of_any_length(tmp_path):
+    meta = prepare("adding:16", tmp_path / "a")
+    assert meta.shape == (2, 16) and sum(meta.counts.values()) == 4000 and meta.name == "adding-16"
+    x, _ = load_split(tmp_path / "a", "train")
+    assert x.shape == (meta.counts["train"], 2, 16)
+    assert prepare("adding:16", tmp_path / "b").fingerprint == meta.fingerprint
+    assert prepare("adding", tmp_path / "c").shape == (2, 100)
+    with pytest.raises(DataError, match="length 2 or more"):
+        prepare("adding:1", tmp_path / "d")
+    with pytest.raises(DataError, match="adding:L"):
+        prepare("adding:x", tmp_path / "e")
+
+
 def test_mnist1d_offline(tmp_path):
     def no_network(*args, **kwargs):
         raise AssertionError("mnist1d must be generated offline, but a socket was opened")

@@ -16,7 +16,8 @@ from nas.space import SearchSpace
 from nas.space.grammar import GrammarError, picks_for, write
 from tests.conftest import ROOT
 
-SPACES = {"cnn": (1, 8, 8), "small-cnn": (1, 8, 8), "conv1d": (1, 40), "flat": (40,), "mlp": (64,)}
+SPACES = {"cnn": (1, 8, 8), "small-cnn": (1, 8, 8), "conv1d": (1, 40), "flat": (40,), "mlp": (64,),
+          "rnn-cell": (2, 30)}
 BOUND = {name: SearchSpace.load(ROOT / f"spaces/{name}.yaml").bind(shape, 10) for name, shape in SPACES.items()}
 
 

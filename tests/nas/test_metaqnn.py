@@ -233,3 +233,12 @@ def test_warm_start_learns_only_from_networks_it_could_have_written():
     search.warm_start(results(mine) + results(unwritable))
     assert len(search.memory) == len(mine) and len(search.history) == len(mine) + len(unwritable)
     assert not {c.arch.arch_id for c in search.ask(6)} & {c.arch.arch_id for c in mine}
+
+
+def test_a_recurrent_cell_is_a_reduction_whose_units_metaqnn_picks():
+    space = bound("rnn-cell.yaml", (2, 30))
+    search = MetaQNN(space, Budget(5), seed=0, trials=10)
+    asked = drive(search, 3, n=2)  # the space holds six such networks: two cells, three dense tails
+    cells = [n for c in asked for n in c.arch.nodes if n.op == "cell"]
+    assert len(cells) == len(asked) >= 4 and {n.get("units") for n in cells} == {32, 64}
+    assert len({(n.get("node0"), n.get("inject")) for n in cells}) == 1  # the tree is the space's first

@@ -119,8 +119,23 @@ def test_random_mutations_give_valid_networks_that_run(shape):
                 assert_inherits_what_fits(arch, child, shape)
             built += 1
         arch, hparams = child.arch, child.hparams
-    assert set(applied) == set(MUTATIONS), applied  # every mutation applied at least once
+    assert set(applied) == set(MUTATIONS) - {"alter-cell"}, applied  # every mutation of a CNN, at least once
     assert built >= 300
+
+
+def test_alter_cell_changes_one_attribute_of_the_tree_and_keeps_its_weights():
+    space, rng = SearchSpace.load("spaces/rnn-cell.yaml").bind((1, 40), 10), random.Random(0)
+    arch, hparams = space.sample(rng)
+    for _ in range(20):
+        child = apply_mutation("alter-cell", space, arch, hparams, rng)
+        space.validate(child.arch, child.hparams)
+        k = next(i for i, node in enumerate(arch.nodes) if node.op == "cell")
+        changed = {name for name, value in arch.nodes[k].attrs if child.arch.nodes[k].get(name) != value}
+        assert len(changed) == 1 and "base" not in changed
+        assert child.node_map == {i: i for i in range(len(arch.nodes))}
+        arch = child.arch
+    with pytest.raises(NotApplicable, match="no recurrent cell"):
+        apply_mutation("alter-cell", cnn((1, 8, 8)), *cnn((1, 8, 8)).sample(rng), rng)
 
 
 def test_mutations_move_flat_features_between_perceptrons_and_conv_nets():

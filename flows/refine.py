@@ -28,6 +28,7 @@ from nas.refine import as_refinement, refinement_space, refinement_strategy, res
 from nas.runner import TrialJob, trial_setting
 from nas.space import SearchSpace
 from nas.train import with_validation
+from nas.transfer import transferred
 from nas.trial import Budget, Candidate, Evaluation
 from tasks.train import train_final
 
@@ -90,6 +91,8 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
     winner = max(results, key=lambda e: e.rank_key)  # full ties: the search's own run, listed first
     final = Candidate(winner.candidate.arch, winner.candidate.hparams,
                       Budget(winner.candidate.hparams.epochs, cfg.max_seconds), parents=(winner.run_id,))
+    if source := winner.candidate.info.get("transfer_from"):
+        final = transferred(final, source)
     logger.info("winner: %s with %s; training it on train+val for %d epochs", winner.arch_id,
                 winner.candidate.hparams.to_json(), final.budget.epochs)
     final_setting = replace(setting, data_fingerprint=with_validation(meta.fingerprint), folds=1)  # trained once

@@ -32,6 +32,7 @@ from nas.loop import LoopOutcome, Submit, run_loop, time_limit
 from nas.runner import ThreadRunner, TrialJob, trial_setting
 from nas.space import SearchSpace, resolve_space
 from nas.strategies import Strategy, make_search
+from nas.transfer import transfer_source, transferring
 from nas.trial import Budget, Evaluation
 
 if TYPE_CHECKING:
@@ -73,6 +74,9 @@ class Search:
                                         concurrency=config.workers)
         else:
             self.strategy = strategy(self.space, budget, seed=config.seed)
+        # Resolved once: an experiment's best run may change, this search's source may not.
+        self.transfer_from = transfer_source(config.init_from, self.tracking_uri, self.root) \
+            if config.init_from else None
         self.warm_started = 0
         if config.from_experiment:
             seeds = LineageStore(self.tracking_uri, config.from_experiment, self.root).best(config.top_k)
@@ -106,6 +110,8 @@ class Search:
         with ExitStack() as stack:
             if runner is None:
                 runner = stack.enter_context(ThreadRunner(self.data_dir, self.job, cfg.workers))
+            if self.transfer_from:
+                runner = transferring(runner, self.transfer_from)
             outcome = run_loop(self.strategy, runner, trials=n_trials or cfg.trials, concurrency=cfg.workers,
                                asynchronous=cfg.asynchronous, stop=time_limit(timeout) if timeout else None,
                                on_result=told)
@@ -131,6 +137,8 @@ class Search:
             "tracking_uri": self.tracking_uri, "trials": len(self.evaluations),
             "failed": sum(not e.ok for e in self.evaluations), "stop_reason": self.stop_reason or "not started",
         }
+        if self.transfer_from:
+            summary["transfer_from"] = self.transfer_from
         if (best := self.best_trial) is not None:
             summary.update(best_run_id=best.run_id, best_arch_id=best.arch_id, best_val_acc=best.val_acc,
                            best_params=best.params)

@@ -94,6 +94,9 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-experiment", help="warm-start the strategy from this experiment's best runs, "
                                              "whatever strategy produced them")
     p.add_argument("--top-k", type=int, help="how many runs --from-experiment takes (default: 10)")
+    p.add_argument("--init-from", metavar="RUN_OR_EXPERIMENT",
+                   help="transfer: every candidate starts from this run's weights (an experiment: its best run), "
+                        "perhaps trained on other data; each tensor whose node and shape match is taken")
     p.add_argument("--epochs", type=int, help="training epochs per candidate (default: 20)")
     p.add_argument("--seed", type=int, help="seed of the strategy and of training (default: 0)")
     p.add_argument("--concurrency", type=int, help="candidates trained at once (default: 2 on a CPU; on a GPU as "

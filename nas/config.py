@@ -67,6 +67,7 @@ class SearchConfig:
     asynchronous: bool = False  # tell each result as it finishes instead of in rounds
     from_experiment: str | None = None  # warm-start from this experiment's best runs ...
     top_k: int = 10  # ... this many of them
+    init_from: str | None = None  # candidates start from this run's weights, or an experiment's best run's
     device: str | None = None  # "cpu" or "cuda"; default: cuda when available
     cv: int | None = None  # folds scoring each trial; None: automatic (K-fold below a row threshold), 1: hold-out
     report_test: bool = False  # measure every trial on the test split (benchmarks); else only `nas evaluate` does
@@ -106,6 +107,8 @@ class SearchConfig:
         config = self.to_json()
         for name in ("concurrency", "tracking_uri", "cuda_graphs"):
             config.pop(name)
+        if config["init_from"] is None:  # added later: searches without it keep the identity they had
+            config.pop("init_from")
         config["data"].pop("data_dir")
         space = Path(self.space)
         if space.is_file():  # the space's words, not where this clone keeps the file ("auto" resolves to a path)

@@ -24,6 +24,7 @@ from typing import Any
 from nas.space import Architecture, HParams, SearchSpace
 from nas.space.domain import Domain, SpaceError
 from nas.strategies import BayesianOptimization, GridSearch, Strategy
+from nas.transfer import transferred
 from nas.trial import Budget, Candidate, Evaluation
 
 REFINED = ("lr", "weight_decay", "batch_size", "epochs")
@@ -84,11 +85,15 @@ def refinement_strategy(method: str, space: OneArchitecture, base: Evaluation, s
 
 
 def as_refinement(candidate: Candidate, base: Evaluation, max_seconds: float | None) -> Candidate:
-    """A child of the architecture's search run, trained for the epochs its own settings name."""
-    return replace(candidate, budget=Budget(candidate.hparams.epochs, max_seconds), parents=(base.run_id,))
+    """A child of the architecture's search run, trained for the epochs its own settings name,
+    from the weights the search transferred its candidates from, if it did (`nas.transfer`)."""
+    refined = replace(candidate, budget=Budget(candidate.hparams.epochs, max_seconds), parents=(base.run_id,))
+    source = base.candidate.info.get("transfer_from")
+    return transferred(refined, source) if source else refined
 
 
 def rescoring(base: Evaluation) -> Candidate:
-    """The base's own recipe trained from scratch: what its search score would be without a parent's weights."""
-    return replace(base.candidate, inherit_from=None, parents=(base.run_id,),
+    """The base's own recipe trained from scratch (or from the search's transfer source): what its
+    search score would be without a parent's weights."""
+    return replace(base.candidate, inherit_from=base.candidate.info.get("transfer_from"), parents=(base.run_id,),
                    info={**base.candidate.info, "node_map": None, "refine": "rescored from scratch"})

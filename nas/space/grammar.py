@@ -41,10 +41,9 @@ from nas.space.shapes import OPS
 from nas.space.space import SearchSpace
 
 YES, NO = "yes", "no"
-REDUCTIONS = ("global_pool", "flatten")
 SKIPS = ("add", "concat")
 # The cheapest next step where the grammar allows several: end a stage before growing it.
-_CHEAPEST_OP = ("head", "global_pool", "flatten", "dense", "conv", "signal", "pool")
+_CHEAPEST_OP = ("head", "global_pool", "flatten", "cell", "dense", "conv", "signal", "pool")
 
 
 @dataclass(frozen=True)
@@ -119,14 +118,18 @@ def picks_for(space: SearchSpace, tokens: list[str]) -> list[str] | None:
     return extend([])
 
 
-def _replay(space: SearchSpace, picks: list[str]) -> tuple[list[str], Decision | None]:
-    """The tokens written after `picks` (not checked), and the next decision (None at the end)."""
+def _replay(space: SearchSpace, picks: list[str], then: Callable[[Decision], str] | None = None,
+            ) -> tuple[list[str], Decision | None]:
+    """The tokens written after `picks` (not checked; then `then` picks to the end, if given),
+    and the next decision (None at the end)."""
     tokens: list[str] = []
     writer = _sentence(space, tokens)
     try:
         decision = next(writer)
         for pick in picks:
             decision = writer.send(pick)
+        while then is not None:
+            decision = writer.send(then(decision))
     except StopIteration:
         return tokens, None
     return tokens, decision
@@ -134,16 +137,7 @@ def _replay(space: SearchSpace, picks: list[str]) -> tuple[list[str], Decision |
 
 def _completes(space: SearchSpace, picks: list[str]) -> bool:
     """Whether `picks` followed by the cheapest picks write a valid network of the space."""
-    tokens: list[str] = []
-    writer = _sentence(space, tokens)
-    try:
-        decision = next(writer)
-        for pick in picks:
-            decision = writer.send(pick)
-        while True:
-            decision = writer.send(_cheapest(decision))
-    except StopIteration:
-        pass
+    tokens, _ = _replay(space, picks, then=_cheapest)
     try:
         return space.is_valid(space.from_tokens(tokens)[0])
     except ArchitectureError:
@@ -153,7 +147,7 @@ def _completes(space: SearchSpace, picks: list[str]) -> bool:
 def _cheapest(decision: Decision) -> str:
     options = decision.options
     if decision.what == "op":
-        return min(options, key=_CHEAPEST_OP.index)
+        return min(options, key=lambda o: _CHEAPEST_OP.index(o) if o in _CHEAPEST_OP else len(_CHEAPEST_OP))
     if decision.what == "anchor":
         return NO
     values = [o.split("=", 1)[1] for o in options]

@@ -8,6 +8,7 @@ import doctest
 import random
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -72,6 +73,22 @@ def test_skip_connections_come_from_anchors_and_feed_the_conv_they_open():
             any(d.what == "anchor" and p == "yes" for d, p in episode if d.layer == layer)
             for layer in {d.layer for d, _ in episode if d.what == "anchor"})
     assert skips > 0
+
+
+def test_conv_layers_can_feed_a_recurrent_cell():
+    raw = yaml.safe_load((ROOT / "spaces/rnn-cell.yaml").read_text())
+    raw["ops"]["conv"] = {"channels": [8], "kernel_h": [1], "kernel_w": [3, 5], "stride": [1, 2],
+                          "batch_norm": [False], "activation": ["relu"]}
+    raw["layout"]["conv_blocks"] = {"int": [0, 2]}
+    space = SearchSpace.from_dict(raw).bind((1, 40), 10)
+    rng = random.Random(0)
+    ops = set()
+    for _ in range(10):
+        tokens, _ = write(space, lambda decision: rng.choice(decision.options))
+        arch = space.from_tokens(tokens)[0]
+        space.validate(arch)
+        ops.add(tuple(node.op for node in arch.nodes if node.op in ("conv", "cell")))
+    assert ("cell",) in ops and any(len(o) > 1 for o in ops)
 
 
 def test_a_network_outside_the_grammar_is_not_replayed():

@@ -1,6 +1,6 @@
 """Turn a data source into standardised, stratified train/val/test splits on disk.
 
-`prepare` reads one of the built-in data sets (``digits``, ``mnist1d``, ``adding[:L]``) or a user
+`prepare` reads one of the built-in data sets (``digits``, ``mnist1d[:SEED]``, ``adding[:L]``) or a user
 file (``.parquet`` / ``.npz``), checks it, splits it, standardises it with train
 statistics and writes ``train/val/test.parquet`` plus ``meta.json`` into a folder.
 `read_meta` and `load_split` read that folder back.
@@ -35,12 +35,14 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 BUILTINS: tuple[str, ...] = ("digits", "mnist1d", "adding")
 ADDING_LENGTH = 100  # `adding` is `adding:100`; `adding:L` sets the sequence length
 ADDING_ROWS = 4000
+MNIST1D_SEED = 42  # the generator's own default: `mnist1d` is the published data set
 META_FILE = "meta.json"
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]  # split name -> (x, y)
 
 _ACCEPTED = (
-    "--data accepts `digits`, `mnist1d`, `adding` (or `adding:L` for sequences of length L), a path to a `.parquet` file (one label column plus "
+    "--data accepts `digits`, `mnist1d` (or `mnist1d:SEED`, a variant drawn with another generator seed), "
+    "`adding` (or `adding:L` for sequences of length L), a path to a `.parquet` file (one label column plus "
     "either numeric feature columns or exactly one list column of numbers) or a path to an "
     "`.npz` file (arrays `x` of shape (N, ...) and `y` of shape (N,))."
 )
@@ -131,8 +133,8 @@ def feature_columns(source: str, label_column: str) -> list[str] | None:
 
 
 def is_builtin(source: str) -> bool:
-    """Whether `source` names a data set made here (digits, mnist1d, adding or adding:L), not a file."""
-    return source in BUILTINS or re.fullmatch(r"adding:\d+", source) is not None
+    """Whether `source` names a data set made here (digits, mnist1d[:SEED], adding[:L]), not a file."""
+    return source in BUILTINS or re.fullmatch(r"(mnist1d|adding):\d+", source) is not None
 
 
 def source_name(source: str) -> str:
@@ -288,9 +290,9 @@ class _Raw:
 def _load_source(source: str, label_column: str) -> _Raw:
     if source == "digits":
         return _load_digits()
-    if source == "mnist1d":
-        return _load_mnist1d()
-    if is_builtin(source):
+    if source.startswith("mnist1d") and is_builtin(source):
+        return _load_mnist1d(int(source.partition(":")[2] or MNIST1D_SEED))
+    if source.startswith("adding") and is_builtin(source):
         return _load_adding(int(source.partition(":")[2] or ADDING_LENGTH))
     kind = _file_kind(source)
     path = Path(source).expanduser()
@@ -313,14 +315,18 @@ def _load_digits() -> _Raw:
     return _Raw(x=bunch.data / 16.0, labels=bunch.target.tolist(), shape=(1, 8, 8))
 
 
-def _load_mnist1d() -> _Raw:
+def _load_mnist1d(seed: int) -> _Raw:
+    """MNIST-1D as published (seed 42), or a variant: the same templates, other draws of their
+    shifts, scales, shears and noise."""
     from mnist1d.data import get_dataset_args, make_dataset  # generated locally, never downloaded
 
     # make_dataset reseeds the global `random` and `np.random` generators; restore
     # them so preparing data has no side effects on the caller's randomness.
     py_state, np_state = random.getstate(), np.random.get_state()
     try:
-        d = make_dataset(get_dataset_args())
+        args = get_dataset_args()
+        args.seed = seed
+        d = make_dataset(args)
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)

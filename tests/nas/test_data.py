@@ -133,6 +133,13 @@ def test_the_adding_problem_is_a_built_in_sequence_data_set_of_any_length(tmp_pa
         prepare("adding:x", tmp_path / "e")
 
 
+def test_an_mnist1d_variant_is_the_same_task_drawn_with_another_seed(tmp_path):
+    variant = prepare("mnist1d:7", tmp_path / "v")
+    published = prepare("mnist1d", tmp_path / "p")
+    assert variant.shape == published.shape and variant.counts == published.counts
+    assert variant.fingerprint != published.fingerprint and variant.name == "mnist1d-7"
+
+
 def test_mnist1d_offline(tmp_path):
     def no_network(*args, **kwargs):
         raise AssertionError("mnist1d must be generated offline, but a socket was opened")

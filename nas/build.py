@@ -28,7 +28,7 @@ from nas.cells import CellRNN
 from nas.ids import derive_seed
 from nas.space.architecture import INITS, Architecture, ArchitectureError
 from nas.space.cell import cell_spec
-from nas.space.shapes import NodePlan, Plan, Projection, Shape, infer
+from nas.space.shapes import HYPER_BLOCK, HYPER_Z, NodePlan, Plan, Projection, Shape, hyper_blocks, infer
 
 __all__ = ["Network", "build", "inherited_weights", "remap_state"]
 
@@ -115,6 +115,62 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.conv(x)))
+
+
+class KernelGenerator(nn.Module):
+    """Ha et al.'s static hypernetwork: an embedding z becomes HYPER_BLOCK vectors a_i = W_i z + b_i,
+    and each a_i the kernels of one input channel of a block, W_out a_i + b_out."""
+
+    def __init__(self, window: int) -> None:
+        super().__init__()
+        self.window = window
+        self.inner = nn.Linear(HYPER_Z, HYPER_BLOCK * HYPER_Z, device="meta")
+        self.outer = nn.Linear(HYPER_Z, HYPER_BLOCK * window, device="meta")
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Embeddings (n, Z) -> kernel blocks (n, out HYPER_BLOCK, in HYPER_BLOCK, window)."""
+        a = self.inner(z).view(-1, HYPER_BLOCK, HYPER_Z)
+        return self.outer(a).view(-1, HYPER_BLOCK, HYPER_BLOCK, self.window).transpose(1, 2)
+
+
+class HyperConvBlock(nn.Module):
+    """A convolution whose kernel the network's shared generator makes from this layer's
+    embeddings, one per block of channels (a partial block is generated whole and cut)."""
+
+    def __init__(self, in_shape: Shape, plan: NodePlan, generators: dict[tuple[int, int], KernelGenerator]) -> None:
+        super().__init__()
+        node = plan.node
+        self.in_channels, self.channels = in_shape[0], int(node.get("channels"))
+        self.kernel = (int(node.get("kernel_h")), int(node.get("kernel_w"))) if len(in_shape) == 3 \
+            else (int(node.get("kernel_w")),)
+        self.stride = int(node.get("stride"))
+        key = (int(node.get("kernel_h")), int(node.get("kernel_w")))
+        if key not in generators:  # the first hyperconv of this kernel size holds the generator (the plan agrees)
+            self.generator = generators[key] = KernelGenerator(math.prod(self.kernel))
+        self._shared = [generators[key]]  # a plain list: the others use it without owning its parameters
+        self.embeddings = nn.Parameter(torch.empty(hyper_blocks(self.channels), hyper_blocks(self.in_channels),
+                                                   HYPER_Z, device="meta"))
+        batch_norm = bool(node.get("batch_norm"))
+        self.bias = None if batch_norm else nn.Parameter(torch.empty(self.channels, device="meta"))
+        norm = nn.BatchNorm2d if len(in_shape) == 3 else nn.BatchNorm1d
+        self.norm: nn.Module = norm(self.channels, device="meta") if batch_norm else nn.Identity()
+        self.activation_name = str(node.get("activation"))
+        self.act = _activation(self.activation_name)
+        # Generated kernels start near unit variance (see _initialise); this keeps them at He et al.'s scale.
+        self.gain = math.sqrt(2.0 / (self.in_channels * math.prod(self.kernel)))
+
+    def weight(self) -> torch.Tensor:
+        out_blocks, in_blocks, _ = self.embeddings.shape
+        blocks = self._shared[0](self.embeddings.reshape(-1, HYPER_Z))
+        blocks = blocks.view(out_blocks, in_blocks, HYPER_BLOCK, HYPER_BLOCK, -1).permute(0, 2, 1, 3, 4)
+        kernel = blocks.reshape(out_blocks * HYPER_BLOCK, in_blocks * HYPER_BLOCK, -1)
+        return (kernel[:self.channels, :self.in_channels] * self.gain).reshape(
+            self.channels, self.in_channels, *self.kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = nn.functional.conv2d if len(self.kernel) == 2 else nn.functional.conv1d
+        padding = tuple(k // 2 for k in self.kernel)
+        return self.act(self.norm(conv(x, self.weight(), self.bias, self.stride, padding)))
 
 
 class Pool(nn.Module):
@@ -205,10 +261,13 @@ class Recurrent(nn.Module):
         return self.rnn(x.transpose(1, 2))
 
 
-def _node_module(plan: NodePlan, num_classes: int, generators: DropoutGenerators) -> nn.Module:
+def _node_module(plan: NodePlan, num_classes: int, generators: DropoutGenerators,
+                 kernels: dict[tuple[int, int], KernelGenerator]) -> nn.Module:
     node, x = plan.node, plan.in_shapes[0]
     if node.op == "conv":
         return ConvBlock(x, plan)
+    if node.op == "hyperconv":
+        return HyperConvBlock(x, plan, kernels)
     if node.op == "pool":
         return Pool(x, str(node.get("kind")), int(node.get("size")))
     if node.op in ("add", "concat"):
@@ -238,7 +297,8 @@ class Network(nn.Module):
         self.arch = arch
         self.plan = plan
         self.dropout_generators = DropoutGenerators(dropout_seed)
-        self.nodes = nn.ModuleDict({str(p.index): _node_module(p, plan.num_classes, self.dropout_generators)
+        kernels: dict[tuple[int, int], KernelGenerator] = {}  # hyperconv generators, one per kernel size
+        self.nodes = nn.ModuleDict({str(p.index): _node_module(p, plan.num_classes, self.dropout_generators, kernels)
                                     for p in plan.nodes[1:]})
         self._inputs = tuple(node.inputs for node in arch.nodes)
         # After node i runs, the outputs in _release[i] have no later reader and are dropped.
@@ -295,6 +355,15 @@ def _init_layer(layer: nn.Module, scheme: str, nonlinearity: str, generator: tor
 def _initialise(network: Network, scheme: str, generator: torch.Generator) -> None:
     for layer, nonlinearity in network.weight_layers():
         _init_layer(layer, scheme, nonlinearity, generator)
+    for module in network.modules():
+        if isinstance(module, HyperConvBlock):  # whatever the scheme: unit-variance kernels, scaled by its gain
+            nn.init.normal_(module.embeddings, generator=generator)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, KernelGenerator):
+            for layer in (module.inner, module.outer):
+                nn.init.normal_(layer.weight, std=HYPER_Z ** -0.5, generator=generator)
+                nn.init.zeros_(layer.bias)
     for module in network.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             nn.init.ones_(module.weight)

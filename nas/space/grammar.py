@@ -12,7 +12,7 @@ with channels, kernels and units and shrink with stride.)
 Sentences follow the space's layout, as random search writes them:
 
     sentence := [signal] layer* reduction dense* head hparam*   (reduction: e.g. flatten, or a cell)
-    layer    := [skip <1 <k...] conv attrs <1 [pool attrs <1]
+    layer    := [skip <1 <k...] conv attrs <1 [pool attrs <1]   (conv: the layout's conv_op, e.g. hyperconv)
 
 with the skip connections of Zoph and Le: a conv layer's input may sum (or concatenate,
 whichever ops `layout.skip` offers) the outputs of any earlier layers besides the previous
@@ -37,13 +37,13 @@ from dataclasses import dataclass, fields
 
 from nas.space.architecture import ArchitectureError, HParams
 from nas.space.domain import token_text
-from nas.space.shapes import OPS
+from nas.space.shapes import CONV_OPS, OPS
 from nas.space.space import SearchSpace
 
 YES, NO = "yes", "no"
 SKIPS = ("add", "concat")
 # The cheapest next step where the grammar allows several: end a stage before growing it.
-_CHEAPEST_OP = ("head", "global_pool", "flatten", "cell", "dense", "conv", "signal", "pool")
+_CHEAPEST_OP = ("head", "global_pool", "flatten", "cell", "dense", "conv", "hyperconv", "signal", "pool")
 
 
 @dataclass(frozen=True)
@@ -174,27 +174,28 @@ def _sentence(space: SearchSpace, tokens: list[str]) -> _Writer:
         tokens.extend(f"<{size - j}" for j in inputs)
         size += 1
 
-    layers = space.layout_domain("conv_blocks", 0).values() if "conv" in space.ops else (0,)
+    layers = space.layout_domain("conv_blocks", 0).values() if space.has_conv() else (0,)
     dense_layers = space.layout_domain("dense_layers", 0).values() if "dense" in space.ops else (0,)
     pools = [k for k in space.layout_domain("pool", "none").values() if k != "none"]
     skips = [s for s in space.layout_domain("skip", "none").values() if s in SKIPS]
+    conv_ops = tuple(space.conv_ops())
     flat = len(space.bound()[0]) == 1
     convs = 0
     last = "input"
     while True:  # the layers, then the reduction
         options = []
         if convs < max(layers):
-            options.append("signal" if flat and not convs else "conv")
-        if last == "conv" and pools:
+            options.extend(("signal",) if flat and not convs else conv_ops)
+        if last in CONV_OPS and pools:
             options.append("pool")
         if convs >= min(layers):
             options.extend(space.reductions(convs))
         op = yield Decision("op", tuple(options))
-        if op == "signal":
+        if op == "signal":  # the stem only exists to be convolved: a conv layer follows
             yield from node("signal", [size - 1])
             outputs[0] = size - 1
-            op = "conv"  # the stem only exists to be convolved
-        if op == "conv":
+            op = yield Decision("op", conv_ops)
+        if op in CONV_OPS:
             convs += 1
             chosen = []
             for earlier in range(len(outputs) - 1):  # the previous output is the input anyway
@@ -203,7 +204,7 @@ def _sentence(space: SearchSpace, tokens: list[str]) -> _Writer:
             if chosen:
                 skip = (yield Decision("skip", tuple(skips))) if len(skips) > 1 else skips[0]
                 yield from node(skip, [size - 1, *chosen])
-            yield from node("conv", [size - 1])
+            yield from node(op, [size - 1])
             outputs.append(size - 1)
         elif op == "pool":
             tokens.append("pool")

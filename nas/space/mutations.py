@@ -32,7 +32,7 @@ from types import MappingProxyType
 
 from nas.space.architecture import Architecture, ArchitectureError, AttrValue, HParams, Node
 from nas.space.domain import Domain
-from nas.space.shapes import NodePlan, Plan
+from nas.space.shapes import CONV_OPS, NodePlan, Plan
 from nas.space.space import SearchSpace
 
 __all__ = ["MUTATIONS", "Mutated", "NotApplicable", "apply_mutation", "mutate"]
@@ -109,7 +109,7 @@ def _require_op(space: SearchSpace, op: str) -> None:
 
 
 def _convs(nodes: tuple[Node, ...]) -> list[int]:
-    convs = [i for i, n in enumerate(nodes) if n.op == "conv"]
+    convs = [i for i, n in enumerate(nodes) if n.op in CONV_OPS]
     if not convs:
         raise NotApplicable("the architecture has no conv node.")
     return convs
@@ -153,8 +153,10 @@ def _first_valid(space: SearchSpace, hparams: HParams, candidates: Candidates) -
 # ---- the graph mutations: each yields candidate children in random order -------------------
 
 def _insert_convolution(space: SearchSpace, nodes: tuple[Node, ...], plan: Plan, rng: random.Random) -> Candidates:
-    _require_op(space, "conv")
-    domains = space.domains("conv")
+    op = next((op for op in space.conv_ops() if op in space.ops), None)  # the op the layout's blocks use
+    if op is None:
+        raise NotApplicable(f"space '{space.name}' has no conv op.")
+    domains = space.domains(op)
     strides = [s for s in (1, 2) if domains["stride"].contains(s)]
     if not strides:
         raise NotApplicable(f"stride allows neither 1 nor 2 ({domains['stride'].describe()}).")
@@ -165,7 +167,7 @@ def _insert_convolution(space: SearchSpace, nodes: tuple[Node, ...], plan: Plan,
 
     def conv_after(k: int, in_channels: int) -> Node:
         bn, act = rng.choice(norms)
-        return Node.make("conv", [k], channels=_nearest(domains["channels"], in_channels),
+        return Node.make(op, [k], channels=_nearest(domains["channels"], in_channels),
                          kernel_h=_nearest(domains["kernel_h"], 3), kernel_w=_nearest(domains["kernel_w"], 3),
                          stride=rng.choice(strides), batch_norm=bn, activation=act)
 
@@ -192,8 +194,8 @@ def _alter_conv(attrs: Callable[[random.Random, SearchSpace], list[str]], keep: 
                 ) -> Callable[[SearchSpace, tuple[Node, ...], Plan, random.Random], Candidates]:
     """A mutation that sets one attribute (of those `attrs` lists, tried in order) of a random conv."""
     def candidates(space: SearchSpace, nodes: tuple[Node, ...], plan: Plan, rng: random.Random) -> Candidates:
-        domains = space.domains("conv")
         for k in _shuffled(rng, _convs(nodes)):
+            domains = space.domains(nodes[k].op)
             for name in attrs(rng, space):
                 values = _other_values(domains[name], nodes[k].get(name), keep)
                 if not values:

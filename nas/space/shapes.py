@@ -33,6 +33,8 @@ class OpSpec:
 OPS: dict[str, OpSpec] = {
     "input": OpSpec((), 0, 0),
     "conv": OpSpec(("channels", "kernel_h", "kernel_w", "stride", "batch_norm", "activation")),
+    # A convolution whose kernel a shared generator makes from small embeddings (Ha et al. 2016).
+    "hyperconv": OpSpec(("channels", "kernel_h", "kernel_w", "stride", "batch_norm", "activation")),
     "pool": OpSpec(("kind", "size")),
     "identity": OpSpec(()),
     "signal": OpSpec(()),
@@ -44,6 +46,12 @@ OPS: dict[str, OpSpec] = {
     "cell": OpSpec(CELL_ATTRS),  # a recurrent cell over a sequence (C, L): nas/space/cell.py
     "head": OpSpec(()),
 }
+CONV_OPS = ("conv", "hyperconv")
+# Static hypernetwork sizes: kernels come in blocks of HYPER_BLOCK x HYPER_BLOCK channels,
+# each made from its own embedding of HYPER_Z numbers by a generator shared by every
+# hyperconv of one kernel size in the network (Ha et al. 2016, section 3.1).
+HYPER_BLOCK = 16
+HYPER_Z = 16
 POSITIVE_INTS = ("channels", "kernel_h", "kernel_w", "stride", "size", "units")
 ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "elu", "none")
 POOL_KINDS = ("max", "avg")
@@ -157,12 +165,28 @@ def _merge(i: int, node: Node, shapes: tuple[Shape, ...]) -> tuple[Shape, tuple[
     return out, tuple(projections), flops
 
 
+def hyper_blocks(channels: int) -> int:
+    return -(-channels // HYPER_BLOCK)  # a partial block is generated whole, then cut
+
+
+def hyper_embeddings(in_channels: int, out_channels: int) -> int:
+    """A hyperconv's own parameters: one embedding per block of its kernel."""
+    return hyper_blocks(in_channels) * hyper_blocks(out_channels) * HYPER_Z
+
+
+def hyper_generator_params(window: int) -> int:
+    """The shared generator: embedding -> HYPER_BLOCK vectors -> a block's kernels (two linear maps)."""
+    return (HYPER_Z * HYPER_BLOCK * HYPER_Z + HYPER_BLOCK * HYPER_Z) + (HYPER_Z * HYPER_BLOCK * window
+                                                                      + HYPER_BLOCK * window)
+
+
 def infer(arch: Architecture, input_shape: Shape, num_classes: int) -> Plan:
     """Every node's output shape, parameters and FLOPs; ArchitectureError names the first impossible node."""
     if not input_shape or any(d < 1 for d in input_shape):
         raise ArchitectureError(f"input shape {input_shape} is not a valid example shape.")
     plans: list[NodePlan] = []
     shapes: list[Shape] = []
+    generators: set[tuple[int, int]] = set()  # kernel sizes whose hyperconv generator is counted
     for i, node in enumerate(arch.nodes):
         _check_attrs(i, node)
         ins = tuple(shapes[j] for j in node.inputs)
@@ -172,7 +196,7 @@ def infer(arch: Architecture, input_shape: Shape, num_classes: int) -> Plan:
         if node.op == "cell" and len(x) != 2:
             raise _fail(i, node, f"reads a sequence (C, L) but gets {x}; put a signal node before it to read flat "
                         "features as a sequence, or use a space without cells for images.")
-        if node.op in ("conv", "pool", "global_pool") and len(x) < 2:
+        if node.op in (*CONV_OPS, "pool", "global_pool") and len(x) < 2:
             raise _fail(i, node, f"needs a spatial input (C,H,W) or (C,L) but gets the flat shape {x}; "
                         "put a signal node before it to convolve over the features, or use a dense-only space "
                         "(spaces/mlp.yaml).")
@@ -182,7 +206,7 @@ def infer(arch: Architecture, input_shape: Shape, num_classes: int) -> Plan:
             raise _fail(i, node, f"views flat features (F,) as one signal but gets {x}; use it on flat data only.")
         if node.op in ("input", "identity"):
             out = x
-        elif node.op == "conv":
+        elif node.op in CONV_OPS:
             kh, kw, stride, c_out = node.get("kernel_h"), node.get("kernel_w"), node.get("stride"), node.get("channels")
             if len(x) == 2 and kh != 1:
                 raise _fail(i, node, f"kernel_h={kh} but the data is 1-D {x}; 1-D convolutions need kernel_h 1.")
@@ -190,7 +214,13 @@ def infer(arch: Architecture, input_shape: Shape, num_classes: int) -> Plan:
             out = (c_out,) + spatial
             window = kw if len(x) == 2 else kh * kw
             bias_or_bn = 2 * c_out if node.get("batch_norm") else c_out
-            params = x[0] * c_out * window + bias_or_bn
+            if node.op == "conv":
+                params = x[0] * c_out * window + bias_or_bn
+            else:
+                params = hyper_embeddings(x[0], c_out) + bias_or_bn
+                if (kh, kw) not in generators:  # the first hyperconv of its kernel size holds the generator
+                    generators.add((kh, kw))
+                    params += hyper_generator_params(window)
             flops = 2 * x[0] * c_out * window * math.prod(spatial)
         elif node.op == "pool":
             size = node.get("size")

@@ -32,10 +32,10 @@ import yaml
 
 from nas.space.architecture import Architecture, ArchitectureError, AttrValue, HParams, Node
 from nas.space.domain import Domain, SpaceError, token_text
-from nas.space.shapes import OPS, Plan, Shape, attr_problem, infer
+from nas.space.shapes import CONV_OPS, OPS, Plan, Shape, attr_problem, infer
 from nas.yaml_errors import yaml_problem
 
-LAYOUT_KEYS = ("conv_blocks", "pool", "skip", "reduce", "dense_layers")
+LAYOUT_KEYS = ("conv_blocks", "conv_op", "pool", "skip", "reduce", "dense_layers")
 ALWAYS = ("input", "head")
 SAMPLE_TRIES = 200
 
@@ -110,10 +110,15 @@ class SearchSpace:
         return space
 
     def _check_layout(self) -> None:
-        needs = {"conv_blocks": "conv", "dense_layers": "dense"}
-        for key, op in needs.items():
-            if key in self.layout and max(self.layout[key].values()) > 0 and op not in self.ops:
-                raise SpaceError(f"{self.source}: layout.{key} asks for {op} layers but ops has no '{op}'.")
+        for op in self.layout.get("conv_op", Domain(("conv",))).values():
+            if op not in CONV_OPS:
+                raise SpaceError(f"{self.source}: layout.conv_op value '{op}' is not one of {list(CONV_OPS)}.")
+        needs = {"conv_blocks": self.conv_ops(), "dense_layers": ["dense"]}
+        for key, ops in needs.items():
+            missing = [op for op in ops if op not in self.ops]
+            if key in self.layout and max(self.layout[key].values()) > 0 and missing:
+                raise SpaceError(f"{self.source}: layout.{key} asks for {missing[0]} layers but ops has no "
+                                 f"'{missing[0]}'.")
         for value in self.layout.get("pool", Domain(("none",))).values():
             if value != "none" and ("pool" not in self.ops or not self.ops["pool"]["kind"].contains(value)):
                 raise SpaceError(f"{self.source}: layout.pool value '{value}' is not an ops.pool kind.")
@@ -192,9 +197,17 @@ class SearchSpace:
     def domains(self, op: str) -> dict[str, Domain]:
         """An op's attribute domains for the bound data: 1-D convolutions have only kernel_h 1."""
         domains = dict(self.ops.get(op, {}))
-        if op == "conv" and self.one_d:
+        if op in CONV_OPS and self.one_d:
             domains["kernel_h"] = Domain(choices=(1,))
         return domains
+
+    def conv_ops(self) -> list[str]:
+        """The ops the layout's conv blocks use: conv, hyperconv (generated kernels) or both."""
+        return [str(op) for op in self.layout.get("conv_op", Domain(("conv",))).values()]
+
+    def has_conv(self) -> bool:
+        """Whether the layout can write conv blocks at all (the space has their op)."""
+        return all(op in self.ops for op in self.conv_ops())
 
     def reductions(self, n_blocks: int) -> list[str]:
         """The layout's reductions after `n_blocks` conv blocks."""
@@ -211,15 +224,16 @@ class SearchSpace:
             return Domain(choices=(0,) if key == "conv_blocks" else ("flatten",))
         return domain
 
-    def _assemble(self, blocks: list[tuple[dict, str, str]], reduce: tuple[str, dict],
+    def _assemble(self, blocks: list[tuple[str, dict, str, str]], reduce: tuple[str, dict],
                   dense: list[dict]) -> Architecture:
-        """A layer list into a graph: conv blocks, reduction (op, attributes), dense layers, head."""
+        """A layer list into a graph: conv blocks (op, attributes, pool, skip), reduction (op,
+        attributes), dense layers, head."""
         nodes = [Node.make("input")]
         if (blocks or reduce[0] == "cell") and self._rank() == 1:  # both read flat features as a signal
             nodes.append(Node.make("signal", [0]))
-        for conv, pool, skip in blocks:
+        for op, conv, pool, skip in blocks:
             block_input = len(nodes) - 1
-            nodes.append(Node.make("conv", [block_input], **conv))
+            nodes.append(Node.make(op, [block_input], **conv))
             if pool != "none":
                 nodes.append(Node.make("pool", [len(nodes) - 1], kind=pool, size=self._pool_size()))
             if skip != "none":
@@ -243,9 +257,13 @@ class SearchSpace:
     def sample_arch(self, rng: random.Random) -> Architecture:
         for _ in range(SAMPLE_TRIES):
             n_blocks = int(self.layout_domain("conv_blocks", 0).sample(rng))
-            blocks = [({a: d.sample(rng) for a, d in self.domains("conv").items()},
-                       self.layout_domain("pool", "none").sample(rng), self.layout_domain("skip", "none").sample(rng))
-                      for _ in range(n_blocks)]
+            blocks = []
+            for _ in range(n_blocks):
+                ops = self.conv_ops()
+                op = ops[0] if len(ops) == 1 else rng.choice(ops)  # one op draws nothing: old seeds replay
+                blocks.append((op, {a: d.sample(rng) for a, d in self.domains(op).items()},
+                               self.layout_domain("pool", "none").sample(rng),
+                               self.layout_domain("skip", "none").sample(rng)))
             op = rng.choice(self.reductions(n_blocks))
             reduce = (op, {a: d.sample(rng) for a, d in self.domains(op).items()})
             n_dense = int(self.layout_domain("dense_layers", 0).sample(rng))
@@ -269,7 +287,7 @@ class SearchSpace:
 
     def grid_size(self) -> int:
         """How many sentences the grid holds before invalid ones are dropped."""
-        block = len(self._choices(self.domains("conv"))) if "conv" in self.ops else 0
+        block = sum(len(self._choices(self.domains(op))) for op in self.conv_ops()) if self.has_conv() else 0
         block *= len(self.layout_domain("pool", "none").values()) * len(self.layout_domain("skip", "none").values())
         dense = len(self._choices(self.ops["dense"])) if "dense" in self.ops else 0
         archs = sum(block**b * dense**d * sum(math.prod(len(v.values()) for v in self.domains(r).values())
@@ -280,7 +298,8 @@ class SearchSpace:
 
     def enumerate(self) -> Iterator[tuple[Architecture, HParams]]:
         """Every valid sentence of the layout, smallest networks first, in a fixed order."""
-        blocks = [(c, p, s) for c in (self._choices(self.domains("conv")) if "conv" in self.ops else [])
+        blocks = [(op, c, p, s) for op in (self.conv_ops() if self.has_conv() else [])
+                  for c in self._choices(self.domains(op))
                   for p in self.layout_domain("pool", "none").values()
                   for s in self.layout_domain("skip", "none").values()]
         dense = self._choices(self.ops["dense"]) if "dense" in self.ops else []

@@ -53,7 +53,7 @@ from typing import Any, NamedTuple
 
 from nas.space import Architecture, ArchitectureError, HParams, Node, SearchSpace
 from nas.space.domain import Domain
-from nas.space.shapes import Shape
+from nas.space.shapes import CONV_OPS, Shape
 from nas.strategies.base import Strategy, proposal_key
 from nas.trial import Budget, Candidate, Evaluation, TrialStatus
 
@@ -134,10 +134,10 @@ class MetaQNN(Strategy):
         self._flat_input = len(shape) == 1
         self._start = State(0, "input", max(shape[1:]) if len(shape) > 1 else shape[0], 0, 0)
         self._layers: dict[str, tuple[str, dict[str, Any]]] = {}  # action -> (op, attrs)
-        conv_blocks = [int(v) for v in space.layout_domain("conv_blocks", 0).values()] if "conv" in space.ops else [0]
+        conv_blocks = [int(v) for v in space.layout_domain("conv_blocks", 0).values()] if space.has_conv() else [0]
         self._convs = (min(conv_blocks), max(conv_blocks))
-        if self._convs[1]:
-            d = space.domains("conv")  # kernel_h is 1 on 1-D data
+        for op in space.conv_ops() if self._convs[1] else ():
+            d = space.domains(op)  # kernel_h is 1 on 1-D data
             fixed = {"batch_norm": _fixed(d["batch_norm"]), "activation": _fixed(d["activation"], "relu")}
             if space.one_d:
                 kernels = [(1, k) for k in d["kernel_w"].values()]
@@ -148,7 +148,7 @@ class MetaQNN(Strategy):
                 for kh, kw in kernels:
                     for s in d["stride"].values():
                         k = f"{kw}" if space.one_d else f"{kh}x{kw}"
-                        self._layers[f"conv {k} s{s} c{c}"] = ("conv", {
+                        self._layers[f"{op} {k} s{s} c{c}"] = (op, {
                             "channels": c, "kernel_h": kh, "kernel_w": kw, "stride": s, **fixed})
         if "pool" in space.ops:
             for kind in space.layout_domain("pool", "none").values():
@@ -187,10 +187,10 @@ class MetaQNN(Strategy):
             return (dense if state.dense < self._dense[1] else []) + ([HEAD] if state.dense >= self._dense[0] else [])
         actions = []
         for action, (o, at) in self._layers.items():
-            if o == "conv" and state.convs < self._convs[1]:
+            if o in CONV_OPS and state.convs < self._convs[1]:
                 fits = all(k == 1 or k <= state.size for k in (at["kernel_h"], at["kernel_w"]))
             elif o == "pool":  # only right after a convolution: never pool after pool, nor the raw input
-                fits = op == "conv" and at["size"] <= state.size
+                fits = op in CONV_OPS and at["size"] <= state.size
             else:
                 continue
             if fits:
@@ -207,18 +207,18 @@ class MetaQNN(Strategy):
     def _after(self, state: State, action: str, shape: Shape) -> State:
         op = self._layers[action][0]
         return State(state.depth + 1, action, max(shape[1:]) if len(shape) > 1 else 0,
-                     state.convs + (op == "conv"), state.dense + (op == "dense"))
+                     state.convs + (op in CONV_OPS), state.dense + (op == "dense"))
 
     def _grow(self, nodes: list[Node], shape: Shape, action: str) -> tuple[list[Node], Shape] | None:
         """The prefix with `action` written, and that layer's output shape; None when the
         prefix with its cheapest ending is not a valid network of the space."""
         op, attrs = self._layers[action]
         grown = list(nodes)
-        if op in ("conv", "cell") and len(shape) == 1:  # flat features: view them as one signal
+        if op in (*CONV_OPS, "cell") and len(shape) == 1:  # flat features: view them as one signal
             grown.append(Node.make("signal", [len(grown) - 1]))
         grown.append(Node.make(op, [len(grown) - 1], **attrs))
         ending: list[Node] = []
-        if op in ("conv", "pool"):
+        if op in (*CONV_OPS, "pool"):
             reduce = "global_pool" if "global_pool" in self.space.reductions(1) else "flatten"
             ending.append(Node.make(reduce, [len(grown) - 1]))
         if op != "head":
@@ -274,7 +274,7 @@ class MetaQNN(Strategy):
         for i, node in enumerate(arch.nodes[1:], start=1):
             if node.inputs != (i - 1,):
                 return None  # not a chain
-            if node.op == "signal" and i == 1 and arch.nodes[2].op in ("conv", "cell"):
+            if node.op == "signal" and i == 1 and arch.nodes[2].op in (*CONV_OPS, "cell"):
                 continue  # part of the first convolution's action
             action = self._by_node.get((node.op, node.attrs))
             if action is None or action not in self._actions(state):

@@ -46,6 +46,7 @@ from torch import nn
 
 from nas.space import SearchSpace
 from nas.space.grammar import YES, Decision, Episode, GrammarError, picks_for, write
+from nas.space.shapes import CONV_OPS
 from nas.strategies.base import Strategy, proposal_key
 from nas.trial import Budget, Candidate, Evaluation, TrialStatus
 
@@ -130,7 +131,7 @@ class _Walk:
         if decision.what == "anchor":
             return  # anchors are not tokens: the LSTM reads only what it writes
         self._read(pick)
-        if pick in ("conv", "signal"):  # a conv layer opens here ("signal" opens the first)
+        if pick in CONV_OPS:  # a conv layer opens here
             self.anchors.append(self.hidden)
 
 

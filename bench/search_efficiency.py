@@ -58,9 +58,14 @@ def _init_worker() -> None:
 def _make_strategy(method: str, space, budget, seed: int, cfg: dict):
     from nas.strategies import make_search
     sampler = SCHEDULED.get(method, method)
-    return make_search(sampler, space, budget, seed, population=cfg["population"] if sampler in POPULATION else None,
-                       scheduler="hyperband" if method in SCHEDULED else None, min_epochs=cfg["min_epochs"],
-                       eta=cfg["eta"], trials=cfg["trials"], concurrency=cfg["children"])
+    strategy = make_search(sampler, space, budget, seed,
+                           population=cfg["population"] if sampler in POPULATION else None,
+                           scheduler="hyperband" if method in SCHEDULED else None, min_epochs=cfg["min_epochs"],
+                           eta=cfg["eta"], trials=cfg["trials"], concurrency=cfg["children"])
+    if method == "nas-rl" and cfg.get("controller_lr"):  # a short search's controller needs a larger step
+        for group in strategy.optimizer.param_groups:
+            group["lr"] = cfg["controller_lr"]
+    return strategy
 
 
 def run_job(job: tuple[str, int, dict]) -> dict:
@@ -270,6 +275,8 @@ def main() -> None:
     parser.add_argument("--space", default="spaces/small-cnn.yaml")
     parser.add_argument("--population", type=int, default=10)
     parser.add_argument("--children", type=int, default=2, help="nas-rl: results per controller update")
+    parser.add_argument("--controller-lr", type=float, default=None, help="nas-rl: Adam's learning rate "
+                                                                           "(default: the paper's 6e-4)")
     parser.add_argument("--device", default=None, help="default cuda when available, else cpu")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--out", default="bench/results/search_efficiency.json")

@@ -33,17 +33,18 @@ from nas.trial import Budget, Candidate, Evaluation
 from tasks.train import train_final
 
 
-def _comparable(base: Evaluation, submit: Submit, logger: logging.Logger) -> Evaluation:
+def _comparable(base: Evaluation, submit: Submit, logger: logging.Logger, source: str | None) -> Evaluation:
     """The search's own result for this architecture, as refinement can compare it.
 
     A score earned with a parent's inherited weights would not be reproduced by training
-    the same recipe from scratch, so such an architecture is re-scored from scratch first.
+    the same recipe from scratch (or from the search's transfer `source`, where refinement
+    starts too), so such an architecture is re-scored that way first.
     """
-    if not base.candidate.inherit_from:
+    if base.candidate.inherit_from in (None, source):
         return base
     logger.info("refine %s: its search score %.4f came with weights inherited from run %s; re-scoring it from "
                 "scratch", base.arch_id, base.val_acc, base.candidate.inherit_from)
-    rescored = rescoring(base)
+    rescored = rescoring(base, source)
     result = submit(rescored).result()
     return replace(result, candidate=rescored)
 
@@ -60,6 +61,7 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
     store = LineageStore(tracking_uri, cfg.experiment_name, root)
     store.ensure()
     bases = top_architectures(store.trials_of(search_run_id), rcfg.top_k)
+    source = store.run_summary(search_run_id)["tags"].get("nas.transfer_from")  # refinement starts there too
     if not bases:
         raise ConfigError(f"search run {search_run_id} has no successful trial in experiment "
                           f"'{cfg.experiment_name}' to refine; pass --search-run with a search that finished some "
@@ -75,13 +77,13 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
         job = TrialJob(setting, cfg.experiment_name, tracking_uri, base.run_id, f"refine-{rcfg.method}", tags=tags,
                        measure_test=False, dataset=meta.to_json(), cuda_graphs=cfg.cuda_graphs)
         submit = prefect_runner(job, data_dir, cfg.workers)
-        results.append(_comparable(base, submit, logger))
+        results.append(_comparable(base, submit, logger, source))
         strategy = refinement_strategy(rcfg.method, refinement_space(space, base.candidate.arch,
                                                                      base.candidate.hparams, rcfg.hparams),
                                        base, cfg.seed, cfg.max_seconds)
         # Each setting trains for the epochs it names, as a child of the architecture's run; with
         # `batched`, the settings of a round that share batch size and epochs train as one network.
-        child = functools.partial(as_refinement, base=base, max_seconds=cfg.max_seconds)
+        child = functools.partial(as_refinement, base=base, max_seconds=cfg.max_seconds, source=source)
         grouped = prefect_group_runner(job, data_dir, cfg.workers) if rcfg.batched else None
         outcome = run_loop(strategy, lambda c: submit(child(c)), trials=rcfg.trials, concurrency=cfg.workers,
                            submit_group=(lambda cs: grouped([child(c) for c in cs])) if grouped else None,
@@ -91,7 +93,7 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
     winner = max(results, key=lambda e: e.rank_key)  # full ties: the search's own run, listed first
     final = Candidate(winner.candidate.arch, winner.candidate.hparams,
                       Budget(winner.candidate.hparams.epochs, cfg.max_seconds), parents=(winner.run_id,))
-    if source := winner.candidate.info.get("transfer_from"):
+    if source:
         final = transferred(final, source)
     logger.info("winner: %s with %s; training it on train+val for %d epochs", winner.arch_id,
                 winner.candidate.hparams.to_json(), final.budget.epochs)

@@ -83,8 +83,11 @@ class Search:
             self.strategy.warm_start(seeds)
             self.warm_started = len(seeds)
         self.store.ensure()  # the database and experiment, once, before trial threads race to create them
+        identity, search_tags = config.identity(), dict(tags or {})
+        if self.transfer_from:  # the run, not the name: a search from another best run is another search
+            identity["init_from"] = search_tags["nas.transfer_from"] = self.transfer_from
         self.run_id = self.store.start_search(config.to_json(), Path(config.space), self.meta.fingerprint,
-                                              tags=tags, identity=config.identity())
+                                              tags=search_tags, identity=identity)
         self.job = TrialJob(trial_setting(config, self.meta, self.space), config.experiment_name, self.tracking_uri,
                             self.run_id, config.strategy, tags=dict(tags or {}), measure_test=config.report_test,
                             dataset=self.meta.to_json(), cuda_graphs=config.cuda_graphs)

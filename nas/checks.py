@@ -21,6 +21,7 @@ from nas.lineage import LineageStore
 from nas.space import resolve_space
 from nas.strategies import strategy_class
 from nas.strategies.hyperband import SCHEDULERS
+from nas.transfer import transfer_source
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ def check_search(config: SearchConfig, root: Path | None = None) -> Checked:
     if config.from_experiment and not LineageStore(config.tracking_uri, config.from_experiment, root).leaderboard(1):
         raise ConfigError(f"--from-experiment '{config.from_experiment}' has no finished runs in this store; "
                           "check the name with `nas runs --experiment NAME` or `nas ui`.")
+    if config.init_from:
+        transfer_source(config.init_from, config.tracking_uri, root)  # a typo is named before any flow starts
     return Checked(config, note)
 
 

@@ -53,7 +53,8 @@ def _configure_environment(root: Path) -> None:
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", dest="source", metavar="SOURCE",
-                   help="digits (default), mnist1d, adding (the adding problem; adding:L for length L), "
+                   help="digits (default), mnist1d (mnist1d:SEED: a variant drawn with another generator seed), "
+                        "adding (the adding problem; adding:L for length L), "
                         "a .parquet file or an .npz file (arrays x and y)")
     p.add_argument("--label-column", help="label column of a Parquet file (default: label)")
     p.add_argument("--shape", help="example shape C,H,W or C,L for a flat file (default: inferred, flat)")

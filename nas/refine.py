@@ -84,16 +84,17 @@ def refinement_strategy(method: str, space: OneArchitecture, base: Evaluation, s
     return strategy
 
 
-def as_refinement(candidate: Candidate, base: Evaluation, max_seconds: float | None) -> Candidate:
+def as_refinement(candidate: Candidate, base: Evaluation, max_seconds: float | None,
+                  source: str | None = None) -> Candidate:
     """A child of the architecture's search run, trained for the epochs its own settings name,
-    from the weights the search transferred its candidates from, if it did (`nas.transfer`)."""
+    from the run the search transferred its candidates from (`source`), if it did."""
     refined = replace(candidate, budget=Budget(candidate.hparams.epochs, max_seconds), parents=(base.run_id,))
-    source = base.candidate.info.get("transfer_from")
     return transferred(refined, source) if source else refined
 
 
-def rescoring(base: Evaluation) -> Candidate:
-    """The base's own recipe trained from scratch (or from the search's transfer source): what its
-    search score would be without a parent's weights."""
-    return replace(base.candidate, inherit_from=base.candidate.info.get("transfer_from"), parents=(base.run_id,),
-                   info={**base.candidate.info, "node_map": None, "refine": "rescored from scratch"})
+def rescoring(base: Evaluation, source: str | None = None) -> Candidate:
+    """The base's own recipe trained without its parent's weights (from the search's transfer
+    source, if it had one): what its search score would be without inheritance."""
+    fresh = replace(base.candidate, inherit_from=None, parents=(base.run_id,),
+                    info={**base.candidate.info, "node_map": None, "refine": "rescored from scratch"})
+    return transferred(fresh, source) if source else fresh

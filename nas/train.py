@@ -217,7 +217,7 @@ def predict_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return _accuracy(model.cpu(), torch.from_numpy(x), torch.from_numpy(y), torch.device("cpu"))
 
 
-def _inherit(model: nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:
+def load_matching(model: nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:
     """Load every tensor whose key and shape match; the rest keep their fresh initialisation."""
     own = model.state_dict()
     matching = {k: v for k, v in weights.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
@@ -368,7 +368,7 @@ def _train_into(outcome: TrainOutcome, data: TrainData, seed: int, device: torch
     model = build(candidate.arch, data.shape, data.num_classes, seed=seed, init=candidate.hparams.init,
                   max_params=max_params)
     if init_weights:
-        evaluation.inherited = _inherit(model, init_weights)
+        evaluation.inherited = load_matching(model, init_weights)
     if resume is not None:
         model.load_state_dict(resume["model"])
     model.to(device)

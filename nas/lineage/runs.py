@@ -223,10 +223,6 @@ class StoreRuns(StoreQueries):
                 client.log_inputs(run_id, [dataset_input(dataset)])
         self.client.log_dict(run_id, {"arch": candidate.arch.to_json(),
                                       "hparams": candidate.hparams.to_json()}, ARCHITECTURE_FILE)
-        for node in candidate.arch.nodes:
-            if node.op == "cell":  # a tree reads better drawn than as twenty attributes
-                from nas.reports import draw_cell
-                self.log_bytes(run_id, CELL_DRAWING_FILE, draw_cell(cell_spec(node.attr_dict)))
         return run_id
 
     def log_step(self, run_id: str, step: int, metrics: dict[str, float]) -> None:
@@ -268,6 +264,10 @@ class StoreRuns(StoreQueries):
             self._log_weights(run_id, weights)
         if checkpoint is not None:
             self._log_checkpoint(run_id, checkpoint)
+        for node in evaluation.candidate.arch.nodes:
+            if node.op == "cell":  # a tree reads better drawn than as twenty attributes
+                from nas.reports import draw_cell
+                self.log_bytes(run_id, CELL_DRAWING_FILE, draw_cell(cell_spec(node.attr_dict)))
         # Last: find() trusts a FINISHED run to hold everything above. A failure of the
         # environment ends FAILED instead, so that no later search takes it for a result.
         self._terminate(run_id, "FAILED" if evaluation.retryable else "FINISHED")

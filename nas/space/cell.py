@@ -184,5 +184,23 @@ def cell_attrs(spec: CellSpec, units: int) -> dict[str, Any]:
             "inject_at": spec.inject_at or 0, "memory_from": spec.memory_from or 0}
 
 
+def cell_domain_problem(values: Mapping[str, list[Any]]) -> str | None:
+    """What keeps a space file's `cell` domains (attribute -> allowed values) from spelling
+    trees, or None. One base per space: then every listed value fits every tree."""
+    bases = values["base"]
+    if len(bases) != 1:
+        return f"base lists {bases}; a space searches trees of one base, so give one value (e.g. [8])."
+    size = 2 * bases[0] - 1
+    for i, name in enumerate(NODE_ATTRS):
+        if i < size and NONE in values[name]:
+            return f"{name} is a node of a base-{bases[0]} tree: list operations such as add_tanh, not none."
+        if i >= size and values[name] != [NONE]:
+            return f"{name} lies beyond the {size} nodes of a base-{bases[0]} tree: give it [none]."
+    for name in ("inject_at", "memory_from"):
+        if max(values[name]) >= size:
+            return f"{name} lists {max(values[name])}, but a base-{bases[0]} tree has nodes 0..{size - 1}."
+    return None
+
+
 __all__ = ["BASES", "CELL_ACTIVATIONS", "CELL_ATTRS", "CELL_COMBINES", "CellSpec", "NODE_ATTRS", "cell_attrs",
-           "cell_params", "cell_spec", "tree_children"]
+           "cell_domain_problem", "cell_params", "cell_spec", "tree_children"]

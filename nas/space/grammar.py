@@ -6,8 +6,9 @@ among tokens of `space.vocabulary()`; `space.from_tokens` turns the tokens into 
 which the sentence can still end as a valid network of the space: each option is tried with the sentence's cheapest ending (the fewest layers the
 layout allows, the smallest channels, kernels and units, the largest stride), checked by
 shape inference, so the limits on parameters, nodes and pool sizes mask options instead of
-rejecting sentences. (For the shipped spaces the cheapest ending is exact: parameters grow
-with channels, kernels and units and shrink with stride.)
+rejecting sentences. (The cheapest ending is a heuristic: parameters grow with channels,
+kernels and units and shrink with stride; a hyperconv's generator per kernel size can make a
+new smallest kernel dearer than reusing one, so near max_params it may mask a little much.)
 
 Sentences follow the space's layout, as random search writes them:
 

@@ -242,7 +242,8 @@ def _alter_cell(space: SearchSpace, nodes: tuple[Node, ...], plan: Plan, rng: ra
     domains = space.domains("cell")
     for k in _shuffled(rng, cells):
         for name in _shuffled(rng, [name for name in domains if name != "base"]):  # a new base is a new tree
-            for value in _shuffled(rng, _other_values(domains[name], nodes[k].get(name))):
+            others = [v for v in domains[name].values() if v != nodes[k].get(name)]  # ops are words, not ints
+            for value in _shuffled(rng, others):
                 yield _replace(nodes, k, nodes[k].with_attrs(**{name: value}))
 
 
@@ -314,7 +315,8 @@ def mutate(space: SearchSpace, arch: Architecture, hparams: HParams, rng: random
     unknown = [m for m in allowed if m not in MUTATIONS]
     if unknown or not allowed:
         raise ValueError(f"allowed mutations {unknown or '[]'} are not among {list(MUTATIONS)}.")
-    remaining = list(dict.fromkeys(allowed))
+    # alter-cell only where cells are: a space without them draws among the eleven, as before it existed
+    remaining = [m for m in dict.fromkeys(allowed) if m != "alter-cell" or "cell" in space.ops]
     reasons: list[str] = []
     while remaining:
         name = rng.choice(remaining)

@@ -130,7 +130,7 @@ def attr_problem(name: str, value: Any) -> str | None:
         return "must be in [0, 1)."
     if name == "batch_norm" and not isinstance(value, bool):
         return "must be true or false."
-    if name == "base" and value not in BASES:
+    if name == "base" and (type(value) is not int or value not in BASES):
         return f"must be one of {list(BASES)} (the leaves of a cell's tree)."
     if name in (*NODE_ATTRS, "inject") and value != NONE and (
             not isinstance(value, str) or value.partition("_")[0] not in CELL_COMBINES

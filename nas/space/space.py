@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from nas.space.architecture import Architecture, ArchitectureError, AttrValue, HParams, Node
+from nas.space.cell import cell_domain_problem
 from nas.space.domain import Domain, SpaceError, token_text
 from nas.space.shapes import CONV_OPS, OPS, Plan, Shape, attr_problem, infer
 from nas.yaml_errors import yaml_problem
@@ -89,6 +90,8 @@ class SearchSpace:
                 for value in domain.values():
                     if problem := attr_problem(name, value):
                         raise SpaceError(f"{source}: ops.{op}.{name} holds {value!r}, which {problem}")
+        if "cell" in ops and (problem := cell_domain_problem({a: d.values() for a, d in ops["cell"].items()})):
+            raise SpaceError(f"{source}: ops.cell.{problem}")
         layout_raw = _mapping(raw.get("layout"), f"{source}: layout", "layout keys to domains")
         unknown = set(layout_raw) - set(LAYOUT_KEYS)
         if unknown:

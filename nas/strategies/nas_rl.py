@@ -10,7 +10,8 @@ W_curr h_i)), where h_j is the controller's state when layer j opened.
 
 Each network's reward is the cube of its best validation accuracy over its last five
 epochs (0 for a network that failed to train). After every `children` results (the
-search's concurrency, the paper's m), one Adam step at 6e-4 follows the REINFORCE
+search's concurrency, the paper's m), one Adam step (at the paper's 6e-4 unless
+`learning_rate` says otherwise) follows the REINFORCE
 gradient: the mean of (reward - baseline) x the sentence's log-probability, with an
 exponential moving average of earlier rewards as the baseline. The controller's version
 counts its updates; every candidate notes the version that wrote it and its
@@ -200,11 +201,12 @@ class NasRL(Strategy):
     def _learn(self, evaluations: list[Evaluation]) -> None:
         super()._learn(evaluations)
         for evaluation in evaluations:
-            if evaluation.status == TrialStatus.ERROR:
-                continue  # the environment failed, not the network: nothing to learn
             candidate = evaluation.candidate
             key = proposal_key(candidate.arch, candidate.hparams)
-            episode = self.episodes.pop(key, None) or self._episode_of(candidate)
+            episode = self.episodes.pop(key, None)
+            if evaluation.status == TrialStatus.ERROR:
+                continue  # the environment failed, not the network: nothing to learn
+            episode = episode or self._episode_of(candidate)
             if episode is None:
                 continue  # another method's network that the grammar cannot write
             self.rewards[key] = reward(evaluation)

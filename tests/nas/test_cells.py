@@ -17,6 +17,9 @@ from nas.cells import Cell, CellRNN
 from nas.reports import draw_cell
 from nas.space.cell import BASES, CellSpec, cell_attrs, cell_params, cell_spec
 from nas.sequences import adding_problem
+from tests.conftest import ROOT
+
+ROOT_SPACES = ROOT / "spaces"
 
 BATCH, LENGTH, INPUT, HIDDEN = 3, 4, 2, 5
 
@@ -151,6 +154,19 @@ def test_draw_cell_makes_a_png():
 def test_docstring_examples_run(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_space_file_whose_cell_domains_cannot_spell_trees_is_refused_by_name():
+    import yaml
+
+    from nas.space import SearchSpace, SpaceError
+
+    raw = yaml.safe_load(open(ROOT_SPACES / "rnn-cell.yaml"))
+    for change, message in [({"base": [2, 8]}, "one base"), ({"base": [4]}, "node7 lies beyond"),
+                            ({"node3": ["none", "add_tanh"]}, "node3 is a node")]:
+        broken = {**raw, "ops": {**raw["ops"], "cell": {**raw["ops"]["cell"], **change}}}
+        with pytest.raises(SpaceError, match=message):
+            SearchSpace.from_dict(broken, "broken.yaml")
 
 
 @pytest.mark.parametrize("base", BASES)

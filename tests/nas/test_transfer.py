@@ -15,9 +15,10 @@ from nas.api import create_search
 from nas.build import build
 from nas.lineage import LineageError
 from nas.space import SearchSpace
-from nas.train import _inherit
+from nas.train import load_matching
 from nas.transfer import transfer_source, transferred
-from nas.trial import Budget, Candidate, TrialSetting
+from nas.refine import as_refinement, rescoring
+from nas.trial import Budget, Candidate, Evaluation, TrialSetting
 from tests.conftest import ROOT
 
 SPACE = SearchSpace.load(ROOT / "spaces/small-cnn.yaml").bind((1, 8, 8), 10)
@@ -45,12 +46,22 @@ def test_a_candidate_takes_the_source_unless_it_inherits_or_continues_a_run():
     assert transferred(child, "src") is child
 
 
+def test_refinement_and_rescoring_start_from_the_searchs_source():
+    arch, hparams = SPACE.sample(random.Random(0))
+    child = Candidate(arch, hparams, Budget(3), parents=("parent",), inherit_from="parent")
+    base = Evaluation(child, "key", val_acc=0.9, run_id="base")
+    assert rescoring(base, "src").inherit_from == "src" and rescoring(base).inherit_from is None
+    setting = Candidate(arch, hparams.with_(lr=0.005), Budget(3))
+    assert as_refinement(setting, base, 60, source="src").inherit_from == "src"
+    assert as_refinement(setting, base, 60).inherit_from is None
+
+
 def test_transfer_loads_exactly_the_tensors_whose_node_and_shape_match():
     arch, hparams = SPACE.sample(random.Random(1))
     source = build(arch, (1, 8, 8), 10, seed=0).state_dict()
     target = build(arch, (1, 8, 8), 4, seed=1)  # four classes: a new head
     fresh = {k: v.clone() for k, v in target.state_dict().items()}
-    loaded = set(_inherit(target, source))
+    loaded = set(load_matching(target, source))
     head = {k for k in fresh if k.startswith(f"nodes.{len(arch.nodes) - 1}.")}
     assert loaded == set(fresh) - head and head
     for key, value in target.state_dict().items():

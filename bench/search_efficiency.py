@@ -56,13 +56,12 @@ def _init_worker() -> None:
 
 
 def _make_strategy(method: str, space, budget, seed: int, cfg: dict):
-    from nas.strategies import make_search, make_strategy
+    from nas.strategies import make_search
     sampler = SCHEDULED.get(method, method)
-    if method == "nas-rl" and cfg.get("controller_lr"):  # a short search's controller needs a larger step
-        return make_strategy(method, space, budget, seed, children=cfg["children"], learning_rate=cfg["controller_lr"])
     return make_search(sampler, space, budget, seed, population=cfg["population"] if sampler in POPULATION else None,
                        scheduler="hyperband" if method in SCHEDULED else None, min_epochs=cfg["min_epochs"],
-                       eta=cfg["eta"], trials=cfg["trials"], concurrency=cfg["children"])
+                       eta=cfg["eta"], trials=cfg["trials"], concurrency=cfg["children"],
+                       controller_lr=cfg.get("controller_lr"))
 
 
 def run_job(job: tuple[str, int, dict]) -> dict:

@@ -71,7 +71,7 @@ class Search:
             self.strategy = make_search(config.strategy, self.space, budget, seed=config.seed,
                                         population=config.population, scheduler=config.scheduler,
                                         min_epochs=config.min_epochs, eta=config.eta, trials=config.trials,
-                                        concurrency=config.workers)
+                                        concurrency=config.workers, controller_lr=config.controller_lr)
         else:
             self.strategy = strategy(self.space, budget, seed=config.seed)
         # Resolved once: an experiment's best run may change, this search's source may not.

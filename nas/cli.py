@@ -95,6 +95,9 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-experiment", help="warm-start the strategy from this experiment's best runs, "
                                              "whatever strategy produced them")
     p.add_argument("--top-k", type=int, help="how many runs --from-experiment takes (default: 10)")
+    p.add_argument("--controller-lr", type=float,
+                   help="nas-rl: the controller's Adam learning rate (default: the paper's 6e-4, tuned for "
+                        "thousands of networks; a search of a hundred learns at about 0.02)")
     p.add_argument("--init-from", metavar="RUN_OR_EXPERIMENT",
                    help="transfer: every candidate starts from this run's weights (an experiment: its best run), "
                         "perhaps trained on other data; each tensor whose node and shape match is taken")

@@ -68,6 +68,7 @@ class SearchConfig:
     from_experiment: str | None = None  # warm-start from this experiment's best runs ...
     top_k: int = 10  # ... this many of them
     init_from: str | None = None  # candidates start from this run's weights, or an experiment's best run's
+    controller_lr: float | None = None  # nas-rl's Adam learning rate; None: the paper's 6e-4
     device: str | None = None  # "cpu" or "cuda"; default: cuda when available
     cv: int | None = None  # folds scoring each trial; None: automatic (K-fold below a row threshold), 1: hold-out
     report_test: bool = False  # measure every trial on the test split (benchmarks); else only `nas evaluate` does
@@ -83,6 +84,10 @@ class SearchConfig:
         if seconds is not None and not (type(seconds) in (int, float) and 0 < seconds < math.inf):
             raise ConfigError(f"max_seconds={seconds!r} (--max-seconds) must be a positive number of seconds, "
                               "the time limit of one trial, e.g. 120.")
+        rate = self.controller_lr
+        if rate is not None and not (type(rate) in (int, float) and 0 < rate < 1):
+            raise ConfigError(f"controller_lr={rate!r} (--controller-lr) must be a learning rate in (0, 1), "
+                              "e.g. 0.02.")
         if self.device not in (None, "cpu", "cuda"):
             raise ConfigError(f"device={self.device!r} (--device) must be cpu or cuda, or left out.")
 
@@ -107,8 +112,9 @@ class SearchConfig:
         config = self.to_json()
         for name in ("concurrency", "tracking_uri", "cuda_graphs"):
             config.pop(name)
-        if config["init_from"] is None:  # added later: searches without it keep the identity they had
-            config.pop("init_from")
+        for name in ("init_from", "controller_lr"):  # added later: searches without them keep their identity
+            if config[name] is None:
+                config.pop(name)
         config["data"].pop("data_dir")
         space = Path(self.space)
         if space.is_file():  # the space's words, not where this clone keeps the file ("auto" resolves to a path)

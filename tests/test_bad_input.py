@@ -127,6 +127,8 @@ CASES = {
     "first rung longer than the last": (["--scheduler", "hyperband", "--epochs", "2", "--min-epochs", "3"],
                                           "--min-epochs 3 exceeds"),
     "warm start from an unknown experiment": (["--from-experiment", "nope"], "'nope' has no finished runs"),
+    "transfer from an unknown run": (["--init-from", "nope"], "--init-from nope names neither"),
+    "a controller learning rate of two": (["--strategy", "nas-rl", "--controller-lr", "2"], "controller_lr=2"),
     "malformed params file": (["--params", "{root}/params-bad.yaml"], "params-bad.yaml"),
     # the store
     "a store where no folder can be made": (["--tracking-uri", "sqlite:///{root}/a-file/mlflow.db"], "a-file"),

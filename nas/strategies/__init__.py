@@ -49,17 +49,21 @@ def make_strategy(name: str, space: SearchSpace, budget: Budget, seed: int = 0, 
 
 def make_search(name: str, space: SearchSpace, budget: Budget, seed: int = 0, *, population: int | None = None,
                 scheduler: str | None = None, min_epochs: int = 1, eta: int = 3,
-                trials: int | None = None, concurrency: int | None = None) -> Strategy:
+                trials: int | None = None, concurrency: int | None = None,
+                controller_lr: float | None = None) -> Strategy:
     """The strategy a search runs: `name`, with its population size if given, inside a
     budget scheduler (`hyperband` or `successive-halving`) if one is named. `trials` goes to
     strategies whose schedule spans the search (MetaQNN's exploration), `concurrency` to
-    those that learn from that many results at a time (the NAS controller's children)."""
+    those that learn from that many results at a time (the NAS controller's children),
+    `controller_lr` to those with a learned controller."""
     options: dict[str, Any] = {"population_size": population} if population else {}
     accepted = inspect.signature(strategy_class(name)).parameters
     if trials and "trials" in accepted:
         options["trials"] = trials
     if concurrency and "children" in accepted:
         options["children"] = concurrency
+    if controller_lr and "learning_rate" in accepted:
+        options["learning_rate"] = controller_lr
     strategy = make_strategy(name, space, budget, seed, **options)
     if scheduler:
         strategy = Hyperband(strategy, min_epochs, budget.epochs, eta,

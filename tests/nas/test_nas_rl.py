@@ -124,5 +124,7 @@ def test_the_controller_weights_are_handed_over_by_version():
     assert all(torch.equal(x, y) for x, y in zip(restored.parameters(), search.controller.parameters()))
 
 
-def test_make_search_gives_the_controller_the_concurrency_as_its_children():
-    assert make_search("nas-rl", SPACE, Budget(5), concurrency=4).children == 4
+def test_make_search_gives_the_controller_the_concurrency_as_its_children_and_its_learning_rate():
+    search = make_search("nas-rl", SPACE, Budget(5), concurrency=4, controller_lr=0.02)
+    assert search.children == 4 and search.optimizer.param_groups[0]["lr"] == 0.02
+    assert make_search("nas-rl", SPACE, Budget(5)).optimizer.param_groups[0]["lr"] == 6e-4

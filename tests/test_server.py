@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from mlflow.tracking import MlflowClient
@@ -35,6 +36,8 @@ def test_a_search_runs_through_nas_server_and_ctrl_c_stops_both(tmp_path, digits
             said.append(line)
             if line.startswith("Ctrl-C"):
                 break
+        # Keep reading what the servers print, so that a full pipe never blocks them (and their shutdown).
+        threading.Thread(target=lambda: said.extend(server.stdout), daemon=True).start()
         exports = dict(line.split()[1].split("=", 1) for line in said if line.strip().startswith("export "))
         assert exports == {"PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
                            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}, said

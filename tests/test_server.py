@@ -23,13 +23,20 @@ def _listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _ctrl_c_heard() -> None:
+    # Tests started in the background (e.g. `make test &`) inherit SIGINT ignored, and Python then
+    # never turns it into KeyboardInterrupt; what this test asks is what Ctrl-C does in a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_a_search_runs_through_nas_server_and_ctrl_c_stops_both(tmp_path, digits_dir):
     prefect_port, mlflow_port = _free_port(), _free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     store = f"sqlite:///{tmp_path}/mlflow.db"
     server = subprocess.Popen([sys.executable, "-m", "nas.cli", "server", "--prefect-port", str(prefect_port),
                                "--mlflow-port", str(mlflow_port), "--tracking-uri", store],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=_ctrl_c_heard)
     try:
         said = []
         for line in server.stdout:

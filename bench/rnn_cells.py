@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -62,7 +63,6 @@ def search_best_cell(data: TrainData, args: argparse.Namespace) -> tuple[dict, f
     results = []
 
     def submit(candidate):
-        from concurrent.futures import Future
         future: Future = Future()
         evaluation = train(candidate, data, seed=0, device="cpu", max_params=space.max_params).evaluation
         results.append(evaluation)

@@ -27,11 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from nas.config import DataConfig, SearchConfig
 from nas.data import DataMeta, feature_columns, prepare
+from nas.hyper import STEPS, OneShotScorer
 from nas.lineage import LineageStore, resolve_tracking_uri
 from nas.loop import LoopOutcome, Submit, run_loop, time_limit
 from nas.runner import ThreadRunner, TrialJob, trial_setting
 from nas.space import SearchSpace, resolve_space
 from nas.strategies import Strategy, make_search
+from nas.strategies.smash import SCORES_FILE, read_scores
 from nas.transfer import transfer_source, transferring
 from nas.trial import Budget, Evaluation
 
@@ -67,11 +69,17 @@ class Search:
         self.config = config = replace(config, space=space)
         self.space = bound_space(config, self.meta)
         budget = Budget(config.epochs, config.max_seconds)
+        self.run_id: str | None = None
         if strategy is None:
+            # SMASH's scorer trains its hypernetwork lazily, at the first ask, and not again for a
+            # search whose run already holds the scores.
+            scorer = OneShotScorer(self.space, str(self.data_dir), steps=config.smash_steps or STEPS,
+                                   seed=config.seed, device=config.device, earlier=self._logged_scores)
             self.strategy = make_search(config.strategy, self.space, budget, seed=config.seed,
                                         population=config.population, scheduler=config.scheduler,
                                         min_epochs=config.min_epochs, eta=config.eta, trials=config.trials,
-                                        concurrency=config.workers, controller_lr=config.controller_lr)
+                                        concurrency=config.workers, controller_lr=config.controller_lr,
+                                        scorer=scorer, candidates=config.smash_candidates)
         else:
             self.strategy = strategy(self.space, budget, seed=config.seed)
         # Resolved once: an experiment's best run may change, this search's source may not.
@@ -132,6 +140,9 @@ class Search:
             if name not in self.logged_files:
                 self.store.log_bytes(self.run_id, name, data)
                 self.logged_files.add(name)
+
+    def _logged_scores(self) -> dict[str, float] | None:
+        return read_scores(self.store.read_bytes(self.run_id, SCORES_FILE)) if self.run_id else None
 
     def summary(self) -> dict[str, Any]:
         """What the search run records and `nas search` prints: counts, why it stopped, the best trial."""

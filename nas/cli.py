@@ -77,9 +77,10 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                                       "mutations, weight inheritance), aging-evolution (Real et al. 2019), "
                                       "codeepneat (Miikkulainen et al. 2017), metaqnn (Baker et al. 2017: "
                                       "Q-learning over layers), nas-rl (Zoph and Le 2017: an LSTM controller "
-                                      "trained with REINFORCE, one update per --concurrency results) or bayes "
-                                      "(Gaussian-process "
-                                      "Bayesian optimisation, expected improvement) (default: random)")
+                                      "trained with REINFORCE, one update per --concurrency results), smash "
+                                      "(Brock et al. 2018: one hypernetwork scores many networks, the best "
+                                      "--trials train) or bayes (Gaussian-process Bayesian optimisation, expected "
+                                      "improvement) (default: random)")
     p.add_argument("--trials", type=int, help="how many candidates to train (default: 20); with --scheduler, "
                                               "how many runs (each rung of a candidate is one)")
     p.add_argument("--scheduler", choices=["hyperband", "successive-halving"],
@@ -98,6 +99,11 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--controller-lr", type=float,
                    help="nas-rl: the controller's Adam learning rate (default: the paper's 6e-4, tuned for "
                         "thousands of networks; a search of a hundred learns at about 0.02)")
+    p.add_argument("--smash-steps", type=int,
+                   help="smash: hypernetwork training steps, one batch of a new network each (default: 6000, about a minute on 2 cores)")
+    p.add_argument("--smash-candidates", type=int,
+                   help="smash: networks scored with generated weights before the best --trials train "
+                        "(default: 500)")
     p.add_argument("--init-from", metavar="RUN_OR_EXPERIMENT",
                    help="transfer: every candidate starts from this run's weights (an experiment: its best run), "
                         "perhaps trained on other data; each tensor whose node and shape match is taken")

@@ -69,6 +69,8 @@ class SearchConfig:
     top_k: int = 10  # ... this many of them
     init_from: str | None = None  # candidates start from this run's weights, or an experiment's best run's
     controller_lr: float | None = None  # nas-rl's Adam learning rate; None: the paper's 6e-4
+    smash_steps: int | None = None  # SMASH: hypernetwork training steps; None: nas.hyper.STEPS
+    smash_candidates: int | None = None  # SMASH: networks scored; None: nas.strategies.smash.CANDIDATES
     device: str | None = None  # "cpu" or "cuda"; default: cuda when available
     cv: int | None = None  # folds scoring each trial; None: automatic (K-fold below a row threshold), 1: hold-out
     report_test: bool = False  # measure every trial on the test split (benchmarks); else only `nas evaluate` does
@@ -78,7 +80,7 @@ class SearchConfig:
         _require_positive(self, ("trials", "epochs", "min_epochs", "top_k"))
         _require_positive(self, ("eta",), minimum=2)  # keeping 1/1 of a rung would never stop
         _require_positive(self, ("population",), minimum=2, optional=True)  # a tournament needs two
-        _require_positive(self, ("max_params", "cv", "concurrency"), optional=True)
+        _require_positive(self, ("max_params", "cv", "concurrency", "smash_steps", "smash_candidates"), optional=True)
         _require_positive(self, ("seed",), minimum=0)
         seconds = self.max_seconds
         if seconds is not None and not (type(seconds) in (int, float) and 0 < seconds < math.inf):
@@ -112,7 +114,7 @@ class SearchConfig:
         config = self.to_json()
         for name in ("concurrency", "tracking_uri", "cuda_graphs"):
             config.pop(name)
-        for name in ("init_from", "controller_lr"):  # added later: searches without them keep their identity
+        for name in ("init_from", "controller_lr", "smash_steps", "smash_candidates"):  # added later: searches without them keep their identity
             if config[name] is None:
                 config.pop(name)
         config["data"].pop("data_dir")

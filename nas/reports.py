@@ -239,6 +239,33 @@ def write_plot_data(history: list[Evaluation], folder: str | Path) -> list[Path]
             write_csv([r for r in pareto if r["pareto"]], folder / "pareto_front.csv", PARETO_COLUMNS)]
 
 
+def one_shot_plot(curve: list[dict[str, float]], scores: Sequence[float]) -> bytes:
+    """A PNG of a SMASH hypernetwork: its training curve (loss and batch accuracy by step) beside
+    a histogram of the candidates' scores."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    train, hist = fig.subplots(1, 2)
+    steps = [c["step"] for c in curve]
+    train.plot(steps, [c["loss"] for c in curve], color="tab:blue", label="loss")
+    train.set_xlabel("step (one batch of one new network)")
+    train.set_ylabel("loss", color="tab:blue")
+    accuracy = train.twinx()
+    accuracy.plot(steps, [c["accuracy"] for c in curve], color="tab:orange")
+    accuracy.set_ylabel("batch accuracy", color="tab:orange")
+    train.set_title("hypernetwork training", fontsize=9)
+    hist.hist(list(scores), bins=30, color="tab:green")
+    hist.set_xlabel("validation accuracy with generated weights")
+    hist.set_ylabel("candidates")
+    hist.set_title(f"{len(scores)} candidates scored", fontsize=9)
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    return out.getvalue()
+
+
 def draw_cell(spec: CellSpec) -> bytes:
     """A PNG of the cell's tree: leaves at the bottom, the root (h_t) on top, the memory path if any."""
     import textwrap

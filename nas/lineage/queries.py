@@ -135,6 +135,10 @@ class StoreQueries(StoreConnection):
         return Evaluation.from_json(json.loads(self._require(
             run, EVALUATION_FILE, ", so this finished trial was not written by this tool: delete it in `nas ui`.")))
 
+    def read_bytes(self, run_id: str, artifact: str) -> bytes | None:
+        """One artifact of a run ("folder/file"), or None if it has none (e.g. a strategy's file)."""
+        return self._read(self._get_run(run_id), artifact)
+
     def _require(self, run: Run, artifact: str, why_and_fix: str) -> bytes:
         data = self._read(run, artifact)
         if data is None:
@@ -147,7 +151,8 @@ class StoreQueries(StoreConnection):
         if local is not None:  # read in place: a download costs ~10 ms, and history() reads hundreds
             path = local / artifact
             return path.read_bytes() if path.is_file() else None
-        if artifact not in {f.path for f in self._reader().list_artifacts(run.info.run_id)}:
+        folder = artifact.rpartition("/")[0] or None
+        if artifact not in {f.path for f in self._reader().list_artifacts(run.info.run_id, folder)}:
             return None
         with tempfile.TemporaryDirectory(prefix="nas-lineage-") as folder:
             return Path(self._reader().download_artifacts(run.info.run_id, artifact, dst_path=folder)).read_bytes()

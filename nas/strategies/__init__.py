@@ -16,11 +16,12 @@ from nas.strategies.hyperband import Hyperband
 from nas.strategies.metaqnn import MetaQNN
 from nas.strategies.nas_rl import NasRL
 from nas.strategies.random_search import RandomSearch
+from nas.strategies.smash import Scorer, Smash
 from nas.trial import Budget
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (RandomSearch, GridSearch, BayesianOptimization, LargeScaleEvolution, AgingEvolution,
-                              CoDeepNEAT, MetaQNN, NasRL)}
+                              CoDeepNEAT, MetaQNN, NasRL, Smash)}
 
 
 ENTRY_POINT_GROUP = "nas.strategies"  # where other packages register strategies of their own
@@ -50,12 +51,14 @@ def make_strategy(name: str, space: SearchSpace, budget: Budget, seed: int = 0, 
 def make_search(name: str, space: SearchSpace, budget: Budget, seed: int = 0, *, population: int | None = None,
                 scheduler: str | None = None, min_epochs: int = 1, eta: int = 3,
                 trials: int | None = None, concurrency: int | None = None,
-                controller_lr: float | None = None) -> Strategy:
+                controller_lr: float | None = None, scorer: Scorer | None = None,
+                candidates: int | None = None) -> Strategy:
     """The strategy a search runs: `name`, with its population size if given, inside a
     budget scheduler (`hyperband` or `successive-halving`) if one is named. `trials` goes to
     strategies whose schedule spans the search (MetaQNN's exploration), `concurrency` to
     those that learn from that many results at a time (the NAS controller's children),
-    `controller_lr` to those with a learned controller."""
+    `controller_lr` to those with a learned controller, `scorer` and `candidates` (how many
+    networks it scores) to those that rank networks before training any (SMASH)."""
     options: dict[str, Any] = {"population_size": population} if population else {}
     accepted = inspect.signature(strategy_class(name)).parameters
     if trials and "trials" in accepted:
@@ -64,6 +67,10 @@ def make_search(name: str, space: SearchSpace, budget: Budget, seed: int = 0, *,
         options["children"] = concurrency
     if controller_lr and "learning_rate" in accepted:
         options["learning_rate"] = controller_lr
+    if scorer and "scorer" in accepted:
+        options["scorer"] = scorer
+    if candidates and "candidates" in accepted:
+        options["candidates"] = candidates
     strategy = make_strategy(name, space, budget, seed, **options)
     if scheduler:
         strategy = Hyperband(strategy, min_epochs, budget.epochs, eta,
@@ -72,4 +79,4 @@ def make_search(name: str, space: SearchSpace, budget: Budget, seed: int = 0, *,
 
 
 __all__ = ["ENTRY_POINT_GROUP", "STRATEGIES", "strategy_class", "AgingEvolution", "BayesianOptimization", "CoDeepNEAT", "GridSearch", "Hyperband",
-           "LargeScaleEvolution", "MetaQNN", "NasRL", "RandomSearch", "Strategy", "make_search", "make_strategy"]
+           "LargeScaleEvolution", "MetaQNN", "NasRL", "RandomSearch", "Smash", "Strategy", "make_search", "make_strategy"]

@@ -19,8 +19,8 @@ TRIALS = 6
 
 
 def search_command(tmp_path, digits_dir, strategy):
-    population = ["--population", "3"] if strategy == "evolution" else []
-    return [sys.executable, "-m", "nas.cli", "search", "--strategy", strategy, *population,
+    options = {"evolution": ["--population", "3"], "smash": ["--smash-steps", "30", "--smash-candidates", "20"]}
+    return [sys.executable, "-m", "nas.cli", "search", "--strategy", strategy, *options.get(strategy, []),
             "--data-dir", str(digits_dir),
             "--space", str(ROOT / "spaces/cnn.yaml"), "--trials", str(TRIALS), "--epochs", "4",
             "--concurrency", "1", "--seed", "11", "--experiment", "resume",
@@ -36,7 +36,7 @@ def finished_trials(uri):
                               "tags.`nas.kind` = 'trial' and attributes.status = 'FINISHED'")
 
 
-@pytest.mark.parametrize("strategy", ["random", "evolution", "codeepneat", "metaqnn", "nas-rl"])
+@pytest.mark.parametrize("strategy", ["random", "evolution", "codeepneat", "metaqnn", "nas-rl", "smash"])
 def test_sigkill_then_rerun_resumes_without_retraining_or_duplicates(tmp_path, digits_dir, strategy):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}  # the cache both runs share

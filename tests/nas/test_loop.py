@@ -29,7 +29,9 @@ TRIALS = 30
 SCHEDULERS = (None, "hyperband", "successive-halving")
 # Small populations and a small model pool, so that 40 searches take seconds.
 OPTIONS = {"evolution": {"population_size": 4}, "aging-evolution": {"population_size": 4},
-           "codeepneat": {"population_size": 4}, "bayes": {"pool_size": 16, "mutations_per_point": 1}}
+           "codeepneat": {"population_size": 4}, "bayes": {"pool_size": 16, "mutations_per_point": 1},
+           "smash": {"candidates": 200, "scorer": lambda archs, hparams: [derive_seed(a.arch_id, "score") % 97
+                                                                          for a in archs]}}
 
 
 class Interrupted(BaseException):

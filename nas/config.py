@@ -114,7 +114,8 @@ class SearchConfig:
         config = self.to_json()
         for name in ("concurrency", "tracking_uri", "cuda_graphs"):
             config.pop(name)
-        for name in ("init_from", "controller_lr", "smash_steps", "smash_candidates"):  # added later: searches without them keep their identity
+        # Added later: searches that leave them unset keep their identity.
+        for name in ("init_from", "controller_lr", "smash_steps", "smash_candidates"):
             if config[name] is None:
                 config.pop(name)
         config["data"].pop("data_dir")

@@ -105,6 +105,9 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smash-candidates", type=int,
                    help="smash: networks scored with generated weights before the best --trials train "
                         "(default: 500)")
+    p.add_argument("--warm-start-predictor", action="store_true", default=None,
+                   help="predictor (and any strategy that learns from history): first learn from every successful "
+                        "run of the store on the same data, whatever experiment and method produced it")
     p.add_argument("--init-from", metavar="RUN_OR_EXPERIMENT",
                    help="transfer: every candidate starts from this run's weights (an experiment: its best run), "
                         "perhaps trained on other data; each tensor whose node and shape match is taken")
@@ -126,6 +129,13 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                         "evaluate` reads it, once")
     p.add_argument("--plots-dir", default="plots", help="CSV files for `dvc plots` (default: plots)")
     _add_store_options(p)
+
+
+def _add_benchmark_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--benchmark", metavar="TABLE",
+                   help="answer trials by lookup in a table built by `nas bench build` (e.g. "
+                        "bench/mnist1d.parquet) instead of training: the space, data and epochs are the table's, "
+                        "nothing is recorded in MLflow, and a thousand trials take seconds")
 
 
 def _add_refine_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -158,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "logged as an MLflow run nested under one run for the search. Re-running the same "
                        "command retrains nothing that already finished.")
     _add_search_options(p)
+    _add_benchmark_option(p)
     p.add_argument("--metrics-out", default="metrics/search.json", help="summary JSON for DVC "
                                                                        "(default: metrics/search.json)")
 
@@ -238,6 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefect-port", type=int, default=4200, help="Prefect API and UI port (default: 4200)")
     p.add_argument("--mlflow-port", type=int, default=5000, help="MLflow tracking server and UI port (default: 5000)")
     p.add_argument("--tracking-uri", help="the store the MLflow server serves (default: as for search)")
+
+    p = sub.add_parser("bench", help="the tabular benchmark: build it (train a finite space once)",
+                       description="`nas bench build` trains every network of a finite space at each fidelity "
+                       "(epochs) and seed and writes one Parquet table; `nas search --benchmark TABLE` then answers "
+                       "trials by lookup, so a thousand-trial search takes seconds.")
+    bench = p.add_subparsers(dest="bench_command", required=True, metavar="ACTION")
+    b = bench.add_parser("build", help="train the space's grid and write the table (a Prefect flow; resumable)")
+    b.add_argument("--space", default="spaces/bench-mnist1d.yaml", help="a finite space file (default: "
+                                                                         "spaces/bench-mnist1d.yaml, 624 networks)")
+    b.add_argument("--data", dest="source", default="mnist1d", help="data source (default: mnist1d)")
+    b.add_argument("--fidelities", default="4,12", help="epochs at which each network is measured, the largest "
+                                                       "spanning the learning-rate schedule (default: 4,12)")
+    b.add_argument("--seeds", default="0", help="training seeds, comma-separated (default: 0)")
+    b.add_argument("--out", default="bench/mnist1d.parquet", help="the table (default: bench/mnist1d.parquet)")
 
     p = sub.add_parser("gc", help="purge deleted runs for good",
                        description="A trial attempt whose process died is tagged abandoned and deleted (its "
@@ -321,12 +346,43 @@ def cmd_search(args: argparse.Namespace) -> int:
     from flows.search import run_search
 
     config = _search_config(args)
+    if args.benchmark:
+        return _benchmark_search(args, config)
     summary = run_search(config)
     if summary["trials"] < config.trials:
         print(f"stopped after {summary['trials']} of {config.trials} trials: {summary['stop_reason']}")
     _write_json(args.metrics_out, summary)
     _report_search(summary, args.plots_dir)
     print(f"browse: nas ui    (experiment '{summary['experiment']}', search run {summary['parent_run_id']})")
+    return 0
+
+
+def _benchmark_search(args: argparse.Namespace, config) -> int:
+    import time
+
+    from nas.benchmark import BenchmarkTable
+
+    table = BenchmarkTable(args.benchmark)
+    started = time.perf_counter()
+    outcome = table.search(config.strategy, seed=config.seed, trials=config.trials, concurrency=config.workers,
+                           asynchronous=config.asynchronous, population=config.population,
+                           scheduler=config.scheduler, min_epochs=config.min_epochs, eta=config.eta,
+                           controller_lr=config.controller_lr)
+    found = outcome.evaluations
+    best = max((e for e in found if e.ok), key=lambda e: e.rank_key, default=None)
+    summary = {"benchmark": args.benchmark, "strategy": config.strategy, "seed": config.seed, "trials": len(found),
+               "failed": sum(not e.ok for e in found), "stop_reason": outcome.stop_reason,
+               "simulated_seconds": sum(e.seconds for e in found),
+               "wall_seconds": time.perf_counter() - started, "best_possible_test_acc": table.best_test()}
+    if best is not None:
+        summary.update(best_arch_id=best.arch_id, best_val_acc=best.val_acc, best_test_acc=table.test_of(best),
+                       regret=table.regret_curve(found, config.seed)[-1])
+    _write_json(args.metrics_out, summary)
+    print(f"{config.strategy} on {args.benchmark}: {len(found)} lookups in {summary['wall_seconds']:.1f} s "
+          f"(training them took {summary['simulated_seconds']:.0f} s); {outcome.stop_reason}")
+    if best is not None:
+        print(f"best by validation: {best.arch_id} val {best.val_acc:.4f}, test {summary['best_test_acc']:.4f} "
+              f"(the table's best test {summary['best_possible_test_acc']:.4f}: regret {summary['regret']:.4f})")
     return 0
 
 
@@ -506,13 +562,40 @@ def cmd_server(args: argparse.Namespace) -> int:
                           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{args.mlflow_port}"})
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    from nas.config import ConfigError
+
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise ConfigError(f"{option} takes comma-separated whole numbers such as 4,12; got '{text}'.")
+    return values
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from flows.bench import build_benchmark
+    from nas.config import ConfigError
+    from nas.space import SearchSpace
+
+    fidelities, seeds = _int_list(args.fidelities, "--fidelities"), _int_list(args.seeds, "--seeds")
+    if min(fidelities) < 1:
+        raise ConfigError(f"--fidelities are epochs, each at least 1; got '{args.fidelities}'.")
+    SearchSpace.load(args.space)  # a malformed file is a one-paragraph error here, not a flow failure
+    summary = build_benchmark(args.space, args.source, args.out, fidelities, seeds)
+    print(f"{summary['table']}: {summary['networks']} networks, {summary['rows']} rows, best test accuracy "
+          f"{summary['best_test_acc']:.4f}, {summary['train_seconds']:.0f} s of training")
+    return 0
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     return subprocess.run(_store(args).gc_command()).returncode
 
 
 COMMANDS = {"prepare": cmd_prepare, "search": cmd_search, "refine": cmd_refine, "evaluate": cmd_evaluate,
             "pipeline": cmd_pipeline, "report": cmd_report, "runs": cmd_runs, "show": cmd_show,
-            "lineage": cmd_lineage, "ui": cmd_ui, "server": cmd_server, "gc": cmd_gc}
+            "lineage": cmd_lineage, "ui": cmd_ui, "server": cmd_server, "bench": cmd_bench, "gc": cmd_gc}
 
 
 class _WithoutTraceback(logging.Filter):

@@ -1,7 +1,7 @@
 """The benchmark flow: train every network of a finite space at each fidelity and seed, and
 store the results as one Parquet table (`nas bench build`, the `benchmark` stage of dvc.yaml).
 
-The grid is cut into parts of `part_size` networks, each a task that writes its own
+The grid is cut into parts of PART_SIZE networks, each a task that writes its own
 Parquet file next to the table; a killed build resumes at the first missing part, and a
 changed space, data, fidelity or seed gets a fresh folder of parts.
 """
@@ -24,9 +24,11 @@ from tasks.bench import train_part
 from tasks.prepare import prepare_data
 
 
+PART_SIZE = 24  # networks per task: a killed build loses at most one part's training
+
+
 @flow(name="nas-bench-build", log_prints=True)
-def build_benchmark(space_file: str, source: str, out: str, fidelities: list[int], seeds: list[int],
-                    part_size: int = 24) -> dict[str, Any]:
+def build_benchmark(space_file: str, source: str, out: str, fidelities: list[int], seeds: list[int]) -> dict[str, Any]:
     logger = get_run_logger()
     data_dir = DataConfig(source=source).resolved_dir(Path.cwd())
     data = DataMeta.from_json(prepare_data(source=source, out_dir=str(data_dir)))
@@ -38,12 +40,12 @@ def build_benchmark(space_file: str, source: str, out: str, fidelities: list[int
     parts = out_path.parent / f".{out_path.name}.parts" / digest(meta.to_json(), 12)
     parts.mkdir(parents=True, exist_ok=True)
     logger.info("building %s: %d networks x fidelities %s x seeds %s on %s, %d networks per part in %s",
-                out, size, list(meta.fidelities), list(seeds), source, part_size, parts)
+                out, size, list(meta.fidelities), list(seeds), source, PART_SIZE, parts)
     paths = []
     with tqdm(total=size * len(seeds), desc="benchmark", unit="network", dynamic_ncols=True) as bar:
         for seed in seeds:
-            for start in range(0, size, part_size):
-                stop = min(size, start + part_size)
+            for start in range(0, size, PART_SIZE):
+                stop = min(size, start + PART_SIZE)
                 paths.append(parts / f"seed{seed}-{start:05d}.parquet")
                 train_part(meta.to_json(), str(data_dir), seed, start, stop, str(paths[-1]),
                            threads=torch_threads(1))

@@ -19,6 +19,7 @@ A strategy of your own is any `nas.strategies.Strategy` subclass: pass the class
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["Search", "create_search", "load_search"]
+
+WARM_START_FILE = "predictor/warm_start.json"  # the run ids a --warm-start-predictor search learned from
 
 
 class Search:
@@ -96,6 +99,10 @@ class Search:
             identity["init_from"] = search_tags["nas.transfer_from"] = self.transfer_from
         self.run_id = self.store.start_search(config.to_json(), Path(config.space), self.meta.fingerprint,
                                               tags=search_tags, identity=identity)
+        if config.warm_start_predictor:
+            earlier = self._store_history()
+            self.strategy.warm_start(earlier)
+            self.warm_started += len(earlier)
         self.job = TrialJob(trial_setting(config, self.meta, self.space), config.experiment_name, self.tracking_uri,
                             self.run_id, config.strategy, tags=dict(tags or {}), measure_test=config.report_test,
                             dataset=self.meta.to_json(), cuda_graphs=config.cuda_graphs)
@@ -140,6 +147,16 @@ class Search:
             if name not in self.logged_files:
                 self.store.log_bytes(self.run_id, name, data)
                 self.logged_files.add(name)
+
+    def _store_history(self) -> list[Evaluation]:
+        """Every successful trial of the store on this data but this search's own. The run ids
+        are kept on the search run, so a rerun warm-starts from the same set and replays."""
+        recorded = self.store.read_bytes(self.run_id, WARM_START_FILE)
+        if recorded is not None:
+            return self.store.evaluations(json.loads(recorded))
+        found = self.store.trained_on(self.meta.fingerprint, besides=self.run_id)
+        self.store.log_bytes(self.run_id, WARM_START_FILE, json.dumps([e.run_id for e in found]).encode())
+        return found
 
     def _logged_scores(self) -> dict[str, float] | None:
         return read_scores(self.store.read_bytes(self.run_id, SCORES_FILE)) if self.run_id else None

@@ -71,6 +71,7 @@ class SearchConfig:
     controller_lr: float | None = None  # nas-rl's Adam learning rate; None: the paper's 6e-4
     smash_steps: int | None = None  # SMASH: hypernetwork training steps; None: nas.hyper.STEPS
     smash_candidates: int | None = None  # SMASH: networks scored; None: nas.strategies.smash.CANDIDATES
+    warm_start_predictor: bool = False  # predictor: also learn from every run of the store on this data
     device: str | None = None  # "cpu" or "cuda"; default: cuda when available
     cv: int | None = None  # folds scoring each trial; None: automatic (K-fold below a row threshold), 1: hold-out
     report_test: bool = False  # measure every trial on the test split (benchmarks); else only `nas evaluate` does
@@ -115,8 +116,8 @@ class SearchConfig:
         for name in ("concurrency", "tracking_uri", "cuda_graphs"):
             config.pop(name)
         # Added later: searches that leave them unset keep their identity.
-        for name in ("init_from", "controller_lr", "smash_steps", "smash_candidates"):
-            if config[name] is None:
+        for name in ("init_from", "controller_lr", "smash_steps", "smash_candidates", "warm_start_predictor"):
+            if config[name] in (None, False):
                 config.pop(name)
         config["data"].pop("data_dir")
         space = Path(self.space)

@@ -27,7 +27,7 @@ from nas.lineage.connection import (ARTIFACTS_DIR, DATABASE_FILE, DEFAULT_STORE_
                                     MAX_CONFIG_PARAM_CHARS, MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH,
                                     MAX_TAG_CHARS, LineageError, resolve_tracking_uri)
 from nas.lineage.layout import (ARCHITECTURE_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVALUATION_FILE, KIND_FINAL,
-                                KIND_SEARCH, KIND_TRIAL, WEIGHTS_FILE)
+                                KIND_PREDICTOR, KIND_SEARCH, KIND_TRIAL, PREDICTOR_FILE, WEIGHTS_FILE)
 from nas.lineage.models import CHAMPION, MODEL_NAME, StoreModels
 from nas.lineage.runs import CLAIM_LEASE_SECONDS, HEARTBEAT_SECONDS, Claim, StoreRuns
 
@@ -43,7 +43,8 @@ class LineageStore(StoreRuns, StoreModels):
 
 __all__ = [
     "ARCHITECTURE_FILE", "ARTIFACTS_DIR", "CHECKPOINT_FILE", "CLAIM_LEASE_SECONDS", "CONFIG_FILE", "DATABASE_FILE",
-    "DEFAULT_STORE_DIR", "EVALUATION_FILE", "FIX_HINT", "HEARTBEAT_SECONDS", "KIND_FINAL", "KIND_SEARCH",
-    "KIND_TRIAL", "LOCK_FILE", "MAX_CONFIG_PARAM_CHARS", "MAX_METRICS_PER_BATCH", "MAX_PARAMS_PER_BATCH",
-    "CHAMPION", "MAX_TAG_CHARS", "MODEL_NAME", "WEIGHTS_FILE", "Claim", "LineageError", "LineageStore", "resolve_tracking_uri",
+    "DEFAULT_STORE_DIR", "EVALUATION_FILE", "FIX_HINT", "HEARTBEAT_SECONDS", "KIND_FINAL", "KIND_PREDICTOR",
+    "KIND_SEARCH", "KIND_TRIAL", "LOCK_FILE", "MAX_CONFIG_PARAM_CHARS", "MAX_METRICS_PER_BATCH",
+    "MAX_PARAMS_PER_BATCH", "PREDICTOR_FILE", "CHAMPION", "MAX_TAG_CHARS", "MODEL_NAME", "WEIGHTS_FILE", "Claim",
+    "LineageError", "LineageStore", "resolve_tracking_uri",
 ]

@@ -237,19 +237,21 @@ class StoreConnection:
     # -- runs --------------------------------------------------------------------------
 
     def _search(self, filter_string: str, order_by: list[str] | None = None,
-                max_results: int | None = None) -> list[Run]:
-        """Runs of this experiment matching filter_string, following pages past MLflow's 1000.
+                max_results: int | None = None, everywhere: bool = False) -> list[Run]:
+        """Runs of this experiment (`everywhere`: of every experiment) matching filter_string,
+        following pages past MLflow's 1000.
 
         Empty where the experiment does not exist yet: searching never creates it.
         """
-        experiment_id = self._find_experiment()
-        if experiment_id is None:
+        experiment_ids = [e.experiment_id for e in self.client.search_experiments()] if everywhere \
+            else [self._find_experiment()]
+        if None in experiment_ids or not experiment_ids:
             return []
         runs: list[Run] = []
         token = None
         while True:
             page_size = min(1000, max_results - len(runs)) if max_results else 1000
-            page = self.client.search_runs([experiment_id], filter_string=filter_string,
+            page = self.client.search_runs(experiment_ids, filter_string=filter_string,
                                            order_by=order_by, max_results=page_size, page_token=token)
             runs.extend(page)
             token = page.token

@@ -7,6 +7,7 @@ tell a refined final run from a search's trials.
 KIND_SEARCH = "search"
 KIND_TRIAL = "trial"
 KIND_FINAL = "final"  # a refined winner trained on train+val: its val metrics are in-sample
+KIND_PREDICTOR = "predictor"  # a performance predictor fitted on trials (`nas predictor fit`)
 
 EVALUATION_FILE = "evaluation.json"
 ARCHITECTURE_FILE = "architecture.json"
@@ -14,4 +15,5 @@ WEIGHTS_FILE = "weights.safetensors"
 CHECKPOINT_FILE = "checkpoint.pt"  # weights, optimizer and RNG states of a run that can be continued
 CONFIG_FILE = "config.json"
 CELL_DRAWING_FILE = "cell.png"  # the tree of a network's recurrent cell (nas.reports.draw_cell)
+PREDICTOR_FILE = "predictor/predictor.safetensors"  # nas.predictor.Predictor.to_bytes
 STRATEGY_REPORT_FILE = "strategy-report.json"  # a search's strategy state for people (Strategy.report)

@@ -46,6 +46,20 @@ class StoreQueries(StoreConnection):
                             f"tags.`mlflow.parentRunId` = '{search_run_id}'", order_by=["attributes.start_time ASC"])
         return [self._evaluation(run) for run in runs]
 
+    def trained_on(self, data_fingerprint: str, besides: str | None = None) -> list[Evaluation]:
+        """Every successful trial of every experiment on this data (by fingerprint), whatever
+        method proposed it, oldest first; `besides`: leave out the trials of this search run."""
+        others = f" and tags.`mlflow.parentRunId` != '{besides}'" if besides else ""
+        runs = self._search(f"tags.`nas.kind` = '{KIND_TRIAL}' and attributes.status = 'FINISHED' and "
+                            f"tags.`nas.data_fp` = '{data_fingerprint}' and "
+                            f"tags.`nas.status` = '{TrialStatus.OK.value}'{others}",
+                            order_by=["attributes.start_time ASC"], everywhere=True)
+        return [self._evaluation(run) for run in runs]
+
+    def evaluations(self, run_ids: list[str]) -> list[Evaluation]:
+        """The recorded results of these runs, in this order."""
+        return [self._evaluation(self._get_run(run_id)) for run_id in run_ids]
+
     def search_config(self, search_run_id: str) -> dict[str, Any]:
         """The configuration a search ran with (what `start_search` recorded)."""
         return json.loads(self._require(self._get_run(search_run_id), CONFIG_FILE, (

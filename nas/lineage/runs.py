@@ -29,7 +29,8 @@ from nas.lineage.connection import (MAX_CONFIG_PARAM_CHARS, MAX_PARAMS_PER_BATCH
                                     _local_dir, _short, _tag_values)
 from nas.lineage.datasets import dataset_input
 from nas.lineage.layout import (ARCHITECTURE_FILE, CELL_DRAWING_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVALUATION_FILE,
-                                KIND_SEARCH, KIND_TRIAL, STRATEGY_REPORT_FILE, WEIGHTS_FILE)
+                                KIND_PREDICTOR, KIND_SEARCH, KIND_TRIAL, PREDICTOR_FILE, STRATEGY_REPORT_FILE,
+                                WEIGHTS_FILE)
 from nas.lineage.queries import StoreQueries
 from nas.space.cell import cell_spec
 from nas.trial import Candidate, Evaluation, TrialStatus
@@ -113,6 +114,17 @@ class StoreRuns(StoreQueries):
         with tempfile.TemporaryDirectory() as tmp, self._writing() as client:
             (Path(tmp) / file).write_bytes(data)
             client.log_artifact(run_id, str(Path(tmp) / file), folder or None)
+
+    def log_predictor(self, model: bytes, metrics: dict[str, float], tags: dict[str, str]) -> str:
+        """A fitted performance predictor as a finished run of its own kind: the model's bytes
+        (`PREDICTOR_FILE`), its held-out rank correlation and what it was fitted on."""
+        with self._writing() as client:
+            run_id = client.create_run(self.experiment_id, run_name="predictor",
+                                       tags=_tag_values({"nas.kind": KIND_PREDICTOR, **tags})).info.run_id
+        self.log_bytes(run_id, PREDICTOR_FILE, model)
+        self.log_result(run_id, metrics, {})
+        self._terminate(run_id, "FINISHED")
+        return run_id
 
     # -- claims ------------------------------------------------------------------------
 

@@ -16,13 +16,15 @@ from nas.strategies.hyperband import Hyperband
 from nas.strategies.metaqnn import MetaQNN
 from nas.strategies.nas_rl import NasRL
 from nas.strategies.optuna_samplers import OptunaNSGA2, OptunaRandom, OptunaTPE
+from nas.strategies.predictor import PredictorSearch
 from nas.strategies.random_search import RandomSearch
 from nas.strategies.smash import Scorer, Smash
 from nas.trial import Budget
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (RandomSearch, GridSearch, BayesianOptimization, LargeScaleEvolution, AgingEvolution,
-                              CoDeepNEAT, MetaQNN, NasRL, Smash, OptunaTPE, OptunaRandom, OptunaNSGA2)}
+                              CoDeepNEAT, MetaQNN, NasRL, Smash, PredictorSearch, OptunaTPE,
+                              OptunaRandom, OptunaNSGA2)}
 
 
 ENTRY_POINT_GROUP = "nas.strategies"  # where other packages register strategies of their own
@@ -80,4 +82,4 @@ def make_search(name: str, space: SearchSpace, budget: Budget, seed: int = 0, *,
 
 
 __all__ = ["ENTRY_POINT_GROUP", "STRATEGIES", "strategy_class", "AgingEvolution", "BayesianOptimization", "CoDeepNEAT", "GridSearch", "Hyperband",
-           "LargeScaleEvolution", "MetaQNN", "NasRL", "OptunaNSGA2", "OptunaRandom", "OptunaTPE", "RandomSearch", "Smash", "Strategy", "make_search", "make_strategy"]
+           "LargeScaleEvolution", "MetaQNN", "NasRL", "OptunaNSGA2", "OptunaRandom", "OptunaTPE", "PredictorSearch", "RandomSearch", "Smash", "Strategy", "make_search", "make_strategy"]

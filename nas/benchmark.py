@@ -223,22 +223,29 @@ class BenchmarkTable:
         return max(r["test_acc"] for r in self.rows.values()
                    if r["fidelity"] == self.top and r["test_acc"] is not None)
 
-    def test_of(self, evaluation: Evaluation, seed: int = 0) -> float | None:
-        """The test accuracy of the evaluation's network trained at the largest fidelity."""
+    def score_of(self, evaluation: Evaluation, seed: int = 0, on: str = "test") -> float | None:
+        """The test (or validation) accuracy of the evaluation's network trained at the largest fidelity."""
         row = self.rows.get((proposal_key(evaluation.candidate.arch, evaluation.candidate.hparams), self.top,
                              self.table_seed(seed)))
-        return row["test_acc"] if row else None
+        return row[f"{on}_acc"] if row else None
 
-    def regret_curve(self, evaluations: list[Evaluation], seed: int = 0) -> list[float]:
-        """After each trial: the best test accuracy of the table minus the test accuracy (at the
-        largest fidelity) of the network with the best validation accuracy so far.
+    def regret_curve(self, evaluations: list[Evaluation], seed: int = 0, on: str = "test") -> list[float]:
+        """After each trial, the regret of the network with the best validation accuracy so far.
 
-        This is the user's view: they pick by validation and live with the test score.
+        `on="test"`: the table's best test accuracy minus that network's test accuracy at the
+        largest fidelity (the user's view: they pick by validation and live with the test
+        score). `on="val"`: the table's best validation accuracy minus that network's (the
+        search's own view: how fast it finds the top of what it optimises). Picking the
+        validation argmax is not picking the test argmax: within the test split's noise
+        (about 0.8 points on 1000 examples) the test regret of a perfect search is not zero.
         """
-        best_test, curve, chosen = self.best_test(), [], None
+        if on not in ("test", "val"):
+            raise ValueError(f"on={on!r}: regret is measured on 'test' or 'val'.")
+        top = [r for r in self.rows.values() if r["fidelity"] == self.top and r[f"{on}_acc"] is not None]
+        best, curve, chosen = max(r[f"{on}_acc"] for r in top), [], None
         for evaluation in evaluations:
             if evaluation.ok and (chosen is None or evaluation.rank_key > chosen.rank_key):
                 chosen = evaluation
-            test = self.test_of(chosen, seed) if chosen is not None else None
-            curve.append(best_test - test if test is not None else best_test)
+            score = self.score_of(chosen, seed, on) if chosen is not None else None
+            curve.append(best - score if score is not None else best)
         return curve

@@ -79,8 +79,11 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                                       "Q-learning over layers), nas-rl (Zoph and Le 2017: an LSTM controller "
                                       "trained with REINFORCE, one update per --concurrency results), smash "
                                       "(Brock et al. 2018: one hypernetwork scores many networks, the best "
-                                      "--trials train) or bayes (Gaussian-process Bayesian optimisation, expected "
-                                      "improvement) (default: random)")
+                                      "--trials train), bayes (Gaussian-process Bayesian optimisation, expected "
+                                      "improvement), predictor (White et al. 2021: an MLP ensemble predicts accuracy "
+                                      "from the encoding, Thompson sampling picks; see --warm-start-predictor) or "
+                                      "Optuna's samplers as peers: optuna-tpe, optuna-random, optuna-nsga2 (accuracy "
+                                      "and size) (default: random)")
     p.add_argument("--trials", type=int, help="how many candidates to train (default: 20); with --scheduler, "
                                               "how many runs (each rung of a candidate is one)")
     p.add_argument("--scheduler", choices=["hyperband", "successive-halving"],
@@ -387,7 +390,7 @@ def _benchmark_search(args: argparse.Namespace, config) -> int:
                "simulated_seconds": sum(e.seconds for e in found),
                "wall_seconds": time.perf_counter() - started, "best_possible_test_acc": table.best_test()}
     if best is not None:
-        summary.update(best_arch_id=best.arch_id, best_val_acc=best.val_acc, best_test_acc=table.test_of(best),
+        summary.update(best_arch_id=best.arch_id, best_val_acc=best.val_acc, best_test_acc=table.score_of(best),
                        regret=table.regret_curve(found, config.seed)[-1])
     _write_json(args.metrics_out, summary)
     print(f"{config.strategy} on {args.benchmark}: {len(found)} lookups in {summary['wall_seconds']:.1f} s "

@@ -1,6 +1,6 @@
 """The predictor on real training: does a search warm-started from the store beat random search?
 
-    python bench/predictor_search.py [--trials 40] [--epochs 20] [--seeds 0,1,2,3,4] [--pool 40]
+    python bench/predictor_search.py [--trials 40] [--epochs 20] [--seeds 0,1,2,3,4] [--pool 40] [--project DIR]
 
 One store on bundled MNIST-1D (its auto space, spaces/conv1d.yaml). First another
 experiment fills it: a random search of --pool trials (seed 100). Then, for each seed, a
@@ -8,12 +8,14 @@ predictor-guided search with --warm-start-predictor (it learns from every earlie
 store on this data: the pool, and the searches of earlier seeds) and a plain random search,
 --trials trials of --epochs epochs each. Reported per seed: the test accuracy of each
 search's best-by-validation network. Target (issue 13): the predictor's beats random
-search's in at least 4 of 5 seeds. On this 2-core CPU it takes about 40 minutes.
+search's in at least 4 of 5 seeds. On this 2-core CPU it takes about an hour; an
+interrupted run continues with --project (the folder it printed), retraining nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -38,8 +40,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--pool", type=int, default=40, help="trials of the earlier experiment the store holds")
+    parser.add_argument("--project", help="continue in this folder (a store an earlier run printed)")
     args = parser.parse_args()
-    folder = scratch_project("predictor")
+    if args.project:
+        folder = Path(args.project)
+        os.chdir(folder)
+    else:
+        folder = scratch_project("predictor")
     print(f"store: {folder}")
     val, test = best_test("pool", "random", args.pool, args.epochs, 100)
     print(f"pool: random search, {args.pool} trials: best val {val:.4f}, test {test:.4f}")

@@ -9,8 +9,9 @@ import yaml
 from nas.benchmark import BenchmarkError, BenchmarkMeta, BenchmarkTable, build_rows, networks, write_table
 from nas.space import Architecture
 from nas.trial import Budget, Candidate, TrialStatus
+from tests.conftest import ROOT
 
-TINY = yaml.safe_load(open("spaces/bench-mnist1d.yaml"))
+TINY = yaml.safe_load((ROOT / "spaces/bench-mnist1d.yaml").read_text())
 TINY["ops"]["conv"].update(channels=[8], kernel_w=[3, 5])
 TINY["layout"].update(conv_blocks=[1], reduce=["global_pool"], dense_layers=[0])
 

@@ -53,7 +53,7 @@ def build_benchmark(space_file: str, source: str, out: str, fidelities: list[int
     write_table([row for path in paths for row in read_rows(path)[1]], meta, out_path)
     table = BenchmarkTable(out_path)
     summary = {"table": str(out_path), "networks": len(table), "rows": len(table.rows),
-               "best_test_acc": table.best_test(),
+               "best_test_acc": table.best(),
                "train_seconds": sum(r["seconds"] for r in table.rows.values() if r["fidelity"] == table.top)}
     logger.info("wrote %s: %d networks, best test accuracy %.4f, %.0f s of training", out, len(table),
                 summary["best_test_acc"], summary["train_seconds"])

@@ -160,7 +160,7 @@ class BenchmarkTable:
 
         >>> table = BenchmarkTable("bench/mnist1d.parquet")                 # doctest: +SKIP
         >>> outcome = table.search("random", seed=0, trials=100)            # doctest: +SKIP
-        >>> round(table.regret(outcome.evaluations), 4)                     # doctest: +SKIP
+        >>> round(table.regret_curve(outcome.evaluations)[-1], 4)           # doctest: +SKIP
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -218,10 +218,12 @@ class BenchmarkTable:
             raise BenchmarkError(str(error)) from None
         return run_loop(found, self.runner(seed), trials=trials, concurrency=concurrency, asynchronous=asynchronous)
 
-    def best_test(self) -> float:
-        """The best test accuracy any network of the table reaches at the largest fidelity."""
-        return max(r["test_acc"] for r in self.rows.values()
-                   if r["fidelity"] == self.top and r["test_acc"] is not None)
+    def best(self, on: str = "test") -> float:
+        """The best test (or validation) accuracy any network of the table reaches at the largest fidelity."""
+        if on not in ("test", "val"):
+            raise ValueError(f"on={on!r}: accuracy is measured on 'test' or 'val'.")
+        return max(r[f"{on}_acc"] for r in self.rows.values()
+                   if r["fidelity"] == self.top and r[f"{on}_acc"] is not None)
 
     def score_of(self, evaluation: Evaluation, seed: int = 0, on: str = "test") -> float | None:
         """The test (or validation) accuracy of the evaluation's network trained at the largest fidelity."""
@@ -239,10 +241,7 @@ class BenchmarkTable:
         validation argmax is not picking the test argmax: within the test split's noise
         (about 0.8 points on 1000 examples) the test regret of a perfect search is not zero.
         """
-        if on not in ("test", "val"):
-            raise ValueError(f"on={on!r}: regret is measured on 'test' or 'val'.")
-        top = [r for r in self.rows.values() if r["fidelity"] == self.top and r[f"{on}_acc"] is not None]
-        best, curve, chosen = max(r[f"{on}_acc"] for r in top), [], None
+        best, curve, chosen = self.best(on), [], None
         for evaluation in evaluations:
             if evaluation.ok and (chosen is None or evaluation.rank_key > chosen.rank_key):
                 chosen = evaluation

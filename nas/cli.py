@@ -388,9 +388,9 @@ def _benchmark_search(args: argparse.Namespace, config) -> int:
     summary = {"benchmark": args.benchmark, "strategy": config.strategy, "seed": config.seed, "trials": len(found),
                "failed": sum(not e.ok for e in found), "stop_reason": outcome.stop_reason,
                "simulated_seconds": sum(e.seconds for e in found),
-               "wall_seconds": time.perf_counter() - started, "best_possible_test_acc": table.best_test()}
+               "wall_seconds": time.perf_counter() - started, "best_possible_test_acc": table.best()}
     if best is not None:
-        summary.update(best_arch_id=best.arch_id, best_val_acc=best.val_acc, best_test_acc=table.score_of(best),
+        summary.update(best_arch_id=best.arch_id, best_val_acc=best.val_acc, best_test_acc=table.score_of(best, config.seed),
                        regret=table.regret_curve(found, config.seed)[-1])
     _write_json(args.metrics_out, summary)
     print(f"{config.strategy} on {args.benchmark}: {len(found)} lookups in {summary['wall_seconds']:.1f} s "

@@ -87,7 +87,7 @@ def test_regret_falls_to_zero_once_the_best_network_is_found(table):
     curve = table.regret_curve(outcome.evaluations)
     assert curve == sorted(curve, reverse=True) and len(curve) == 4
     best = max(outcome.evaluations, key=lambda e: e.rank_key)
-    assert curve[-1] == pytest.approx(table.best_test() - table.score_of(best))
+    assert curve[-1] == pytest.approx(table.best() - table.score_of(best))
     val = table.regret_curve(outcome.evaluations, on="val")
     assert val[-1] == pytest.approx(0.0) and val == sorted(val, reverse=True)  # a full grid finds the top
 

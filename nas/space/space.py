@@ -52,6 +52,9 @@ class SearchSpace:
     input_shape: Shape | None = None
     num_classes: int | None = None
     source: str | None = field(default=None, compare=False)
+    # Per-method settings, strategy name -> its mapping (e.g. Genetic CNN's stages); each
+    # method reads and checks its own, so the language need not know every method.
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
 
     # ---- loading -------------------------------------------------------------------
 
@@ -72,10 +75,10 @@ class SearchSpace:
     def from_dict(raw: Any, source: str = "<dict>") -> SearchSpace:
         if not isinstance(raw, dict):
             raise SpaceError(f"{source}: a space file is a mapping with keys name, limits, ops, layout, hparams.")
-        unknown = set(raw) - {"name", "description", "limits", "ops", "layout", "hparams"}
+        unknown = set(raw) - {"name", "description", "limits", "ops", "layout", "hparams", "methods"}
         if unknown:
             raise SpaceError(f"{source}: unknown top-level keys {sorted(unknown)}; allowed are "
-                             "name, description, limits, ops, layout, hparams.")
+                             "name, description, limits, ops, layout, hparams, methods.")
         ops: dict[str, dict[str, Domain]] = {op: {} for op in ALWAYS}
         for op, attrs in _mapping(raw.get("ops"), f"{source}: ops", "op names to their attributes' domains").items():
             if op not in OPS:
@@ -104,11 +107,14 @@ class SearchSpace:
             raise SpaceError(f"{source}: unknown hparams {sorted(unknown)}; known are {sorted(hp_names)}.")
         hparams = {k: Domain.parse(v, f"{source}: hparams.{k}") for k, v in hp_raw.items()}
         limits = _mapping(raw.get("limits"), f"{source}: limits", "max_nodes and max_params to integers")
+        methods = _mapping(raw.get("methods"), f"{source}: methods", "strategy names to their settings")
+        for method, settings in methods.items():
+            _mapping(settings, f"{source}: methods.{method}", "setting names to values")
         space = SearchSpace(
             name=str(raw.get("name", Path(source).stem)), ops=ops, layout=layout, hparams=hparams,
             max_nodes=_limit(limits, "max_nodes", 24, source),
             max_params=_limit(limits, "max_params", 2_000_000, source),
-            source=source)
+            source=source, methods={m: dict(v or {}) for m, v in methods.items()})
         space._check_layout()
         return space
 
@@ -131,6 +137,10 @@ class SearchSpace:
                     raise SpaceError(f"{self.source}: layout.{key} value '{value}' is not an op of the space.")
         if "reduce" not in self.layout:
             raise SpaceError(f"{self.source}: layout.reduce is required (e.g. [global_pool, flatten]).")
+
+    def method_settings(self, method: str) -> dict[str, Any]:
+        """The space file's `methods.<method>` mapping (empty when it gives none)."""
+        return dict(self.methods.get(method, {}))
 
     def bind(self, input_shape: Shape, num_classes: int) -> SearchSpace:
         """The same space for a concrete dataset: shapes are needed to validate, sample and count."""

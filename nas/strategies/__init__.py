@@ -11,6 +11,7 @@ from nas.strategies.base import Strategy
 from nas.strategies.bayes import BayesianOptimization
 from nas.strategies.codeepneat import CoDeepNEAT
 from nas.strategies.evolution import AgingEvolution, LargeScaleEvolution
+from nas.strategies.genetic_cnn import GeneticCNN
 from nas.strategies.grid_search import GridSearch
 from nas.strategies.hyperband import Hyperband
 from nas.strategies.metaqnn import MetaQNN
@@ -24,7 +25,7 @@ from nas.trial import Budget
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (RandomSearch, GridSearch, BayesianOptimization, LargeScaleEvolution, AgingEvolution,
                               CoDeepNEAT, MetaQNN, NasRL, Smash, PredictorSearch, OptunaTPE,
-                              OptunaRandom, OptunaNSGA2)}
+                              OptunaRandom, OptunaNSGA2, GeneticCNN)}
 
 
 ENTRY_POINT_GROUP = "nas.strategies"  # where other packages register strategies of their own
@@ -34,6 +35,9 @@ def strategy_class(name: str) -> type[Strategy]:
     """A built-in strategy, or one another package registered under the entry-point group `nas.strategies`."""
     if name in STRATEGIES:
         return STRATEGIES[name]
+    if name == "pathnet":
+        raise ValueError("pathnet runs a tournament of its own on shared weights, not an ask/tell strategy: run it "
+                         "with `nas search --strategy pathnet` or nas.pathnet_search.run_pathnet.")
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         if entry.name == name:
             return entry.load()
@@ -81,5 +85,5 @@ def make_search(name: str, space: SearchSpace, budget: Budget, seed: int = 0, *,
     return strategy
 
 
-__all__ = ["ENTRY_POINT_GROUP", "STRATEGIES", "strategy_class", "AgingEvolution", "BayesianOptimization", "CoDeepNEAT", "GridSearch", "Hyperband",
+__all__ = ["ENTRY_POINT_GROUP", "STRATEGIES", "strategy_class", "AgingEvolution", "BayesianOptimization", "CoDeepNEAT", "GeneticCNN", "GridSearch", "Hyperband",
            "LargeScaleEvolution", "MetaQNN", "NasRL", "OptunaNSGA2", "OptunaRandom", "OptunaTPE", "PredictorSearch", "RandomSearch", "Smash", "Strategy", "make_search", "make_strategy"]

@@ -19,7 +19,7 @@ TRIALS = 6
 
 
 def search_command(tmp_path, digits_dir, strategy):
-    options = {"evolution": ["--population", "3"], "smash": ["--smash-steps", "30", "--smash-candidates", "20"]}
+    options = {"evolution": ["--population", "3"], "genetic-cnn": ["--population", "3"], "smash": ["--smash-steps", "30", "--smash-candidates", "20"]}
     return [sys.executable, "-m", "nas.cli", "search", "--strategy", strategy, *options.get(strategy, []),
             "--data-dir", str(digits_dir),
             "--space", str(ROOT / "spaces/cnn.yaml"), "--trials", str(TRIALS), "--epochs", "4",
@@ -36,7 +36,8 @@ def finished_trials(uri):
                               "tags.`nas.kind` = 'trial' and attributes.status = 'FINISHED'")
 
 
-@pytest.mark.parametrize("strategy", ["random", "evolution", "codeepneat", "metaqnn", "nas-rl", "smash"])
+@pytest.mark.parametrize("strategy", ["random", "evolution", "codeepneat", "metaqnn", "nas-rl", "smash",
+                                      "genetic-cnn"])
 def test_sigkill_then_rerun_resumes_without_retraining_or_duplicates(tmp_path, digits_dir, strategy):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}  # the cache both runs share

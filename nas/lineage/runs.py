@@ -68,14 +68,16 @@ class StoreRuns(StoreQueries):
             if found:
                 run_id = found[0].info.run_id
                 client.update_run(run_id, status="RUNNING")
+                # A param never changes in MLflow: what is not part of the identity (--concurrency,
+                # the tracking URI) keeps the value of the first run; config.json has the latest.
+                params = {k: v for k, v in params.items() if k not in found[0].data.params}
             else:
                 name = f"search-{config.get('strategy', 'nas')}-{key[:8]}"
                 # Tagged as it is created: a process killed right after must leave a run that
                 # the next attempt finds by its key, not a stray second search.
                 run_id = client.create_run(self.experiment_id, run_name=name,
                                            tags=_tag_values(search_tags)).info.run_id
-            # Re-logging equal params is a no-op, so a resumed search that crashed mid-way
-            # still ends up with all of them.
+            # A resumed search that crashed mid-way still ends up with all of them.
             for chunk in _chunks(sorted(params.items()), MAX_PARAMS_PER_BATCH):
                 client.log_batch(run_id, params=[Param(k, v) for k, v in chunk])
         self._set_tags(run_id, search_tags)
@@ -115,15 +117,30 @@ class StoreRuns(StoreQueries):
             (Path(tmp) / file).write_bytes(data)
             client.log_artifact(run_id, str(Path(tmp) / file), folder or None)
 
+    def start_run_of(self, kind: str, name: str, tags: dict[str, str]) -> str:
+        """A running run of a kind other than search or trial (a predictor, a learned optimiser)."""
+        with self._writing() as client:
+            return client.create_run(self.experiment_id, run_name=name,
+                                     tags=_tag_values({"nas.kind": kind, **tags})).info.run_id
+
+    def finish_run_of(self, run_id: str, files: dict[str, bytes], metrics: dict[str, float]) -> None:
+        """Its files ("folder/file" -> bytes) and final numbers; then it ends, FINISHED."""
+        for name, data in files.items():
+            self.log_bytes(run_id, name, data)
+        self.log_result(run_id, metrics, {})
+        self._terminate(run_id, "FINISHED")
+
+    def abandon_runs_of(self, kind: str, key: str, reason: str) -> None:
+        """Mark failed the unfinished runs of this kind and `nas.run_key` (a killed attempt's)."""
+        for run in self._search(f"tags.`nas.kind` = '{kind}' and tags.`nas.run_key` = '{key}' and "
+                                "attributes.status = 'RUNNING'"):
+            self.fail_trial(run.info.run_id, reason)
+
     def log_predictor(self, model: bytes, metrics: dict[str, float], tags: dict[str, str]) -> str:
         """A fitted performance predictor as a finished run of its own kind: the model's bytes
         (`PREDICTOR_FILE`), its held-out rank correlation and what it was fitted on."""
-        with self._writing() as client:
-            run_id = client.create_run(self.experiment_id, run_name="predictor",
-                                       tags=_tag_values({"nas.kind": KIND_PREDICTOR, **tags})).info.run_id
-        self.log_bytes(run_id, PREDICTOR_FILE, model)
-        self.log_result(run_id, metrics, {})
-        self._terminate(run_id, "FINISHED")
+        run_id = self.start_run_of(KIND_PREDICTOR, "predictor", tags)
+        self.finish_run_of(run_id, {PREDICTOR_FILE: model}, metrics)
         return run_id
 
     # -- claims ------------------------------------------------------------------------

@@ -29,7 +29,8 @@ from: two after a crossover that swapped some stages, else one.
 Every individual of every generation is trained, as in the paper, which trains a network
 seen before again and ranks it by its mean accuracy over all its trainings. A repeat is a
 trial of its own (its `nonce`, so its training seed, differs); a network's first training
-shares its trial key with any other search's, so the store answers it if one trained it.
+shares its trial key with other searches of the experiment, so the store answers it if one
+trained it.
 A failed training counts for nothing, and a network none of whose trainings succeeded is
 never a parent (if the whole population failed, the next is drawn afresh). So a
 generation is always `population_size` trials and the search never stalls on a small

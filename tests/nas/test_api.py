@@ -55,6 +55,11 @@ def test_create_optimize_read_and_reload_without_retraining(project):
     assert again.run_id == search.run_id  # the same search, found by its configuration
     assert [e.run_id for e in again.optimize().evaluations] == [e.run_id for e in outcome.evaluations]
     assert len(MlflowClient(uri).search_runs([search.store.experiment_id])) == len(runs)  # nothing trained
+    # Neither another --concurrency nor the store named by default changes which search it is.
+    other = create_search("notebook", data="digits", root=project, trials=3, epochs=1, concurrency=1,
+                          max_seconds=None, tracking_uri=uri)
+    assert other.run_id == search.run_id
+    assert load_search("notebook", tracking_uri=uri, root=project).run_id == search.run_id
 
 
 def test_a_users_own_strategy_class_runs_in_the_same_loop(project):

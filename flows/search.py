@@ -83,5 +83,9 @@ def checked(config: SearchConfig) -> SearchConfig:
 
 def run_search(config: SearchConfig) -> dict[str, Any]:
     """Check the inputs, then run the flow with as many trial threads as the configuration asks for."""
+    if config.strategy == "pathnet":  # a tournament of its own on shared weights, not an ask/tell strategy
+        from flows.pathnet import run_pathnet_search
+
+        return run_pathnet_search(config)
     config = checked(config)
     return search.with_options(task_runner=thread_runner(config.workers))(config.to_json())

@@ -54,6 +54,34 @@ def check_search(config: SearchConfig, root: Path | None = None) -> Checked:
     return Checked(config, note)
 
 
+def check_pathnet(config: SearchConfig, root: Path | None = None) -> Checked:
+    """`check_search` for PathNet, which runs its own tournament (nas.pathnet_search)."""
+    from nas.pathnet import Fabric
+    from nas.pathnet_search import pathnet_settings, source_search
+    from nas.space import SearchSpace
+    from nas.space.auto import SPACES
+
+    root = root or Path.cwd()
+    if config.scheduler:
+        raise ConfigError("PathNet's tournament trains paths for a fixed number of steps each, so it has no rungs "
+                          "to schedule; leave --scheduler out.")
+    data = config.data
+    meta = prepare(data.source, data.resolved_dir(root), label_column=data.label_column, shape=data.shape,
+                   seed=data.split_seed)
+    if config.space == "auto":
+        config = replace(config, space=str(SPACES / "pathnet.yaml"))
+    spec, _ = pathnet_settings(SearchSpace.load(config.space))
+    try:
+        Fabric(spec, meta.shape)
+    except ValueError as error:
+        raise ConfigError(f"{config.space}: {error}") from None
+    LineageStore(config.tracking_uri, config.experiment_name, root).ensure()
+    if config.init_from:
+        source_search(config.init_from, LineageStore(config.tracking_uri, config.init_from, root))
+    return Checked(config, f"PathNet: a fabric of {spec.layers} layers x {spec.modules} {spec.module} modules "
+                           f"from {config.space}, {config.trials} tournament rounds")
+
+
 def _check_options(config: SearchConfig) -> None:
     """What the configuration's own checks cannot know: the strategies, the schedulers, the machine."""
     try:

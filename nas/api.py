@@ -33,6 +33,7 @@ from nas.lineage import LineageStore, resolve_tracking_uri
 from nas.loop import LoopOutcome, Submit, run_loop, time_limit
 from nas.runner import ThreadRunner, TrialJob, trial_setting
 from nas.space import SearchSpace, resolve_space
+from nas.space.architecture import learned_run
 from nas.strategies import Strategy, make_search
 from nas.strategies.smash import SCORES_FILE, read_scores
 from nas.transfer import transfer_source, transferring
@@ -71,6 +72,9 @@ class Search:
         space, self.space_note = resolve_space(config.space, self.meta.shape, columns)
         self.config = config = replace(config, space=space)
         self.space = bound_space(config, self.meta)
+        for optimizer in self.space.hparam_domain("optimizer").values():
+            if learned := learned_run(optimizer):
+                self.store.learned_optimizer(learned)  # a wrong run id fails here, not in every trial
         budget = Budget(config.epochs, config.max_seconds)
         self.run_id: str | None = None
         if strategy is None:
@@ -205,8 +209,9 @@ class Search:
 
 
 def bound_space(config: SearchConfig, meta: DataMeta) -> SearchSpace:
-    """The configuration's space file for this data, its epochs pinned to the configuration's."""
-    return SearchSpace.load(config.space).bind(meta.shape, len(meta.classes)).with_hparams(epochs=config.epochs)
+    """The configuration's space file for this data, its epochs (and optimizer, if given) pinned to the configuration's."""
+    return SearchSpace.load(config.space).bind(meta.shape, len(meta.classes)).with_hparams(
+        epochs=config.epochs, optimizer=config.optimizer)
 
 
 def create_search(name: str, *, data: str = "digits", tracking_uri: str | None = None,

@@ -36,7 +36,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from nas.build import build
 from nas.ids import derive_seed
-from nas.space.architecture import Architecture, ArchitectureError
+from nas.space.architecture import Architecture, ArchitectureError, learned_run
 from nas.space.shapes import infer
 from nas.train import (EVAL_BATCH, TrainData, TrainOutcome, _batches, _cosine, _divergence_reason,
                        _is_out_of_memory, _not_finite_reason, _out_of_memory_reason, _time_limit_reason, pick_device,
@@ -65,6 +65,8 @@ def _alone_because(c: Candidate) -> str | None:
         return "it inherits a parent's weights (inherit_from)"
     if c.budget.epochs < c.hparams.epochs:
         return "its budget ends before its schedule does, so it must keep a checkpoint"
+    if learned_run(c.hparams.optimizer):
+        return "it uses a learned optimiser, whose step is not batched"
     if _has_dropout(c.arch):  # masks come from a generator the network owns, which vmap cannot batch
         return "its architecture has dropout"
     return None

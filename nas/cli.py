@@ -83,7 +83,12 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                                       "improvement), predictor (White et al. 2021: an MLP ensemble predicts accuracy "
                                       "from the encoding, Thompson sampling picks; see --warm-start-predictor) or "
                                       "Optuna's samplers as peers: optuna-tpe, optuna-random, optuna-nsga2 (accuracy "
-                                      "and size) (default: random)")
+                                      "and size), genetic-cnn (Xie and Yuille 2017: each stage's connections a "
+                                      "binary string, evolved by roulette, crossover and mutation; "
+                                      "spaces/genetic-cnn.yaml), pathnet (Fernando et al. 2017: paths through a "
+                                      "shared fabric of modules evolved by binary tournaments, --trials rounds; "
+                                      "with --init-from an earlier PathNet search, its best path is frozen and "
+                                      "reused; spaces/pathnet.yaml) (default: random)")
     p.add_argument("--trials", type=int, help="how many candidates to train (default: 20); with --scheduler, "
                                               "how many runs (each rung of a candidate is one)")
     p.add_argument("--scheduler", choices=["hyperband", "successive-halving"],
@@ -115,6 +120,8 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                    help="transfer: every candidate starts from this run's weights (an experiment: its best run), "
                         "perhaps trained on other data; each tensor whose node and shape match is taken")
     p.add_argument("--epochs", type=int, help="training epochs per candidate (default: 20)")
+    p.add_argument("--optimizer", help="train every candidate with this optimizer instead of the space's choice: "
+                                       "sgd, adam, adamw, or learned:RUN_ID, an LSTM optimiser of `nas meta-train`")
     p.add_argument("--seed", type=int, help="seed of the strategy and of training (default: 0)")
     p.add_argument("--concurrency", type=int, help="candidates trained at once (default: 2 on a CPU; on a GPU as "
                                                    "many as its free memory holds, at most 32)")
@@ -278,6 +285,25 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--everywhere", action="store_true",
                    help="learn from every experiment's trials on the experiment's data, not its own alone")
     f.add_argument("--seed", type=int, default=0, help="seed of the fit and of the held-out split (default: 0)")
+
+    p = sub.add_parser("meta-train", help="train an LSTM optimiser that searches can use (learning to learn)",
+                       description="Learning to learn (Andrychowicz et al. 2016): a coordinatewise two-layer LSTM "
+                       "learns to optimise small MLPs on subsets of a data set, by truncated back-propagation "
+                       "through their unrolled training (a Prefect flow). It is logged as an MLflow run; a search "
+                       "uses it with --optimizer learned:RUN_ID or `optimizer: [adam, learned:RUN_ID]` in a space "
+                       "file's hparams. The same settings find the finished run instead of training again.")
+    p.add_argument("--data", dest="source", choices=["mnist1d", "digits"], default="mnist1d",
+                   help="data set the training tasks draw their rows from (default: mnist1d)")
+    p.add_argument("--tasks", type=int, default=10, help="training tasks, each a row subset and an initialisation "
+                                                         "(default: 10)")
+    p.add_argument("--iterations", type=int, default=200, help="meta-iterations (default: 200)")
+    p.add_argument("--unroll", type=int, default=20, help="optimisee steps per truncation (default: 20)")
+    p.add_argument("--horizon", type=int, default=100, help="optimisee steps per meta-iteration, a multiple of "
+                                                            "--unroll (default: 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed of meta-training (default: 0)")
+    p.add_argument("--experiment", default="learned-optimizers",
+                   help="MLflow experiment of the run (default: learned-optimizers)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: as for search)")
 
     p = sub.add_parser("gc", help="purge deleted runs for good",
                        description="A trial attempt whose process died is tagged abandoned and deleted (its "
@@ -641,6 +667,22 @@ def cmd_predictor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_meta_train(args: argparse.Namespace) -> int:
+    from flows.meta_train import meta_train_flow
+    from nas.config import ConfigError
+    from nas.meta_train import MetaTrainSettings
+
+    try:
+        settings = MetaTrainSettings(source=args.source, tasks=args.tasks, iterations=args.iterations,
+                                     unroll=args.unroll, horizon=args.horizon, seed=args.seed)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    result = meta_train_flow(settings.to_json(), _search_config(args).tracking_uri, args.experiment)
+    print(f"learned optimiser {'trained' if result['trained'] else 'already trained'}: run {result['run_id']} of "
+          f"experiment '{args.experiment}'; use it with --optimizer {result['optimizer']}")
+    return 0
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     return subprocess.run(_store(args).gc_command()).returncode
 
@@ -648,7 +690,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 COMMANDS = {"prepare": cmd_prepare, "search": cmd_search, "refine": cmd_refine, "evaluate": cmd_evaluate,
             "pipeline": cmd_pipeline, "report": cmd_report, "runs": cmd_runs, "show": cmd_show,
             "lineage": cmd_lineage, "ui": cmd_ui, "server": cmd_server, "bench": cmd_bench,
-            "predictor": cmd_predictor, "gc": cmd_gc}
+            "predictor": cmd_predictor, "meta-train": cmd_meta_train, "gc": cmd_gc}
 
 
 class _WithoutTraceback(logging.Filter):

@@ -15,6 +15,7 @@ import yaml
 
 from nas.data import parse_shape, source_name
 from nas.ids import digest
+from nas.space.architecture import ArchitectureError, HParams
 from nas.yaml_errors import yaml_problem
 
 PARAMS_FILE = "params.yaml"
@@ -72,6 +73,7 @@ class SearchConfig:
     smash_steps: int | None = None  # SMASH: hypernetwork training steps; None: nas.hyper.STEPS
     smash_candidates: int | None = None  # SMASH: networks scored; None: nas.strategies.smash.CANDIDATES
     warm_start_predictor: bool = False  # predictor: also learn from every run of the store on this data
+    optimizer: str | None = None  # pins the space's optimizer, e.g. "learned:<run id>" of `nas meta-train`
     device: str | None = None  # "cpu" or "cuda"; default: cuda when available
     cv: int | None = None  # folds scoring each trial; None: automatic (K-fold below a row threshold), 1: hold-out
     report_test: bool = False  # measure every trial on the test split (benchmarks); else only `nas evaluate` does
@@ -91,6 +93,11 @@ class SearchConfig:
         if rate is not None and not (type(rate) in (int, float) and 0 < rate < 1):
             raise ConfigError(f"controller_lr={rate!r} (--controller-lr) must be a learning rate in (0, 1), "
                               "e.g. 0.02.")
+        if self.optimizer is not None:
+            try:
+                HParams(optimizer=self.optimizer)
+            except ArchitectureError as error:
+                raise ConfigError(f"--optimizer {self.optimizer}: {error}") from None
         if self.device not in (None, "cpu", "cuda"):
             raise ConfigError(f"device={self.device!r} (--device) must be cpu or cuda, or left out.")
 
@@ -116,7 +123,8 @@ class SearchConfig:
         for name in ("concurrency", "tracking_uri", "cuda_graphs"):
             config.pop(name)
         # Added later: searches that leave them unset keep their identity.
-        for name in ("init_from", "controller_lr", "smash_steps", "smash_candidates", "warm_start_predictor"):
+        for name in ("init_from", "controller_lr", "smash_steps", "smash_candidates", "warm_start_predictor",
+                     "optimizer"):
             if config[name] in (None, False):
                 config.pop(name)
         config["data"].pop("data_dir")

@@ -23,7 +23,8 @@ from nas.build import inherited_weights
 from nas.config import SearchConfig
 from nas.data import DataError, DataMeta
 from nas.lineage import KIND_TRIAL, Claim, LineageError, LineageStore
-from nas.space import SearchSpace
+from nas.space import HParams, SearchSpace
+from nas.space.architecture import learned_run
 from nas.train import TrainData, load_data, pick_device, train
 from nas.trial import Candidate, Evaluation, TrialSetting
 
@@ -106,7 +107,7 @@ def run_trial(candidate: Candidate, data: TrainData, job: TrialJob, tags: dict[s
             outcome = train(candidate, data, seed=job.setting.seed, device=job.setting.device,
                             max_params=job.setting.max_params, init_weights=init, resume=resume,
                             measure_test=job.measure_test, folds=job.setting.folds, on_metrics=stream,
-                            cuda_graphs=job.cuda_graphs)
+                            cuda_graphs=job.cuda_graphs, learned=learned_optimizer(store, candidate.hparams))
         outcome.evaluation.run_id = run_id
         if job.log_model and outcome.model is not None:  # before finishing: find() trusts a FINISHED run
             example = data.x_train[:4].cpu().numpy()
@@ -166,6 +167,16 @@ def _inherited(store: LineageStore, candidate: Candidate, run_id: str) -> dict[s
         store.log_result(run_id, {}, {"nas.inherit": f"unavailable, trained from fresh weights: {error}"})
         return None
     return inherited_weights(parent, candidate.info.get("node_map"))
+
+
+def learned_optimizer(store: LineageStore, hparams: HParams) -> torch.nn.Module | None:
+    """The network of the learned optimiser `hparams` names ("learned:<run id>"), else None."""
+    run_id = learned_run(hparams.optimizer)
+    if run_id is None:
+        return None
+    from nas.learned_opt import from_bytes
+
+    return from_bytes(store.learned_optimizer(run_id))
 
 
 def torch_threads(concurrency: int) -> int:

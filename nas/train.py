@@ -36,7 +36,7 @@ from nas import data as datasets
 from nas.build import Dropout, build
 from nas.gpu import GraphedStep, trial_stream
 from nas.ids import derive_seed
-from nas.space.architecture import Architecture, ArchitectureError, HParams
+from nas.space.architecture import Architecture, ArchitectureError, HParams, learned_run
 from nas.space.shapes import infer
 from nas.trial import Budget, Candidate, Evaluation, TrialSetting, TrialStatus
 
@@ -148,8 +148,16 @@ def load_data(data_dir: str | Path, device: str | torch.device | None = None) ->
         shape=tuple(meta.shape), num_classes=len(meta.classes), fingerprint=meta.fingerprint)
 
 
-def _optimizer(model: nn.Module, hparams: HParams, device: torch.device) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, hparams: HParams, device: torch.device,
+               learned: nn.Module | None = None) -> torch.optim.Optimizer:
     params = model.parameters()
+    if learned_run(hparams.optimizer):
+        if learned is None:
+            raise ArchitectureError(f"optimizer '{hparams.optimizer}' is a learned optimiser, and none was loaded; "
+                                    "train through a search, whose runner reads it from the lineage store.")
+        from nas.learned_opt import LearnedOptimizer
+
+        return LearnedOptimizer(params, learned.to(device), lr=hparams.lr)
     # On CUDA: fused kernels (one launch per step) and the learning rate as a device tensor,
     # which a captured step reads at each replay (see nas.gpu.GraphedStep). The CPU keeps
     # torch's default implementation, so earlier CPU results stay bit-identical.
@@ -161,7 +169,7 @@ def _optimizer(model: nn.Module, hparams: HParams, device: torch.device) -> torc
     if hparams.optimizer in ("adam", "adamw"):
         kind = torch.optim.Adam if hparams.optimizer == "adam" else torch.optim.AdamW
         return kind(params, lr=lr, weight_decay=hparams.weight_decay, fused=fast or None, capturable=fast)
-    raise ArchitectureError(f"optimizer '{hparams.optimizer}' is unknown; use sgd, adam or adamw.")
+    raise ArchitectureError(f"optimizer '{hparams.optimizer}' is unknown; use sgd, adam, adamw or learned:<run id>.")
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -296,7 +304,8 @@ def _dropout_generators(model: nn.Module, device: torch.device) -> list[torch.Ge
 
 def _run_epochs(model: nn.Module, candidate: Candidate, data: TrainData, evaluation: Evaluation, seed: int,
                 device: torch.device, started: float, resume: dict[str, Any] | None,
-                on_metrics: OnMetrics | None, cuda_graphs: bool) -> dict[str, Any] | None:
+                on_metrics: OnMetrics | None, cuda_graphs: bool,
+                learned: nn.Module | None = None) -> dict[str, Any] | None:
     """Train up to the budget's epochs, appending each epoch's metrics to `evaluation` (and
     handing them to `on_metrics`) as it goes.
 
@@ -304,9 +313,10 @@ def _run_epochs(model: nn.Module, candidate: Candidate, data: TrainData, evaluat
     continues a run where it stopped: same weights, optimizer moments, data order and
     dropout masks, so a run resumed from epoch k equals one trained straight through.
     `cuda_graphs` replays each full batch's step as a CUDA graph (CUDA with the data on the device).
+    `learned` is the network of a learned optimiser (hparams.optimizer "learned:<run id>").
     """
     hparams, budget = candidate.hparams, candidate.budget
-    optimizer = _optimizer(model, hparams, device)
+    optimizer = _optimizer(model, hparams, device, learned)
     batches = _batches(len(data.y_train), hparams.batch_size)
     if not batches:
         raise ValueError("the training split is empty; prepare the data again with `nas prepare`.")
@@ -325,7 +335,8 @@ def _run_epochs(model: nn.Module, candidate: Candidate, data: TrainData, evaluat
         evaluation.resumed_at = evaluation.epochs_trained = first_epoch = int(resume["epoch"])
         first_epoch += 1
     train_step = _training_step(model, optimizer, data, device)
-    if cuda_graphs and device.type == "cuda" and data.device.type == "cuda":  # a graph cannot copy from the host
+    # A graph cannot copy from the host, and a learned optimiser's step is not made to be captured.
+    if cuda_graphs and device.type == "cuda" and data.device.type == "cuda" and learned is None:
         train_step = GraphedStep(train_step, hparams.batch_size, device, _dropout_generators(model, data.device))
     step = (first_epoch - 1) * len(batches)
     for epoch in range(first_epoch, budget.epochs + 1):
@@ -359,7 +370,7 @@ def _run_epochs(model: nn.Module, candidate: Candidate, data: TrainData, evaluat
 def _train_into(outcome: TrainOutcome, data: TrainData, seed: int, device: torch.device,
                 max_params: int | None, init_weights: dict[str, torch.Tensor] | None,
                 resume: dict[str, Any] | None, measure_test: bool, started: float,
-                on_metrics: OnMetrics | None, cuda_graphs: bool) -> None:
+                on_metrics: OnMetrics | None, cuda_graphs: bool, learned: nn.Module | None) -> None:
     """The body of `train`. A separate frame, so on failure the model and optimizer die with it."""
     evaluation = outcome.evaluation
     candidate = evaluation.candidate
@@ -373,7 +384,7 @@ def _train_into(outcome: TrainOutcome, data: TrainData, seed: int, device: torch
         model.load_state_dict(resume["model"])
     model.to(device)
     outcome.checkpoint = _run_epochs(model, candidate, data, evaluation, seed, device, started, resume, on_metrics,
-                                     cuda_graphs)
+                                     cuda_graphs, learned)
     if evaluation.val_loss is None:  # no epoch ran here: a budget of 0 scores the initial (or inherited) weights
         val_acc, evaluation.val_loss = _evaluate(model, data.x_val, data.y_val, device)
         if not evaluation.val_accs:
@@ -389,7 +400,8 @@ def _train_into(outcome: TrainOutcome, data: TrainData, seed: int, device: torch
 def train(candidate: Candidate, data: TrainData, *, seed: int = 0, device: str | torch.device | None = None,
           max_params: int | None = None, init_weights: dict[str, torch.Tensor] | None = None,
           resume: dict[str, Any] | None = None, measure_test: bool = True, folds: int = 1,
-          on_metrics: OnMetrics | None = None, cuda_graphs: bool = True) -> TrainOutcome:
+          on_metrics: OnMetrics | None = None, cuda_graphs: bool = True,
+          learned: nn.Module | None = None) -> TrainOutcome:
     """Train `candidate` on `data`; every failure comes back as a failed evaluation with a reason.
 
     `seed` is the search's: the trial trains with its own seed derived from it and the
@@ -409,6 +421,9 @@ def train(candidate: Candidate, data: TrainData, *, seed: int = 0, device: str |
     On CUDA the trial runs on a stream of its own, so trials in other threads share the GPU,
     and `cuda_graphs` replays its training steps as CUDA graphs (see nas.gpu); the switch
     is there to rule the graphs out when a network misbehaves on the GPU only.
+
+    `learned` is the `nas.learned_opt.OptimizerNet` of a candidate whose optimizer is
+    "learned:<run id>" (the runner reads it from the lineage store).
     """
     started = time.perf_counter()
     device = pick_device(device)
@@ -420,10 +435,10 @@ def train(candidate: Candidate, data: TrainData, *, seed: int = 0, device: str |
     with trial_stream(device):
         if folds > 1:
             outcome = _cross_validate(candidate, trial_key, data, folds, trial_seed, device, max_params,
-                                      init_weights, measure_test, started, on_metrics, cuda_graphs)
+                                      init_weights, measure_test, started, on_metrics, cuda_graphs, learned)
         else:
             outcome = _train_once(candidate, trial_key, data, trial_seed, device, max_params, init_weights, resume,
-                                  measure_test, started, on_metrics, cuda_graphs)
+                                  measure_test, started, on_metrics, cuda_graphs, learned)
     outcome.evaluation.seconds = time.perf_counter() - started
     return outcome
 
@@ -431,14 +446,14 @@ def train(candidate: Candidate, data: TrainData, *, seed: int = 0, device: str |
 def _train_once(candidate: Candidate, trial_key: str, data: TrainData, seed: int, device: torch.device,
                 max_params: int | None, init_weights: dict[str, torch.Tensor] | None,
                 resume: dict[str, Any] | None, measure_test: bool, started: float,
-                on_metrics: OnMetrics | None, cuda_graphs: bool) -> TrainOutcome:
+                on_metrics: OnMetrics | None, cuda_graphs: bool, learned: nn.Module | None = None) -> TrainOutcome:
     """One network trained on data's train split and scored on its val split."""
     evaluation = Evaluation(candidate, trial_key, device=str(device))
     outcome = TrainOutcome(evaluation)
     out_of_memory = False
     try:
         _train_into(outcome, data, seed, device, max_params, init_weights, resume, measure_test, started, on_metrics,
-                    cuda_graphs)
+                    cuda_graphs, learned)
     except ArchitectureError as exc:
         evaluation.status, evaluation.reason = TrialStatus.FAILED, str(exc)
     except _Stop as stop:
@@ -461,7 +476,7 @@ def _train_once(candidate: Candidate, trial_key: str, data: TrainData, seed: int
 def _cross_validate(candidate: Candidate, trial_key: str, data: TrainData, folds: int, seed: int,
                     device: torch.device, max_params: int | None, init_weights: dict[str, torch.Tensor] | None,
                     measure_test: bool, started: float, on_metrics: OnMetrics | None,
-                    cuda_graphs: bool) -> TrainOutcome:
+                    cuda_graphs: bool, learned: nn.Module | None) -> TrainOutcome:
     """Stratified K-fold over the pooled train+val rows: K networks, scored by their means.
 
     A small val split ties many networks at the same accuracy and ranks them by luck; every
@@ -482,7 +497,7 @@ def _cross_validate(candidate: Candidate, trial_key: str, data: TrainData, folds
         train_rows, val_rows = torch.from_numpy(train_rows).to(x.device), torch.from_numpy(val_rows).to(x.device)
         fold_data = replace(data, x_train=x[train_rows], y_train=y[train_rows], x_val=x[val_rows], y_val=y[val_rows])
         outcome = _train_once(candidate, trial_key, fold_data, seed, device, max_params, init_weights, None,
-                              False, started, None, cuda_graphs)
+                              False, started, None, cuda_graphs, learned)
         if not outcome.evaluation.ok:
             outcome.evaluation.reason = f"fold {fold + 1} of {folds}: {outcome.evaluation.reason}"
             return outcome
@@ -490,7 +505,7 @@ def _cross_validate(candidate: Candidate, trial_key: str, data: TrainData, folds
             on_metrics(fold, {"fold_val_acc": outcome.evaluation.val_acc, "fold_val_loss": outcome.evaluation.val_loss})
         scored.append(outcome.evaluation)
     refit = _train_once(candidate, trial_key, data.with_validation_in_training(), seed, device, max_params,
-                        init_weights, None, measure_test, started, None, cuda_graphs)
+                        init_weights, None, measure_test, started, None, cuda_graphs, learned)
     if not refit.evaluation.ok:
         refit.evaluation.reason = f"the refit on train+val: {refit.evaluation.reason}"
         return refit

@@ -8,6 +8,7 @@ KIND_SEARCH = "search"
 KIND_TRIAL = "trial"
 KIND_FINAL = "final"  # a refined winner trained on train+val: its val metrics are in-sample
 KIND_PREDICTOR = "predictor"  # a performance predictor fitted on trials (`nas predictor fit`)
+KIND_LEARNED_OPTIMIZER = "learned-optimizer"  # an LSTM optimiser trained by `nas meta-train`
 
 EVALUATION_FILE = "evaluation.json"
 ARCHITECTURE_FILE = "architecture.json"
@@ -16,4 +17,5 @@ CHECKPOINT_FILE = "checkpoint.pt"  # weights, optimizer and RNG states of a run 
 CONFIG_FILE = "config.json"
 CELL_DRAWING_FILE = "cell.png"  # the tree of a network's recurrent cell (nas.reports.draw_cell)
 PREDICTOR_FILE = "predictor/predictor.safetensors"  # nas.predictor.Predictor.to_bytes
+LEARNED_OPTIMIZER_FILE = "learned_optimizer/optimizer.safetensors"  # nas.learned_opt.to_bytes
 STRATEGY_REPORT_FILE = "strategy-report.json"  # a search's strategy state for people (Strategy.report)

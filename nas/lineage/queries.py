@@ -17,7 +17,7 @@ from mlflow.entities import Run
 
 from nas.lineage.connection import LineageError, StoreConnection, _local_dir
 from nas.lineage.layout import (ARCHITECTURE_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVALUATION_FILE, KIND_SEARCH,
-                                KIND_TRIAL, WEIGHTS_FILE)
+                                KIND_TRIAL, LEARNED_OPTIMIZER_FILE, WEIGHTS_FILE)
 from nas.trial import Evaluation, TrialStatus
 
 if TYPE_CHECKING:
@@ -92,6 +92,22 @@ class StoreQueries(StoreConnection):
             "of the same search."))
         # weights_only: tensors and plain containers, never arbitrary pickled code.
         return torch.load(io.BytesIO(data), weights_only=True)
+
+    def learned_optimizer(self, run_id: str) -> bytes:
+        """The LSTM optimiser that `nas meta-train` logged as run `run_id` (see nas.learned_opt.from_bytes)."""
+        try:
+            run = self._get_run(run_id)
+        except LineageError as error:
+            raise LineageError(f"optimizer 'learned:{run_id}' names no run of the store at {self.tracking_uri} "
+                               f"({error}); train one with `nas meta-train` and use the run id it prints.") from None
+        return self._require(run, LEARNED_OPTIMIZER_FILE, (
+            ", so it is not a learned optimiser; use the run id that `nas meta-train` printed."))
+
+    def finished_run_of(self, kind: str, key: str) -> str | None:
+        """The finished run of this kind tagged `nas.run_key` = key (a repeated job's result), if any."""
+        runs = self._search(f"tags.`nas.kind` = '{kind}' and tags.`nas.run_key` = '{key}' and "
+                            "attributes.status = 'FINISHED'", max_results=1)
+        return runs[0].info.run_id if runs else None
 
     def best(self, k: int) -> list[Evaluation]:
         """The k best successful trials of the experiment, whatever strategy produced them."""

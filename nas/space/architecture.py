@@ -17,6 +17,7 @@ from nas.ids import digest
 AttrValue = Union[bool, int, float, str]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+LEARNED = "learned:"  # optimizer "learned:<run id>": the LSTM optimiser that `nas meta-train` logged as that run
 INITS = ("kaiming", "xavier", "default")
 
 
@@ -117,6 +118,14 @@ class Architecture:
         return [i for i, n in enumerate(self.nodes) if index in n.inputs]
 
 
+def learned_run(optimizer: Any) -> str | None:
+    """The run id of a learned optimiser named "learned:<run id>", else None."""
+    if not isinstance(optimizer, str) or not optimizer.startswith(LEARNED):
+        return None
+    run_id = optimizer[len(LEARNED):]
+    return run_id if run_id.isalnum() else None
+
+
 @dataclass(frozen=True)
 class HParams:
     """Training hyper-parameters. `epochs` is the horizon of the learning-rate schedule."""
@@ -130,8 +139,9 @@ class HParams:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"optimizer '{self.optimizer}' is not one of {list(OPTIMIZERS)}")
+        if not (self.optimizer in OPTIMIZERS or learned_run(self.optimizer)):
+            problems.append(f"optimizer '{self.optimizer}' is not one of {list(OPTIMIZERS)} nor "
+                            f"'{LEARNED}<run id>' (a learned optimiser of `nas meta-train`)")
         if self.init not in INITS:
             problems.append(f"init '{self.init}' is not one of {list(INITS)}")
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 10):

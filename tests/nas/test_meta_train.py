@@ -1,0 +1,65 @@
+"""A learned optimiser in the lineage store: meta-trained once, then a training choice of any search."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from nas.api import create_search
+from nas.config import ConfigError, SearchConfig
+from nas.lineage import KIND_LEARNED_OPTIMIZER, LineageError, LineageStore
+from nas.meta_train import MetaTrainSettings, learned_optimizer_run
+from tests.conftest import ROOT
+
+TINY = MetaTrainSettings(source="digits", tasks=2, rows=128, iterations=6, unroll=5, horizon=10)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return tmp_path_factory.mktemp("meta")
+
+
+@pytest.fixture(scope="module")
+def learned(project):
+    """The run id of a tiny meta-trained optimiser, in the module's store."""
+    store = LineageStore(f"sqlite:///{project}/mlflow.db", "learned-optimizers", project)
+    run_id, trained = learned_optimizer_run(store, TINY)
+    assert trained
+    return run_id
+
+
+def test_meta_training_is_one_run_and_the_same_settings_find_it(project, learned):
+    uri = f"sqlite:///{project}/mlflow.db"
+    run = MlflowClient(uri).get_run(learned)
+    assert run.info.status == "FINISHED" and run.data.tags["nas.kind"] == KIND_LEARNED_OPTIMIZER
+    assert "meta_loss" in run.data.metrics and run.data.tags["nas.meta.iterations"] == "6"
+    again, trained = learned_optimizer_run(LineageStore(uri, "learned-optimizers", project), TINY)
+    assert (again, trained) == (learned, False)
+
+
+def test_a_space_file_trains_with_the_learned_optimizer_end_to_end(project, learned):
+    uri = f"sqlite:///{project}/mlflow.db"
+    raw = yaml.safe_load((ROOT / "spaces/mlp.yaml").read_text())
+    raw["hparams"]["optimizer"] = [f"learned:{learned}"]
+    space = project / "learned.yaml"
+    space.write_text(yaml.safe_dump(raw))
+    search = create_search("with-learned", data="digits", tracking_uri=uri, root=project, space=str(space),
+                           trials=2, epochs=2, concurrency=1, max_seconds=None)
+    trials = search.optimize().evaluations
+    assert [e.candidate.hparams.optimizer for e in trials] == [f"learned:{learned}"] * 2
+    # Trained, not merely run: ten classes, so chance is about 0.1.
+    assert all(e.ok for e in trials) and max(e.val_acc for e in trials) > 0.5, [e.reason for e in trials]
+    # The optimiser is part of what identifies a trial: Adam's same network is another trial.
+    adam = trials[0].candidate.hparams.with_(optimizer="adam")
+    assert trials[0].candidate.trial_key(search.job.setting) != \
+        type(trials[0].candidate)(trials[0].candidate.arch, adam, trials[0].candidate.budget).trial_key(search.job.setting)
+
+
+def test_an_unknown_learned_optimizer_fails_before_any_trial(project):
+    uri = f"sqlite:///{project}/mlflow.db"
+    with pytest.raises(LineageError, match="nas meta-train"):
+        create_search("wrong-learned", data="digits", tracking_uri=uri, root=project, optimizer="learned:0123abc",
+                      trials=1, epochs=1)
+    with pytest.raises(ConfigError, match="learned:<run id>"):
+        SearchConfig(optimizer="learned:not a run")

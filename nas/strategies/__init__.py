@@ -52,7 +52,8 @@ def make_strategy(name: str, space: SearchSpace, budget: Budget, seed: int = 0, 
     try:
         return cls(space, budget, seed=seed, **options)
     except TypeError:
-        raise ValueError(f"strategy '{name}' takes no option among {sorted(options)}.") from None
+        given = sorted("population (--population)" if o == "population_size" else o for o in options)
+        raise ValueError(f"strategy '{name}' takes none of the options {given}; leave them out.") from None
 
 
 def make_search(name: str, space: SearchSpace, budget: Budget, seed: int = 0, *, population: int | None = None,

@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", type=int, default=10, help="training tasks, each a row subset and an initialisation "
                                                          "(default: 10)")
     p.add_argument("--iterations", type=int, default=200, help="meta-iterations (default: 200)")
-    p.add_argument("--unroll", type=int, default=20, help="optimisee steps per truncation (default: 20)")
+    p.add_argument("--unroll", type=int, default=5, help="optimisee steps per truncation (default: 5)")
     p.add_argument("--horizon", type=int, default=100, help="optimisee steps per meta-iteration, a multiple of "
                                                             "--unroll (default: 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of meta-training (default: 0)")

@@ -315,21 +315,26 @@ def _load_digits() -> _Raw:
     return _Raw(x=bunch.data / 16.0, labels=bunch.target.tolist(), shape=(1, 8, 8))
 
 
-def _load_mnist1d(seed: int) -> _Raw:
-    """MNIST-1D as published (seed 42), or a variant: the same templates, other draws of their
-    shifts, scales, shears and noise."""
-    from mnist1d.data import get_dataset_args, make_dataset  # generated locally, never downloaded
+def generate_mnist1d(seed: int = MNIST1D_SEED) -> dict[str, np.ndarray]:
+    """MNIST-1D's arrays (x, y, x_test, y_test) as published (seed 42), or a variant: the same
+    templates, other draws of their shifts, scales, shears and noise. Generated here, never
+    downloaded."""
+    from mnist1d.data import get_dataset_args, make_dataset
 
     # make_dataset reseeds the global `random` and `np.random` generators; restore
-    # them so preparing data has no side effects on the caller's randomness.
+    # them so generating data has no side effects on the caller's randomness.
     py_state, np_state = random.getstate(), np.random.get_state()
     try:
         args = get_dataset_args()
         args.seed = seed
-        d = make_dataset(args)
+        return make_dataset(args)
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
+
+
+def _load_mnist1d(seed: int) -> _Raw:
+    d = generate_mnist1d(seed)
     x = np.concatenate([d["x"], d["x_test"]]).astype(np.float64)
     labels = np.concatenate([d["y"], d["y_test"]]).tolist()
     return _Raw(x=x, labels=labels, shape=(1, x.shape[1]), test_start=len(d["y"]))

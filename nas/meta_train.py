@@ -24,6 +24,7 @@ from nas.learned_opt import meta_train, task_family, to_bytes
 from nas.lineage import KIND_LEARNED_OPTIMIZER, LEARNED_OPTIMIZER_FILE, LineageStore
 
 LOG_EVERY = 10  # meta-iterations between logged meta-loss points (the mean over them)
+VALIDATION_SEEDS = 1000  # validation task i has seed VALIDATION_SEEDS + i: never a training task
 
 
 @dataclass(frozen=True)
@@ -34,16 +35,18 @@ class MetaTrainSettings:
     tasks: int = 10  # training tasks: seeds 0..tasks-1 of the family (held-out tasks use other seeds)
     rows: int = 512  # rows per task
     hidden: tuple[int, ...] = (20,)  # the tasks' MLP hidden layers
-    iterations: int = 200  # meta-iterations, each a fresh optimisee trained for `horizon` steps
-    unroll: int = 20  # steps per truncation of back-propagation through the optimisation
+    iterations: int = 200  # meta-iterations, each `batch` fresh optimisees trained for `horizon` steps
+    unroll: int = 5  # steps per truncation of back-propagation through the optimisation
     horizon: int = 100  # optimisee steps per meta-iteration
-    meta_lr: float = 1e-3  # Adam's learning rate on the optimiser's weights
+    meta_lr: float = 1e-3  # Adam's learning rate on the optimiser's weights, annealed to 0
+    batch: int = 2  # optimisees per meta-gradient
+    validation: int = 5  # held-out tasks that pick the best optimiser seen (the paper's early stopping)
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.source not in ("mnist1d", "digits"):
             raise ValueError(f"meta-training draws its tasks from mnist1d or digits, not '{self.source}'.")
-        for name in ("tasks", "rows", "iterations", "unroll", "horizon"):
+        for name in ("tasks", "rows", "iterations", "unroll", "horizon", "batch"):
             if not (type(getattr(self, name)) is int and getattr(self, name) >= 1):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer.")
         if self.horizon % self.unroll:
@@ -82,10 +85,13 @@ def learned_optimizer_run(store: LineageStore, settings: MetaTrainSettings,
             on_iteration(iteration, loss)
 
     try:
-        tasks = task_family(settings.source, list(range(settings.tasks)), rows=settings.rows, hidden=settings.hidden)
-        net, curve = meta_train(tasks, iterations=settings.iterations, unroll=settings.unroll,
-                                horizon=settings.horizon, meta_lr=settings.meta_lr, seed=settings.seed,
-                                on_iteration=heard)
+        def family(seeds: range) -> list:
+            return task_family(settings.source, list(seeds), rows=settings.rows, hidden=settings.hidden)
+
+        net, curve = meta_train(family(range(settings.tasks)), iterations=settings.iterations,
+                                unroll=settings.unroll, horizon=settings.horizon, meta_lr=settings.meta_lr,
+                                seed=settings.seed, batch=settings.batch, anneal=True, on_iteration=heard,
+                                validate=family(range(VALIDATION_SEEDS, VALIDATION_SEEDS + settings.validation)))
     except BaseException as exc:
         store.fail_trial(run_id, f"{type(exc).__name__}: {exc}")
         raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from prefect import get_run_logger, task
 
 from nas.lineage import LineageStore
@@ -14,6 +15,8 @@ from nas.meta_train import LOG_EVERY, MetaTrainSettings, learned_optimizer_run
 def meta_train_optimizer(settings: dict[str, Any], tracking_uri: str | None, experiment: str) -> dict[str, Any]:
     # The store is the cache: the same settings find their finished run (see learned_optimizer_run).
     logger = get_run_logger()
+    # The optimisees are tiny: a second thread per op costs more in contention than it computes.
+    torch.set_num_threads(1)
     meta = MetaTrainSettings(**{**settings, "hidden": tuple(settings["hidden"])})
 
     def progress(iteration: int, loss: float) -> None:

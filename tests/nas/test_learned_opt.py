@@ -110,6 +110,19 @@ def test_meta_training_lowers_the_meta_loss_on_quadratics_and_is_deterministic()
     assert again == same and heard == list(enumerate(again))
 
 
+def test_validation_returns_the_best_net_seen():
+    tasks, validate = quadratic_family(range(8)), quadratic_family(range(50, 53))
+    settings = dict(iterations=20, unroll=5, horizon=10, meta_lr=3e-2, seed=0)
+    last, curve = meta_train(tasks, **settings)
+    best, same_curve = meta_train(tasks, **settings, validate=validate, validate_every=4)
+    assert curve == same_curve  # validating draws nothing: training goes on as without it
+    assert np.mean(curve[-5:]) < np.mean(curve[:3])
+    score = lambda net: learned_opt_module._validation_loss(net, validate, 10, 0)  # noqa: E731
+    assert score(best) <= score(last)
+    with pytest.raises(ValueError, match="validate_every"):
+        meta_train(tasks, iterations=1, validate=validate, validate_every=0)
+
+
 def train_steps(params, optimizer, task, steps, first_step):
     for step in range(first_step, first_step + steps):
         for group in optimizer.param_groups:  # what the training loop's schedule does every step

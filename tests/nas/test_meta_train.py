@@ -12,7 +12,7 @@ from nas.lineage import KIND_LEARNED_OPTIMIZER, LineageError, LineageStore
 from nas.meta_train import MetaTrainSettings, learned_optimizer_run
 from tests.conftest import ROOT
 
-TINY = MetaTrainSettings(source="digits", tasks=2, rows=128, iterations=6, unroll=5, horizon=10)
+TINY = MetaTrainSettings(source="digits", tasks=2, rows=128, iterations=6, unroll=5, horizon=10, batch=1, validation=1)
 
 
 @pytest.fixture(scope="module")

@@ -57,9 +57,8 @@ def check_search(config: SearchConfig, root: Path | None = None) -> Checked:
 def check_pathnet(config: SearchConfig, root: Path | None = None) -> Checked:
     """`check_search` for PathNet, which runs its own tournament (nas.pathnet_search)."""
     from nas.pathnet import Fabric
-    from nas.pathnet_search import pathnet_settings, source_search
+    from nas.pathnet_search import pathnet_settings, source_search, with_space
     from nas.space import SearchSpace
-    from nas.space.auto import SPACES
 
     root = root or Path.cwd()
     if config.scheduler:
@@ -68,8 +67,7 @@ def check_pathnet(config: SearchConfig, root: Path | None = None) -> Checked:
     data = config.data
     meta = prepare(data.source, data.resolved_dir(root), label_column=data.label_column, shape=data.shape,
                    seed=data.split_seed)
-    if config.space == "auto":
-        config = replace(config, space=str(SPACES / "pathnet.yaml"))
+    config = with_space(config)
     spec, _ = pathnet_settings(SearchSpace.load(config.space))
     try:
         Fabric(spec, meta.shape)

@@ -9,7 +9,7 @@ gradient descent changes between any two proposals, so it runs its own loop
   `STATE_FILE`, written every `CHECKPOINT_EVERY` rounds: a killed search resumes at its
   last checkpoint and replays the rounds after it exactly;
 - every round is a trial run: its winner's path as the architecture sentence (the network
-  the path computes, `path_architecture`; the module indices in the tag `nas.info.path`),
+  the path computes, `path_architecture`; the module indices in the tag `nas.path`),
   its validation accuracy, both paths' fitness, and as parent the round that wrote the
   winner's path into the population (a replayed round finds its run by key, never a twin);
 - `--init-from` (an experiment, meaning its latest PathNet search, or a search run id) is
@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path as FilePath
 from typing import Any
 
@@ -36,6 +37,7 @@ from nas.ids import digest
 from nas.lineage import LineageError, LineageStore, resolve_tracking_uri
 from nas.pathnet import Fabric, FabricSpec, Path, RoundRecord, tournament, transfer
 from nas.space import SearchSpace
+from nas.space.auto import SPACES
 from nas.space.architecture import Architecture, HParams, Node
 from nas.train import load_data
 from nas.trial import Budget, Candidate, Evaluation
@@ -45,6 +47,11 @@ CHECKPOINT_EVERY = 5  # rounds between checkpoints: a kill replays at most this 
 # The tournament's settings beside the fabric's in `methods: pathnet:`, with their defaults.
 TOURNAMENT_SETTINGS: dict[str, Any] = {"population": 16, "steps_per_evaluation": 20, "lr": 0.05, "batch_size": 32,
                                        "target_accuracy": None}
+
+
+def with_space(config: SearchConfig) -> SearchConfig:
+    """`config` with its space a file: `auto` means the shipped spaces/pathnet.yaml."""
+    return replace(config, space=str(SPACES / "pathnet.yaml")) if config.space == "auto" else config
 
 
 def pathnet_settings(space: SearchSpace) -> tuple[FabricSpec, dict[str, Any]]:
@@ -60,7 +67,7 @@ def pathnet_settings(space: SearchSpace) -> tuple[FabricSpec, dict[str, Any]]:
 def path_architecture(spec: FabricSpec, path: Path, input_shape: tuple[int, ...]) -> Architecture:
     """The network a path computes, as a sentence of the language: per layer its modules
     side by side, summed, then pooled as the fabric pools; a head on the flattened output.
-    (Which of the M modules a path uses is the tag `nas.info.path`, not the sentence.)"""
+    (Which of the M modules a path uses is the tag `nas.path`, not the sentence.)"""
     nodes = [Node.make("input")]
     spatial = tuple(input_shape[1:])
     for active in path.layers:
@@ -120,6 +127,7 @@ def source_search(init_from: str, store: LineageStore) -> tuple[str, dict[str, A
 def run_pathnet(config: SearchConfig, root: FilePath, tags: dict[str, str] | None = None,
                 on_round: Callable[[RoundRecord, Evaluation], None] | None = None) -> dict[str, Any]:
     """Run (or resume, or find finished) the PathNet search `config` describes; its summary."""
+    config = with_space(config)
     tracking_uri = resolve_tracking_uri(config.tracking_uri, root)
     data = config.data
     meta = prepare(data.source, data.resolved_dir(root), label_column=data.label_column, shape=data.shape,

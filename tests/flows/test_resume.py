@@ -99,3 +99,34 @@ def test_a_search_killed_alone_leaves_no_server_behind(tmp_path, digits_dir):
             os.killpg(process.pid, signal.SIGKILL)
         for pid in marked():
             os.kill(pid, signal.SIGKILL)
+
+
+def test_pathnet_killed_mid_tournament_resumes_from_its_checkpoint(tmp_path, digits_dir):
+    # Long enough to be killed between checkpoints (every 5 rounds); then the rerun replays
+    # from the last one, finding the rounds after it by their keys.
+    rounds = 300
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    command = [sys.executable, "-m", "nas.cli", "search", "--strategy", "pathnet", "--data-dir", str(digits_dir),
+               "--trials", str(rounds), "--experiment", "resume", "--tracking-uri", uri,
+               "--metrics-out", str(tmp_path / "search.json"), "--plots-dir", str(tmp_path / "plots")]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while len(finished_trials(uri)) < 8 and process.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert process.poll() is None, "the tournament ended before it could be killed; make it longer"
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    before = {r.info.run_id: r.info.start_time for r in finished_trials(uri)}
+    assert 8 <= len(before) < rounds
+
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = finished_trials(uri)
+    rounds_seen = Counter(int(r.data.tags["nas.round"]) for r in trials)
+    assert sorted(rounds_seen) == list(range(rounds)) and set(rounds_seen.values()) == {1}
+    assert all({r.info.run_id: r.info.start_time for r in trials}.get(k) == v for k, v in before.items())
+    assert json.loads((tmp_path / "search.json").read_text())["trials"] == rounds

@@ -36,23 +36,29 @@ def finished_trials(uri):
                               "tags.`nas.kind` = 'trial' and attributes.status = 'FINISHED'")
 
 
+def kill_after(command, tmp_path, env, uri, finished: int) -> dict[str, int]:
+    """Start the search, SIGKILL it and its children once `finished` trials have finished;
+    the finished runs' start times by run id."""
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while len(finished_trials(uri)) < finished and process.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert process.poll() is None, "the search ended before it could be killed; make it longer"
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    return {r.info.run_id: r.info.start_time for r in finished_trials(uri)}
+
+
 @pytest.mark.parametrize("strategy", ["random", "evolution", "codeepneat", "metaqnn", "nas-rl", "smash",
                                       "genetic-cnn"])
 def test_sigkill_then_rerun_resumes_without_retraining_or_duplicates(tmp_path, digits_dir, strategy):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}  # the cache both runs share
     command = search_command(tmp_path, digits_dir, strategy)
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while len(finished_trials(uri)) < 2 and process.poll() is None and time.time() < deadline:
-            time.sleep(0.5)
-        assert process.poll() is None, "the search ended before it could be killed; make it longer"
-        os.killpg(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
-    before = {r.info.run_id: r.info.start_time for r in finished_trials(uri)}
+    before = kill_after(command, tmp_path, env, uri, finished=2)
     assert 2 <= len(before) < TRIALS
 
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -110,17 +116,7 @@ def test_pathnet_killed_mid_tournament_resumes_from_its_checkpoint(tmp_path, dig
     command = [sys.executable, "-m", "nas.cli", "search", "--strategy", "pathnet", "--data-dir", str(digits_dir),
                "--trials", str(rounds), "--experiment", "resume", "--tracking-uri", uri,
                "--metrics-out", str(tmp_path / "search.json"), "--plots-dir", str(tmp_path / "plots")]
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while len(finished_trials(uri)) < 8 and process.poll() is None and time.time() < deadline:
-            time.sleep(0.2)
-        assert process.poll() is None, "the tournament ended before it could be killed; make it longer"
-        os.killpg(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
-    before = {r.info.run_id: r.info.start_time for r in finished_trials(uri)}
+    before = kill_after(command, tmp_path, env, uri, finished=8)
     assert 8 <= len(before) < rounds
 
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect import Flow
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from nas.batched import groups
 from nas.config import SearchConfig
 from nas.data import DataError, DataMeta, read_meta
+from nas.lineage import LineageStore
 from nas.loop import Submit, SubmitGroup
 from nas.runner import TrialJob, batches, torch_threads
 from nas.trial import Candidate, Evaluation
@@ -41,12 +45,47 @@ def prepared_data(cfg: SearchConfig, data_dir: Path) -> DataMeta:
     meta = DataMeta.from_json(prepare_data(**options))
     if _fingerprint_on_disk(data_dir) != meta.fingerprint:
         meta = DataMeta.from_json(prepare_data.with_options(refresh_cache=True)(**options))
+    if cfg.cluster:  # its workers may not share this disk: they fetch the data from the store
+        LineageStore(cfg.tracking_uri, cfg.experiment_name).share_data(meta, data_dir)
     return meta
 
 
-def thread_runner(concurrency: int) -> ThreadPoolTaskRunner:
-    """Trials as threads of this process, `concurrency` at a time (Prefect's default is unbounded)."""
-    return ThreadPoolTaskRunner(max_workers=concurrency)
+def run_flow(flow: Flow, cfg: SearchConfig, *args: Any) -> Any:
+    """Run `flow` with its tasks where `cfg` says (trial_runner)."""
+    with prefect_api_for_workers(cfg):
+        return flow.with_options(task_runner=trial_runner(cfg))(*args)
+
+
+@contextlib.contextmanager
+def prefect_api_for_workers(cfg: SearchConfig) -> Iterator[None]:
+    """Dask workers are other processes. Without a Prefect server to report to, each would start
+    a temporary one of its own (10 s or more, and task runs recorded where nobody looks), so
+    the flow's temporary server is started here and its address travels with every task."""
+    if not (cfg.cluster or cfg.dask_workers) or PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the one the flow would start itself; it stops when this process exits
+    server.start()
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        yield
+
+
+def trial_runner(cfg: SearchConfig) -> TaskRunner:
+    """Where a flow's tasks run: threads of this process, `cfg.workers` at a time (Prefect's
+    default is unbounded); the workers of the Dask cluster at `cfg.cluster`; or, with
+    `cfg.dask_workers`, a local Dask cluster of that many single-threaded worker processes on
+    loopback, started for the flow and stopped after it."""
+    if not (cfg.cluster or cfg.dask_workers):
+        return ThreadPoolTaskRunner(max_workers=cfg.workers)
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.cluster:
+        return DaskTaskRunner(address=cfg.cluster)
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                          cluster_kwargs={"n_workers": cfg.dask_workers, "threads_per_worker": 1, "processes": True,
+                                          "host": "127.0.0.1", "dashboard_address": None})
 
 
 def prefect_runner(job: TrialJob, data_dir: Path, concurrency: int) -> Submit:

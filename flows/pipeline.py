@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common import thread_runner
+from flows.common import prefect_api_for_workers, trial_runner
 from flows.refine import refine
 from flows.search import checked, search
 from nas.config import RefineConfig, SearchConfig
@@ -41,12 +41,14 @@ def evaluate(refined: dict[str, Any], model_name: str | None = None) -> dict[str
 
 @flow(name="nas-pipeline", log_prints=True)
 def pipeline(config: dict[str, Any], refine_config: dict[str, Any], model_name: str | None = None) -> dict[str, Any]:
-    threads = thread_runner(SearchConfig.from_json(config).workers)
-    searched = search.with_options(task_runner=threads)(config)
-    refined = refine.with_options(task_runner=threads)(config, refine_config, searched["parent_run_id"])
+    cfg = SearchConfig.from_json(config)
+    searched = search.with_options(task_runner=trial_runner(cfg))(config)
+    refined = refine.with_options(task_runner=trial_runner(cfg))(config, refine_config, searched["parent_run_id"])
     final = evaluate(refined, model_name)
     return {"search": searched, "refine": refined, "final": final}
 
 
 def run_pipeline(config: SearchConfig, refine_config: RefineConfig, model_name: str | None = None) -> dict[str, Any]:
-    return pipeline(checked(config).to_json(), refine_config.to_json(), model_name)
+    config = checked(config)
+    with prefect_api_for_workers(config):  # the subflows run their tasks where the configuration says
+        return pipeline(config.to_json(), refine_config.to_json(), model_name)

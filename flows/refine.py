@@ -19,7 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.common import describe, prefect_group_runner, prefect_runner, prepared_data, thread_runner
+from flows.common import describe, prefect_group_runner, prefect_runner, prepared_data, run_flow
 from nas.config import ConfigError, RefineConfig, SearchConfig
 from nas.lineage import KIND_FINAL, LineageStore, resolve_tracking_uri
 from nas.loop import Submit, run_loop
@@ -118,5 +118,4 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
 
 def run_refine(config: SearchConfig, refine_config: RefineConfig, search_run_id: str) -> dict[str, Any]:
     """Refine a search; `config` is the search's own (LineageStore.search_config), so data and space match."""
-    runner = thread_runner(config.workers)
-    return refine.with_options(task_runner=runner)(config.to_json(), refine_config.to_json(), search_run_id)
+    return run_flow(refine, config, config.to_json(), refine_config.to_json(), search_run_id)

@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from tqdm import tqdm
 
-from flows.common import describe, prefect_runner, prepared_data, thread_runner
+from flows.common import describe, prefect_runner, prepared_data, run_flow
 from nas.api import Search
 from nas.build import build
 from nas.checks import check_search
@@ -88,4 +88,4 @@ def run_search(config: SearchConfig) -> dict[str, Any]:
 
         return run_pathnet_search(config)
     config = checked(config)
-    return search.with_options(task_runner=thread_runner(config.workers))(config.to_json())
+    return run_flow(search, config, config.to_json())

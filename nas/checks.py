@@ -36,6 +36,7 @@ def check_search(config: SearchConfig, root: Path | None = None) -> Checked:
     """Check options, data, space and store in this order (cheapest first); raise the first problem."""
     root = root or Path.cwd()
     _check_options(config)
+    config = _check_cluster(config)
     data = config.data
     meta = prepare(data.source, data.resolved_dir(root), label_column=data.label_column, shape=data.shape,
                    seed=data.split_seed)
@@ -61,6 +62,9 @@ def check_pathnet(config: SearchConfig, root: Path | None = None) -> Checked:
     from nas.space import SearchSpace
 
     root = root or Path.cwd()
+    if config.cluster or config.dask_workers:
+        raise ConfigError("PathNet's paths share one fabric of weights in this process, so they cannot train on "
+                          "Dask workers; leave --cluster and --workers out.")
     if config.scheduler:
         raise ConfigError("PathNet's tournament trains paths for a fixed number of steps each, so it has no rungs "
                           "to schedule; leave --scheduler out.")
@@ -78,6 +82,25 @@ def check_pathnet(config: SearchConfig, root: Path | None = None) -> Checked:
         source_search(config.init_from, LineageStore(config.tracking_uri, config.init_from, root))
     return Checked(config, f"PathNet: a fabric of {spec.layers} layers x {spec.modules} {spec.module} modules "
                            f"from {config.space}, {config.trials} tournament rounds")
+
+
+def _check_cluster(config: SearchConfig) -> SearchConfig:
+    """A Dask scheduler at --cluster answers and has workers; --concurrency defaults to their threads."""
+    if not config.cluster:
+        return config
+    from distributed import Client
+
+    try:
+        with Client(config.cluster, timeout=5, set_as_default=False) as client:
+            threads = sum(client.nthreads().values())
+    except (OSError, TimeoutError) as error:
+        raise ConfigError(f"no Dask scheduler answers at --cluster {config.cluster} ({error}); start one with "
+                          f"`dask scheduler` and workers with `dask worker {config.cluster}`, or use --workers N "
+                          "for a local cluster.") from None
+    if not threads:
+        raise ConfigError(f"the Dask cluster at {config.cluster} has no workers; start some with "
+                          f"`dask worker {config.cluster}`.")
+    return config if config.concurrency else replace(config, concurrency=threads)
 
 
 def _check_options(config: SearchConfig) -> None:

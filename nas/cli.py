@@ -125,6 +125,12 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of the strategy and of training (default: 0)")
     p.add_argument("--concurrency", type=int, help="candidates trained at once (default: 2 on a CPU; on a GPU as "
                                                    "many as its free memory holds, at most 32)")
+    p.add_argument("--workers", dest="dask_workers", type=int,
+                   help="train trials on a local Dask cluster of N worker processes on loopback, started for "
+                        "this command and stopped after it (default: threads of this process)")
+    p.add_argument("--cluster", help="train trials on the workers of a running Dask cluster, by its scheduler's "
+                                     "address, e.g. tcp://10.0.0.5:8786; --concurrency defaults to its worker "
+                                     "threads (README: a cluster)")
     p.add_argument("--max-seconds", type=float, help="per-trial time limit in seconds (default: 120)")
     p.add_argument("--max-params", type=int, help="reject networks with more parameters (default: the space's)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="training device (default: cuda when available)")

@@ -32,8 +32,8 @@ def _require_positive(config: Any, names: tuple[str, ...], section: str = "", mi
         if optional and value is None:
             continue
         if not (type(value) is int and value >= minimum):
-            raise ConfigError(f"{section}{name}={value!r} (--{name.replace('_', '-')}) must be an integer of at "
-                              f"least {minimum}.")
+            flag = {"dask_workers": "workers"}.get(name, name).replace("_", "-")
+            raise ConfigError(f"{section}{name}={value!r} (--{flag}) must be an integer of at least {minimum}.")
 
 
 @dataclass(frozen=True)
@@ -78,12 +78,15 @@ class SearchConfig:
     cv: int | None = None  # folds scoring each trial; None: automatic (K-fold below a row threshold), 1: hold-out
     report_test: bool = False  # measure every trial on the test split (benchmarks); else only `nas evaluate` does
     cuda_graphs: bool = True  # replay each trial's training step as a CUDA graph (nas.gpu); off to rule them out
+    cluster: str | None = None  # a Dask scheduler's address (tcp://HOST:PORT): trials run on its workers
+    dask_workers: int | None = None  # trials on a local Dask cluster of this many worker processes
 
     def __post_init__(self) -> None:
         _require_positive(self, ("trials", "epochs", "min_epochs", "top_k"))
         _require_positive(self, ("eta",), minimum=2)  # keeping 1/1 of a rung would never stop
         _require_positive(self, ("population",), minimum=2, optional=True)  # a tournament needs two
-        _require_positive(self, ("max_params", "cv", "concurrency", "smash_steps", "smash_candidates"), optional=True)
+        _require_positive(self, ("max_params", "cv", "concurrency", "smash_steps", "smash_candidates",
+                                 "dask_workers"), optional=True)
         _require_positive(self, ("seed",), minimum=0)
         seconds = self.max_seconds
         if seconds is not None and not (type(seconds) in (int, float) and 0 < seconds < math.inf):
@@ -100,13 +103,20 @@ class SearchConfig:
                 raise ConfigError(f"--optimizer {self.optimizer}: {error}") from None
         if self.device not in (None, "cpu", "cuda"):
             raise ConfigError(f"device={self.device!r} (--device) must be cpu or cuda, or left out.")
+        if self.cluster is not None and self.dask_workers is not None:
+            raise ConfigError(f"--cluster {self.cluster} and --workers {self.dask_workers} both say where trials run; "
+                              "give --cluster to use a running Dask cluster, or --workers to start a local one.")
+        if self.cluster is not None and not (isinstance(self.cluster, str) and "://" in self.cluster):
+            raise ConfigError(f"cluster={self.cluster!r} (--cluster) must be a Dask scheduler address such as "
+                              "tcp://127.0.0.1:8786 (what `dask scheduler` prints).")
 
     @property
     def workers(self) -> int:
-        """Trials at once: `concurrency`, else the device's default (see nas.gpu.default_concurrency)."""
+        """Trials at once: `concurrency`, else one per local Dask worker, else the device's default
+        (see nas.gpu.default_concurrency)."""
         from nas.gpu import default_concurrency
 
-        return self.concurrency or default_concurrency(self.device)
+        return self.concurrency or self.dask_workers or default_concurrency(self.device)
 
     @property
     def experiment_name(self) -> str:
@@ -120,7 +130,7 @@ class SearchConfig:
         trials run at once, where the store is, where the prepared data sits, whether steps
         replay as CUDA graphs), so that a resumed search with another --concurrency is the same search."""
         config = self.to_json()
-        for name in ("concurrency", "tracking_uri", "cuda_graphs"):
+        for name in ("concurrency", "tracking_uri", "cuda_graphs", "cluster", "dask_workers"):
             config.pop(name)
         # Added later: searches that leave them unset keep their identity.
         for name in ("init_from", "controller_lr", "smash_steps", "smash_candidates", "warm_start_predictor",

@@ -11,7 +11,10 @@ Prefect caches nothing and a rerun trains the trial again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +23,8 @@ from prefect.context import TaskRunContext
 from prefect.runtime import flow_run, task_run
 
 from nas.ids import digest
-from nas.lineage import KIND_FINAL
+from nas.data import DataError, read_meta
+from nas.lineage import KIND_FINAL, LineageStore
 from nas.runner import TrialJob, run_group
 from nas.space.architecture import ArchitectureError
 from nas.train import TrainData, load_data, with_validation
@@ -52,15 +56,26 @@ def _infrastructure_error_only(task: Any, task_run: Any, state: Any) -> bool:
 # search and its final training). The fingerprint is part of the key, and run_trial checks
 # the loaded data against it, so a split prepared anew is never served stale.
 @functools.lru_cache(maxsize=2)
-def _loaded(data_dir: str, device: str, fingerprint: str) -> TrainData:
-    return load_data(data_dir, device)
+def _loaded(data_dir: str, device: str, fingerprint: str, tracking_uri: str, experiment: str) -> TrainData:
+    return load_data(_data_on_this_machine(data_dir, fingerprint, tracking_uri, experiment), device)
+
+
+def _data_on_this_machine(data_dir: str, fingerprint: str, tracking_uri: str, experiment: str) -> Path:
+    """The search's data folder; on a cluster worker without it, the copy fetched from the store
+    (shared by the search: LineageStore.share_data) into the user's cache."""
+    with contextlib.suppress(DataError):
+        if read_meta(data_dir).fingerprint == fingerprint:
+            return Path(data_dir)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nas" / "data"
+    return LineageStore(tracking_uri, experiment).fetch_data(fingerprint, cache)
 
 
 def _run(candidates: list[dict[str, Any]], job: dict[str, Any], data_dir: str,
          final: bool = False) -> list[dict[str, Any]]:
     trial_job = TrialJob.from_json(job)
     setting = trial_job.setting
-    data = _loaded(data_dir, setting.device, setting.data_fingerprint.removesuffix(with_validation("")))
+    data = _loaded(data_dir, setting.device, setting.data_fingerprint.removesuffix(with_validation("")),
+                   trial_job.tracking_uri, trial_job.experiment)
     if final:
         data = data.with_validation_in_training()
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.task_run_id": str(task_run.id)}

@@ -130,6 +130,11 @@ CASES = {
     "transfer from an unknown run": (["--init-from", "nope"], "--init-from nope names neither"),
     "a controller learning rate of two": (["--strategy", "nas-rl", "--controller-lr", "2"], "controller_lr=2"),
     "malformed params file": (["--params", "{root}/params-bad.yaml"], "params-bad.yaml"),
+    # where trials run
+    "a cluster that is not an address": (["--cluster", "my-cluster"], "tcp://127.0.0.1:8786"),
+    "a cluster and local workers at once": (["--cluster", "tcp://127.0.0.1:1", "--workers", "2"], "both say"),
+    "zero local workers": (["--workers", "0"], "dask_workers=0"),
+    "no scheduler at the cluster address": (["--cluster", "tcp://127.0.0.1:1"], "no Dask scheduler answers"),
     # the store
     "a store where no folder can be made": (["--tracking-uri", "sqlite:///{root}/a-file/mlflow.db"], "a-file"),
 }

@@ -7,7 +7,9 @@ safetensors are imported only where weights are read.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from mlflow.entities import Run
 
 from nas.lineage.connection import LineageError, StoreConnection, _local_dir
-from nas.lineage.layout import (ARCHITECTURE_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVALUATION_FILE, KIND_SEARCH,
-                                KIND_TRIAL, LEARNED_OPTIMIZER_FILE, WEIGHTS_FILE)
+from nas.lineage.layout import (ARCHITECTURE_FILE, CHECKPOINT_FILE, CONFIG_FILE, DATA_FOLDER, EVALUATION_FILE,
+                                KIND_DATA, KIND_SEARCH, KIND_TRIAL, LEARNED_OPTIMIZER_FILE, WEIGHTS_FILE)
 from nas.trial import Evaluation, TrialStatus
 
 if TYPE_CHECKING:
@@ -108,6 +110,25 @@ class StoreQueries(StoreConnection):
         runs = self._search(f"tags.`nas.kind` = '{kind}' and tags.`nas.run_key` = '{key}' and "
                             "attributes.status = 'FINISHED'", max_results=1)
         return runs[0].info.run_id if runs else None
+
+    def fetch_data(self, fingerprint: str, into: Path) -> Path:
+        """The prepared data folder of this fingerprint (`share_data`), downloaded once to `into`/fingerprint."""
+        folder = into / fingerprint
+        if (folder / "meta.json").is_file():
+            return folder
+        run_id = self.finished_run_of(KIND_DATA, fingerprint)
+        if run_id is None:
+            raise LineageError(f"the store at {self.tracking_uri} holds no prepared data {fingerprint} and this "
+                               "worker has no copy; a search with --cluster shares its data before any trial starts, "
+                               "so run the search again (it resumes).")
+        into.mkdir(parents=True, exist_ok=True)
+        partial, run = Path(tempfile.mkdtemp(prefix=f"{fingerprint}-", dir=into)), self._get_run(run_id)
+        for path in self._artifact_paths(run_id, DATA_FOLDER):
+            (partial / Path(path).name).write_bytes(self._require(run, path, ""))
+        with contextlib.suppress(OSError):  # another worker's copy landed first: the same files
+            partial.rename(folder)
+        shutil.rmtree(partial, ignore_errors=True)
+        return folder
 
     def best(self, k: int) -> list[Evaluation]:
         """The k best successful trials of the experiment, whatever strategy produced them."""

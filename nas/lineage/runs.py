@@ -28,9 +28,9 @@ from nas.ids import digest
 from nas.lineage.connection import (MAX_CONFIG_PARAM_CHARS, MAX_PARAMS_PER_BATCH, LineageError, _chunks,
                                     _local_dir, _short, _tag_values)
 from nas.lineage.datasets import dataset_input
-from nas.lineage.layout import (ARCHITECTURE_FILE, CELL_DRAWING_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVALUATION_FILE,
-                                KIND_PREDICTOR, KIND_SEARCH, KIND_TRIAL, PREDICTOR_FILE, STRATEGY_REPORT_FILE,
-                                WEIGHTS_FILE)
+from nas.lineage.layout import (ARCHITECTURE_FILE, CELL_DRAWING_FILE, CHECKPOINT_FILE, CONFIG_FILE, DATA_FOLDER,
+                                EVALUATION_FILE, KIND_DATA, KIND_PREDICTOR, KIND_SEARCH, KIND_TRIAL, PREDICTOR_FILE,
+                                STRATEGY_REPORT_FILE, WEIGHTS_FILE)
 from nas.lineage.queries import StoreQueries
 from nas.space.cell import cell_spec
 from nas.trial import Candidate, Evaluation, TrialStatus
@@ -129,6 +129,17 @@ class StoreRuns(StoreQueries):
             self.log_bytes(run_id, name, data)
         self.log_result(run_id, metrics, {})
         self._terminate(run_id, "FINISHED")
+
+    def share_data(self, meta: DataMeta, data_dir: Path) -> str:
+        """The prepared data folder as a run of its own, keyed by its fingerprint and logged once,
+        from which the workers of a cluster fetch it (`fetch_data`)."""
+        if (run_id := self.finished_run_of(KIND_DATA, meta.fingerprint)) is not None:
+            return run_id
+        self.abandon_runs_of(KIND_DATA, meta.fingerprint, "an earlier upload of this data was interrupted")
+        run_id = self.start_run_of(KIND_DATA, f"data {meta.name}", {"nas.run_key": meta.fingerprint})
+        files = {f"{DATA_FOLDER}/{f.name}": f.read_bytes() for f in sorted(data_dir.iterdir()) if f.is_file()}
+        self.finish_run_of(run_id, files, {})
+        return run_id
 
     def abandon_runs_of(self, kind: str, key: str, reason: str) -> None:
         """Mark failed the unfinished runs of this kind and `nas.run_key` (a killed attempt's)."""

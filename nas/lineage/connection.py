@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -31,6 +32,9 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 MAX_CONFIG_PARAM_CHARS = 500
 MAX_TAG_CHARS = 5000
+
+# name -> table (columns): see StoreConnection._add_indexes
+INDEXES = {"nas_tags_key_value": "tags (key, value)", "nas_latest_metrics_key_value": "latest_metrics (key, value)"}
 
 FIX_HINT = ("start the tracking server, check MLFLOW_TRACKING_URI, or pass --tracking-uri "
             "(the default needs no server: a SQLite file under ./mlflow/)")
@@ -111,6 +115,7 @@ class StoreConnection:
             if self._experiment_id is None:
                 try:
                     self._create_database()
+                    self._add_indexes()
                     client = MlflowClient(tracking_uri=self.tracking_uri)
                     experiment_id = self._get_or_create_experiment(client)
                 except LineageError:
@@ -135,6 +140,44 @@ class StoreConnection:
         _, query = _split_query(self.tracking_uri.removeprefix("sqlite:///"))
         MlflowClient(tracking_uri=f"sqlite:///{scratch}{query}").search_experiments(max_results=1)
         os.replace(scratch, database)
+
+    def _add_indexes(self) -> None:
+        """Indexes MLflow's schema lacks, for the lookups a search repeats at every size of store:
+        a run by a tag's value (a trial key), and runs by a metric's value (the leaderboard).
+        Extra indexes change no table, so MLflow's own migrations are unaffected."""
+        database = _sqlite_file(self.tracking_uri)
+        if database is None:
+            return
+        with closing(sqlite3.connect(database, timeout=30)) as db:
+            for name, columns in INDEXES.items():
+                db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {columns}")
+            db.commit()
+
+    def sorted_run_ids(self, where_tags: dict[str, str], by: tuple[str, str], k: int) -> list[str] | None:
+        """The ids of this experiment's first k FINISHED runs with these tags, by metric `by[0]`
+        descending, then `by[1]` ascending (NaN, then none, last), then start time, as MLflow
+        orders them: one indexed walk down the first metric that stops after k (milliseconds at
+        any size), where MLflow's own query sorts every run (10 s at 10,000 runs on SQLite,
+        growing quadratically). A local SQLite store only: elsewhere, and should MLflow's tables
+        ever change shape, None (ask MLflow)."""
+        database = _sqlite_file(self.tracking_uri)
+        experiment_id = self._find_experiment()
+        if database is None or experiment_id is None:
+            return None
+        joins = "".join(f" JOIN tags t{i} ON t{i}.run_uuid = r.run_uuid AND t{i}.key = ? AND t{i}.value = ?"
+                        for i in range(len(where_tags)))
+        query = ("SELECT r.run_uuid FROM latest_metrics m INDEXED BY nas_latest_metrics_key_value "
+                 f"CROSS JOIN runs r ON r.run_uuid = m.run_uuid{joins} "
+                 "LEFT JOIN latest_metrics l ON l.run_uuid = r.run_uuid AND l.key = ? "
+                 "WHERE m.key = ? AND r.experiment_id = ? AND r.status = 'FINISHED' AND r.lifecycle_stage = 'active' "
+                 "ORDER BY m.value DESC, CASE WHEN l.is_nan THEN 1 WHEN l.value IS NULL THEN 2 ELSE 0 END, l.value, "
+                 "r.start_time, r.run_uuid LIMIT ?")
+        values = [v for pair in where_tags.items() for v in pair] + [by[1], by[0], int(experiment_id), k]
+        try:
+            with closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True, timeout=30)) as db:
+                return [row[0] for row in db.execute(query, values)]
+        except sqlite3.Error:
+            return None
 
     def _get_or_create_experiment(self, client: MlflowClient) -> str:
         found = client.get_experiment_by_name(self.experiment)

@@ -135,9 +135,15 @@ class StoreQueries(StoreConnection):
         return [self._evaluation(run) for run in self._best_runs(k)]
 
     def _best_runs(self, k: int) -> list[Run]:
+        # ties: the lower validation loss (runs without one last), then the earlier run
+        ids = self.sorted_run_ids({"nas.kind": KIND_TRIAL, "nas.status": TrialStatus.OK.value},
+                                  ("val_acc", "val_loss"), k)
+        if ids is not None:
+            runs = {run.info.run_id: run for run in self._search(
+                "attributes.run_id IN (" + ", ".join(f"'{i}'" for i in ids) + ")")} if ids else {}
+            return [runs[i] for i in ids if i in runs]
         return self._search(f"tags.`nas.kind` = '{KIND_TRIAL}' and tags.`nas.status` = '{TrialStatus.OK.value}' "
                             "and attributes.status = 'FINISHED'",
-                            # ties: the lower validation loss (runs without one last), then the earlier run
                             order_by=["metrics.val_acc DESC", "metrics.val_loss ASC", "attributes.start_time ASC"],
                             max_results=k)
 

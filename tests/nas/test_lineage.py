@@ -320,3 +320,26 @@ def test_reading_never_creates_an_experiment(store, search):
     assert other.history() == [] and other.leaderboard() == [] and other.latest_search() is None
     assert other.run_summary(search)["run_id"] == search  # run ids are global
     assert MlflowClient(store.tracking_uri).get_experiment_by_name("typo") is None
+
+
+def test_the_indexed_leaderboard_orders_runs_exactly_as_mlflow_does(store):
+    """Ties on val_acc go to the lower val_loss, runs without one (or with NaN) last, then the
+    earlier run; failed trials, unfinished runs and other kinds are left out."""
+    from mlflow.entities import Metric
+
+    client, experiment = MlflowClient(store.tracking_uri), store.ensure()
+    for i in range(40):
+        tags = {"nas.kind": "trial" if i % 9 else "search", "nas.status": "failed" if i % 7 == 0 else "ok"}
+        run = client.create_run(experiment, tags=tags, start_time=1000 + i).info.run_id
+        metrics = [Metric("val_acc", [0.5, 0.7, 0.9][i % 3], 0, 0)]
+        if i % 4:
+            metrics.append(Metric("val_loss", float("nan") if i % 5 == 0 else (i * 7 % 11) / 10, 0, 0))
+        client.log_batch(run, metrics=metrics)
+        if i % 6:
+            client.set_terminated(run)
+    as_mlflow_sorts = store._search("tags.`nas.kind` = 'trial' and tags.`nas.status` = 'ok' and "
+                                    "attributes.status = 'FINISHED'",
+                                    order_by=["metrics.val_acc DESC", "metrics.val_loss ASC", "attributes.start_time ASC"])
+    indexed = store.sorted_run_ids({"nas.kind": "trial", "nas.status": "ok"}, ("val_acc", "val_loss"), 100)
+    assert indexed == [r.info.run_id for r in as_mlflow_sorts] and len(indexed) > 10
+    assert [r["run_id"] for r in store.leaderboard(5)] == indexed[:5]

@@ -1,0 +1,97 @@
+"""Lineage lookups at tens of thousands of runs: find by trial key, parents, leaderboard top 10.
+
+Seeds a fresh store with --runs finished trial runs tagged and scored as the project's are
+(one MLflow call per run, as searches write them), then times each lookup through
+LineageStore, median of 5. The baseline is the same leaderboard query as MLflow plans it
+on a SQLite store whose planner statistics are stale (gathered when the store was small),
+which scans a metric subquery once per run; the store refreshes them before that query.
+
+    python bench/lineage_queries.py [--runs 10000] [--tracking-uri postgresql://...]
+
+Target (issue: beyond one process): each lookup <= 20 ms at 10,000 runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import scratch_project  # noqa: E402
+
+
+def seed(uri: str, runs: int) -> str:
+    """`runs` finished trials under one search run; a run id in the middle of them."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from nas.lineage import LineageStore
+
+    store = LineageStore(uri, "seeded")
+    experiment = store.ensure()
+    client = MlflowClient(uri)
+    search = client.create_run(experiment, tags={"nas.kind": "search"}).info.run_id
+    rng, ids = random.Random(0), []
+    for i in range(runs):
+        tags = {"nas.kind": "trial", "nas.status": "ok", "nas.trial_key": f"key{i:06d}", "nas.arch_id": f"arch{i}",
+                "nas.strategy": "random", "nas.data_fp": "seeded", "mlflow.parentRunId": search,
+                "nas.parents": json.dumps(ids[-2:])}
+        ids.append(client.create_run(experiment, tags=tags).info.run_id)
+        at = int(time.time() * 1000)
+        client.log_batch(ids[-1], metrics=[Metric("val_acc", rng.random(), at, 0), Metric("val_loss", rng.random(), at, 0),
+                                           Metric("params", rng.randrange(10**3, 10**6), at, 0)])
+        client.set_terminated(ids[-1])
+        if i == 10:  # statistics of a young store, as a store's first search leaves them
+            store.refresh_statistics()
+    return ids[runs // 2]
+
+
+def milliseconds(lookup, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        lookup()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--tracking-uri", help="a store to seed (default: a fresh SQLite file)")
+    args = parser.parse_args()
+    folder = scratch_project("lineage")
+    uri = args.tracking_uri or f"sqlite:///{folder}/mlflow.db"
+
+    from nas.lineage import LineageStore
+
+    started = time.perf_counter()
+    middle = seed(uri, args.runs)
+    print(f"seeded {args.runs:,} runs in {time.perf_counter() - started:.0f} s ({uri.split(':')[0]})")
+    store = LineageStore(uri, "seeded")
+    key = store.run_summary(middle)["tags"]["nas.trial_key"]
+    if uri.startswith("sqlite:///"):
+        as_mlflow_plans_it = milliseconds(lambda: store._search(
+            "tags.`nas.kind` = 'trial' and tags.`nas.status` = 'ok' and attributes.status = 'FINISHED'",
+            order_by=["metrics.val_acc DESC", "metrics.val_loss ASC", "attributes.start_time ASC"], max_results=10),
+            repeats=1)
+        print(f"baseline: leaderboard top 10 with the young store's statistics {as_mlflow_plans_it:.1f} ms")
+    # find() is this query plus reading the run's evaluation.json, which seeded runs do not have.
+    lookups = {"find by trial key": lambda: store._search(f"tags.`nas.trial_key` = '{key}' and "
+                                                          "attributes.status = 'FINISHED'", max_results=1),
+               "parents": lambda: store.parents(middle),
+               "leaderboard top 10": lambda: store.leaderboard(10)}
+    for name, lookup in lookups.items():
+        print(f"{name}: {milliseconds(lookup):.1f} ms (target <= 20)")
+    if uri.startswith("sqlite:///"):
+        print(f"leaderboard / baseline: {milliseconds(lookups['leaderboard top 10']) / as_mlflow_plans_it:.3f}")
+
+
+if __name__ == "__main__":
+    main()

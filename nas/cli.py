@@ -225,6 +225,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", help="Model Registry name (default: params.yaml evaluate.model_name, else "
                                         "nas-<experiment>)")
 
+    p = sub.add_parser("serve", help="serve a scheduled search: a Prefect deployment on a cron or interval schedule",
+                       description="Register the deployment nas-scheduled-search/NAME on the Prefect server that "
+                       "PREFECT_API_URL names (`nas server` starts one) and run its flow runs as they come due, until "
+                       "Ctrl-C (which pauses the schedule). Each run continues the experiment with --more-trials "
+                       "trials (those already in the store come back without training), then refines and registers "
+                       "the winner if the search beat the store's best.")
+    _add_search_options(p)
+    _add_refine_options(p, prefix="refine-")
+    p.add_argument("--model-name", help="Model Registry name (default: params.yaml evaluate.model_name, else "
+                                        "nas-<experiment>)")
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--every", type=float, metavar="SECONDS", help="run every SECONDS seconds, e.g. 86400")
+    when.add_argument("--cron", help='run on a cron schedule, e.g. "0 2 * * *" for 02:00 every night')
+    p.add_argument("--more-trials", type=int, default=50, help="trials each run adds to the experiment (default: 50)")
+    p.add_argument("--name", help="the deployment's name (default: the experiment's)")
+
     p = sub.add_parser("report", help="draw a search's trajectory and Pareto front to PNGs",
                        description="Best-so-far validation accuracy over trials, and accuracy against parameter "
                        "count with the Pareto front marked; both PNGs are also logged to the search's run.")
@@ -532,11 +548,12 @@ def _print_leaderboard(store, limit: int) -> None:
         print(f"no finished trials in experiment '{store.experiment}' yet; run `nas search`.")
         return
     print(f"{'rank':>4}  {'run id':<32}  {'architecture':<16}  {'val':>6}  {'test':>6}  {'params':>9}  "
-          f"{'secs':>6}  strategy")
+          f"{'secs':>6}  {'strategy':<16}  flow run (a scheduled search's firing, in the Prefect UI)")
     for rank, row in enumerate(rows, start=1):
         test = "-" if row["test_acc"] is None else f"{row['test_acc']:.4f}"  # refinement leaves test alone
         print(f"{rank:>4}  {row['run_id']:<32}  {row['arch_id']:<16}  {row['val_acc']:>6.4f}  "
-              f"{test:>6}  {int(row['params']):>9,}  {row['seconds']:>6.1f}  {row['strategy']}")
+              f"{test:>6}  {int(row['params']):>9,}  {row['seconds']:>6.1f}  {row['strategy']:<16}  "
+              f"{row['flow_run'] or '-'}")
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -607,6 +624,36 @@ def cmd_server(args: argparse.Namespace) -> int:
                       Path(os.environ["PREFECT_HOME"]))
     return serve(wanted, {"PREFECT_API_URL": f"http://127.0.0.1:{args.prefect_port}/api",
                           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{args.mlflow_port}"})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.schedule import scheduled_search
+    from flows.search import checked
+    from nas.config import ConfigError
+
+    if not PREFECT_API_URL.value():
+        raise ConfigError("a schedule needs a Prefect server that outlives this command, and PREFECT_API_URL is not "
+                          "set: run `nas server` in another terminal, export the two lines it prints, then run "
+                          "`nas serve` again.")
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        if (problem := client.api_healthcheck()) is not None:
+            raise ConfigError(f"no Prefect server answers at PREFECT_API_URL={PREFECT_API_URL.value()} ({problem}); "
+                              "start it (`nas server` prints the address to export) or correct the variable.")
+    if args.more_trials < 1 or (args.every is not None and not args.every > 0):
+        raise ConfigError("--more-trials and --every must be positive: each run adds trials, every so many seconds.")
+    config = checked(_search_config(args))
+    name = args.name or config.experiment_name
+    print(f"serving nas-scheduled-search/{name}: {args.more_trials} more trials of {config.strategy} on "
+          f"'{config.experiment_name}' " + (f"every {args.every:g} s" if args.every else f"at cron '{args.cron}'")
+          + "; Ctrl-C stops serving and pauses the schedule")
+    scheduled_search.serve(name=name, interval=args.every, cron=args.cron, tags=["nas", config.experiment_name],
+                           parameters={"config": config.to_json(), "refine_config": _refine_config(args).to_json(),
+                                       "model_name": _model_name(args), "more_trials": args.more_trials})
+    return 0
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -695,7 +742,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 COMMANDS = {"prepare": cmd_prepare, "search": cmd_search, "refine": cmd_refine, "evaluate": cmd_evaluate,
             "pipeline": cmd_pipeline, "report": cmd_report, "runs": cmd_runs, "show": cmd_show,
-            "lineage": cmd_lineage, "ui": cmd_ui, "server": cmd_server, "bench": cmd_bench,
+            "lineage": cmd_lineage, "ui": cmd_ui, "server": cmd_server, "serve": cmd_serve, "bench": cmd_bench,
             "predictor": cmd_predictor, "meta-train": cmd_meta_train, "gc": cmd_gc}
 
 

@@ -164,6 +164,7 @@ class StoreQueries(StoreConnection):
                 "params": int(metrics["params"]) if "params" in metrics else None,
                 "seconds": metrics.get("seconds"),
                 "status": tags.get("nas.status"),
+                "flow_run": tags.get("prefect.flow_run_id"),
             })
         return rows
 

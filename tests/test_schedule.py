@@ -1,0 +1,74 @@
+"""`nas serve` against a real Prefect server: the deployment fires on its interval, each firing
+continues the experiment with more trials, and the runs land in MLflow tagged with their flow run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT
+from tests.test_server import _ctrl_c_heard, _free_port
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def finished_trials(store: str) -> list:
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("nightly")
+    return client.search_runs([experiment.experiment_id], "tags.`nas.kind` = 'trial' and attributes.status = "
+                              "'FINISHED'") if experiment else []
+
+
+def test_a_served_schedule_fires_twice_and_each_firing_adds_trials(tmp_path, digits_dir):
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                               str(port)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    serving = None
+    try:
+        deadline = time.monotonic() + 120
+        while not _answers(f"http://127.0.0.1:{port}/api/health") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        serving = subprocess.Popen([sys.executable, "-m", "nas.cli", "serve", "--every", "15", "--more-trials", "2",
+                                    "--epochs", "1", "--data-dir", str(digits_dir), "--experiment", "nightly",
+                                    "--space", str(ROOT / "spaces/small-cnn.yaml"), "--tracking-uri", store,
+                                    "--refine-trials", "1", "--refine-top-k", "1"],
+                                   cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   preexec_fn=_ctrl_c_heard)
+        deadline = time.monotonic() + 300
+        while len(finished_trials(store)) < 4 and serving.poll() is None and time.monotonic() < deadline:
+            time.sleep(2)
+        trials = finished_trials(store)
+        assert len(trials) >= 4, serving.stdout.read() if serving.poll() is not None else len(trials)
+    finally:
+        if serving is not None:
+            serving.send_signal(signal.SIGINT)
+            serving.wait(timeout=60)
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    # Each firing trained two new trials (the last may have been stopped in the middle) and replayed the
+    # earlier ones from the store: no trial was trained twice.
+    by_flow_run = Counter(r.data.tags["prefect.flow_run_id"] for r in trials)
+    assert list(by_flow_run.values()).count(2) >= 2 and max(by_flow_run.values()) == 2, by_flow_run
+    assert len({r.data.tags["nas.trial_key"] for r in trials}) == len(trials)
+    # The first firing beat an empty store, so its winner was refined and registered.
+    client = MlflowClient(store)
+    assert client.get_registered_model("nas-nightly").aliases.get("champion")
+    # `nas runs` says which firing produced each trial.
+    listed = subprocess.run([sys.executable, "-m", "nas.cli", "runs", "--experiment", "nightly", "--tracking-uri",
+                             store], cwd=tmp_path, capture_output=True, text=True, timeout=120).stdout
+    assert all(flow_run in listed for flow_run in by_flow_run), listed

@@ -44,7 +44,8 @@ def seed(uri: str, runs: int) -> str:
                 "nas.parents": json.dumps(ids[-2:])}
         ids.append(client.create_run(experiment, tags=tags).info.run_id)
         at = int(time.time() * 1000)
-        client.log_batch(ids[-1], metrics=[Metric("val_acc", rng.random(), at, 0), Metric("val_loss", rng.random(), at, 0),
+        client.log_batch(ids[-1], metrics=[Metric("val_acc", rng.random(), at, 0),
+                                           Metric("val_loss", rng.random(), at, 0),
                                            Metric("params", rng.randrange(10**3, 10**6), at, 0)])
         client.set_terminated(ids[-1])
     return ids[runs // 2]

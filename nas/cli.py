@@ -154,6 +154,14 @@ def _add_benchmark_option(p: argparse.ArgumentParser) -> None:
                         "nothing is recorded in MLflow, and a thousand trials take seconds")
 
 
+def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    """What a search through to a registered model takes: the search's options, refinement's, the model's name."""
+    _add_search_options(p)
+    _add_refine_options(p, prefix="refine-")
+    p.add_argument("--model-name", help="Model Registry name (default: params.yaml evaluate.model_name, else "
+                                        "nas-<experiment>)")
+
+
 def _add_refine_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument(f"--{prefix}method", dest="refine_method", choices=["grid", "bayes"],
                    help="how to search the training settings (default: grid)")
@@ -220,10 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The whole pipeline, as `make run` runs it: every step a cached Prefect task or "
                        "subflow. Writes metrics/search.json, metrics/refine.json, metrics/final.json and the "
                        "plots CSVs.")
-    _add_search_options(p)
-    _add_refine_options(p, prefix="refine-")
-    p.add_argument("--model-name", help="Model Registry name (default: params.yaml evaluate.model_name, else "
-                                        "nas-<experiment>)")
+    _add_pipeline_options(p)
 
     p = sub.add_parser("serve", help="serve a scheduled search: a Prefect deployment on a cron or interval schedule",
                        description="Register the deployment nas-scheduled-search/NAME on the Prefect server that "
@@ -231,10 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "Ctrl-C (which pauses the schedule). Each run continues the experiment with --more-trials "
                        "trials (those already in the store come back without training), then refines and registers "
                        "the winner if the search beat the store's best.")
-    _add_search_options(p)
-    _add_refine_options(p, prefix="refine-")
-    p.add_argument("--model-name", help="Model Registry name (default: params.yaml evaluate.model_name, else "
-                                        "nas-<experiment>)")
+    _add_pipeline_options(p)
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--every", type=float, metavar="SECONDS", help="run every SECONDS seconds, e.g. 86400")
     when.add_argument("--cron", help='run on a cron schedule, e.g. "0 2 * * *" for 02:00 every night')
@@ -548,7 +550,7 @@ def _print_leaderboard(store, limit: int) -> None:
         print(f"no finished trials in experiment '{store.experiment}' yet; run `nas search`.")
         return
     print(f"{'rank':>4}  {'run id':<32}  {'architecture':<16}  {'val':>6}  {'test':>6}  {'params':>9}  "
-          f"{'secs':>6}  {'strategy':<16}  flow run (a scheduled search's firing, in the Prefect UI)")
+          f"{'secs':>6}  {'strategy':<16}  Prefect flow run")
     for rank, row in enumerate(rows, start=1):
         test = "-" if row["test_acc"] is None else f"{row['test_acc']:.4f}"  # refinement leaves test alone
         print(f"{rank:>4}  {row['run_id']:<32}  {row['arch_id']:<16}  {row['val_acc']:>6.4f}  "
@@ -627,24 +629,23 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
     from flows.schedule import scheduled_search
     from flows.search import checked
     from nas.config import ConfigError
 
+    if args.more_trials < 1 or (args.every is not None and not args.every > 0):
+        raise ConfigError("--more-trials and --every must be positive: each run adds trials, every so many seconds.")
     if not PREFECT_API_URL.value():
         raise ConfigError("a schedule needs a Prefect server that outlives this command, and PREFECT_API_URL is not "
                           "set: run `nas server` in another terminal, export the two lines it prints, then run "
                           "`nas serve` again.")
-    from prefect.client.orchestration import get_client
-
     with get_client(sync_client=True) as client:
         if (problem := client.api_healthcheck()) is not None:
             raise ConfigError(f"no Prefect server answers at PREFECT_API_URL={PREFECT_API_URL.value()} ({problem}); "
                               "start it (`nas server` prints the address to export) or correct the variable.")
-    if args.more_trials < 1 or (args.every is not None and not args.every > 0):
-        raise ConfigError("--more-trials and --every must be positive: each run adds trials, every so many seconds.")
     config = checked(_search_config(args))
     name = args.name or config.experiment_name
     print(f"serving nas-scheduled-search/{name}: {args.more_trials} more trials of {config.strategy} on "

@@ -32,7 +32,9 @@ def finished_trials(store: str) -> list:
 
 def test_a_served_schedule_fires_twice_and_each_firing_adds_trials(tmp_path, digits_dir):
     port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           # the scheduler and the served runner look for due runs every 2 s instead of 60 s and 10 s
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     store = f"sqlite:///{tmp_path}/mlflow.db"
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",

@@ -337,9 +337,9 @@ def test_the_indexed_leaderboard_orders_runs_exactly_as_mlflow_does(store):
         client.log_batch(run, metrics=metrics)
         if i % 6:
             client.set_terminated(run)
-    as_mlflow_sorts = store._search("tags.`nas.kind` = 'trial' and tags.`nas.status` = 'ok' and "
-                                    "attributes.status = 'FINISHED'",
-                                    order_by=["metrics.val_acc DESC", "metrics.val_loss ASC", "attributes.start_time ASC"])
+    as_mlflow_sorts = store._search(
+        "tags.`nas.kind` = 'trial' and tags.`nas.status` = 'ok' and attributes.status = 'FINISHED'",
+        order_by=["metrics.val_acc DESC", "metrics.val_loss ASC", "attributes.start_time ASC"])
     indexed = store.sorted_run_ids({"nas.kind": "trial", "nas.status": "ok"}, ("val_acc", "val_loss"), 100)
     assert indexed == [r.info.run_id for r in as_mlflow_sorts] and len(indexed) > 10
     assert [r["run_id"] for r in store.leaderboard(5)] == indexed[:5]

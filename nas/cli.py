@@ -282,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "to PREFECT_HOME (default .prefect).")
     p.add_argument("--prefect-port", type=int, default=4200, help="Prefect API and UI port (default: 4200)")
     p.add_argument("--mlflow-port", type=int, default=5000, help="MLflow tracking server and UI port (default: 5000)")
-    p.add_argument("--tracking-uri", help="the store the MLflow server serves (default: as for search)")
+    p.add_argument("--tracking-uri", help="the store the MLflow server serves: a SQLite file (default: as for search) "
+                                          "or a database server such as postgresql://USER@127.0.0.1:5432/mlflow "
+                                          "(its password in PGPASSWORD or ~/.pgpass, never on the command line)")
 
     p = sub.add_parser("bench", help="the tabular benchmark: build it (train a finite space once)",
                        description="`nas bench build` trains every network of a finite space at each fidelity "
@@ -618,11 +620,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
+    from nas.lineage import ARTIFACTS_DIR, DEFAULT_STORE_DIR
     from nas.servers import serve, services
 
     store = _store(args)
-    store.ensure()  # the store's first-time migrations, once, before a server and a client race for them
-    wanted = services(store.tracking_uri, store.artifact_dir, args.prefect_port, args.mlflow_port,
+    if store.artifact_dir is not None:  # a SQLite file: migrate it once, before a server and a client race for it
+        store.ensure()
+    # A database server (PostgreSQL) is migrated by the MLflow server itself; artifacts go where they would
+    # beside a SQLite store, and clients send them through the server.
+    artifacts = store.artifact_dir or Path.cwd() / DEFAULT_STORE_DIR / ARTIFACTS_DIR
+    wanted = services(store.tracking_uri, artifacts, args.prefect_port, args.mlflow_port,
                       Path(os.environ["PREFECT_HOME"]))
     return serve(wanted, {"PREFECT_API_URL": f"http://127.0.0.1:{args.prefect_port}/api",
                           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{args.mlflow_port}"})

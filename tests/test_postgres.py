@@ -1,0 +1,107 @@
+"""The lineage store on PostgreSQL behind `nas server`'s MLflow tracking server: a real PostgreSQL
+(initdb and pg_ctl on a loopback port, started here), searches through the server, and PostgreSQL
+restarted in the middle of one. Skipped where PostgreSQL's programs are not installed."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.test_server import _ctrl_c_heard, _free_port
+
+pytestmark = pytest.mark.skipif(shutil.which("initdb") is None, reason="PostgreSQL (initdb, pg_ctl) is not installed")
+
+
+def as_postgres_user(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: as root, run its programs as `nobody`."""
+    return ["runuser", "-u", "nobody", "--", *command] if os.geteuid() == 0 else command
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A fresh cluster on a free loopback port, trusting local connections; yields (uri, pg_ctl command)."""
+    folder = Path(tempfile.mkdtemp(prefix="nas-postgres-"))  # not under pytest's folder, which `nobody` cannot enter
+    if os.geteuid() == 0:
+        shutil.chown(folder, "nobody")
+    port = _free_port()
+    subprocess.run(as_postgres_user(["initdb", "-D", str(folder / "data"), "--auth=trust", "-U", "nas"]),
+                   check=True, capture_output=True, cwd=folder)
+    pg_ctl = as_postgres_user(["pg_ctl", "-D", str(folder / "data"), "-l", str(folder / "log"), "-w", "-o",
+                               f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"])
+    subprocess.run([*pg_ctl, "start"], check=True, capture_output=True, cwd=folder)
+    try:
+        subprocess.run(as_postgres_user(["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "nas", "mlflow"]),
+                       check=True, capture_output=True, cwd=folder)
+        yield f"postgresql://nas@127.0.0.1:{port}/mlflow", pg_ctl
+    finally:
+        subprocess.run([*pg_ctl, "-m", "fast", "stop"], capture_output=True, cwd=folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def servers(postgres, tmp_path_factory):
+    """`nas server` in front of the PostgreSQL store; yields the environment that points commands at it."""
+    folder = tmp_path_factory.mktemp("project")
+    prefect_port, mlflow_port = _free_port(), _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(folder / "prefect-home")}
+    server = subprocess.Popen([sys.executable, "-m", "nas.cli", "server", "--prefect-port", str(prefect_port),
+                               "--mlflow-port", str(mlflow_port), "--tracking-uri", postgres[0]],
+                              cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=_ctrl_c_heard)
+    said = []
+    for line in server.stdout:
+        said.append(line)
+        if line.startswith("Ctrl-C"):
+            break
+    threading.Thread(target=lambda: said.extend(server.stdout), daemon=True).start()
+    exports = dict(line.split()[1].split("=", 1) for line in said if line.strip().startswith("export "))
+    assert set(exports) == {"PREFECT_API_URL", "MLFLOW_TRACKING_URI"}, said
+    yield folder, {**env, **exports}
+    server.send_signal(signal.SIGINT)
+    server.wait(timeout=60)
+
+
+def search(folder, env, digits_dir, experiment, trials):
+    return subprocess.Popen([sys.executable, "-m", "nas.cli", "search", "--data-dir", str(digits_dir), "--trials",
+                             str(trials), "--epochs", "2", "--experiment", experiment, "--concurrency", "2"],
+                            cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def trials(uri, experiment):
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id], "tags.`nas.kind` = 'trial'") if found else []
+
+
+def test_a_search_through_the_server_lands_in_postgresql_with_proxied_artifacts(postgres, servers, digits_dir):
+    folder, env = servers
+    process = search(folder, env, digits_dir, "pg", 3)
+    assert process.wait(timeout=300) == 0, process.stderr.read()[-3000:]
+    runs = trials(postgres[0], "pg")
+    assert [r.info.status for r in runs] == ["FINISHED"] * 3
+    # Clients sent the weights through the server, which keeps them beside the project's store.
+    client = MlflowClient(postgres[0])
+    assert client.get_experiment_by_name("pg").artifact_location.startswith("mlflow-artifacts:")
+    assert list((folder / "mlflow" / "artifacts").rglob("weights.safetensors"))
+
+
+def test_postgresql_restarted_in_the_middle_of_a_search_loses_no_trial(postgres, servers, digits_dir):
+    uri, pg_ctl = postgres
+    folder, env = servers
+    process = search(folder, env, digits_dir, "pg-restart", 8)
+    deadline = time.monotonic() + 240
+    while not any(r.info.status == "FINISHED" for r in trials(uri, "pg-restart")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    subprocess.run([*pg_ctl, "-m", "fast", "restart"], check=True, capture_output=True)
+    assert process.wait(timeout=600) == 0, process.stderr.read()[-3000:]
+    finished = Counter(r.data.tags["nas.trial_key"] for r in trials(uri, "pg-restart") if r.info.status == "FINISHED")
+    assert len(finished) == 8 and set(finished.values()) == {1}, finished

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.test_schedule import _answers
 from tests.test_server import _ctrl_c_heard, _free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("initdb") is None, reason="PostgreSQL (initdb, pg_ctl) is not installed")
@@ -82,6 +83,11 @@ def trials(uri, experiment):
     return client.search_runs([found.experiment_id], "tags.`nas.kind` = 'trial'") if found else []
 
 
+def finished_in(uri, experiment) -> Counter:
+    """How many FINISHED runs each trial key has."""
+    return Counter(r.data.tags["nas.trial_key"] for r in trials(uri, experiment) if r.info.status == "FINISHED")
+
+
 def test_a_search_through_the_server_lands_in_postgresql_with_proxied_artifacts(postgres, servers, digits_dir):
     folder, env = servers
     process = search(folder, env, digits_dir, "pg", 3)
@@ -99,9 +105,43 @@ def test_postgresql_restarted_in_the_middle_of_a_search_loses_no_trial(postgres,
     folder, env = servers
     process = search(folder, env, digits_dir, "pg-restart", 8)
     deadline = time.monotonic() + 240
-    while not any(r.info.status == "FINISHED" for r in trials(uri, "pg-restart")) and time.monotonic() < deadline:
+    while not finished_in(uri, "pg-restart") and time.monotonic() < deadline:
         time.sleep(0.5)
     subprocess.run([*pg_ctl, "-m", "fast", "restart"], check=True, capture_output=True)
     assert process.wait(timeout=600) == 0, process.stderr.read()[-3000:]
-    finished = Counter(r.data.tags["nas.trial_key"] for r in trials(uri, "pg-restart") if r.info.status == "FINISHED")
+    finished = finished_in(uri, "pg-restart")
+    assert len(finished) == 8 and set(finished.values()) == {1}, finished
+
+
+def test_the_mlflow_server_restarted_in_the_middle_of_a_search_loses_no_trial(postgres, digits_dir, tmp_path):
+    uri, port = postgres[0], _free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port",
+               str(port), "--workers", "1", "--artifacts-destination", (tmp_path / "artifacts").as_uri()]
+
+    def start() -> subprocess.Popen:
+        server = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        deadline = time.monotonic() + 120
+        while not _answers(f"http://127.0.0.1:{port}/health") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return server
+
+    def stop(server: subprocess.Popen) -> None:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+    server = start()
+    try:
+        env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+               "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+        process = search(tmp_path, env, digits_dir, "mlflow-restart", 8)
+        deadline = time.monotonic() + 240
+        while not finished_in(uri, "mlflow-restart") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        stop(server)  # the search's requests now fail until the server is back: MLflow's client retries them
+        server = start()
+        assert process.wait(timeout=600) == 0, process.stderr.read()[-3000:]
+    finally:
+        stop(server)
+    finished = finished_in(uri, "mlflow-restart")
     assert len(finished) == 8 and set(finished.values()) == {1}, finished

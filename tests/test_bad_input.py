@@ -135,6 +135,7 @@ CASES = {
     "a cluster and local workers at once": (["--cluster", "tcp://127.0.0.1:1", "--workers", "2"], "both say"),
     "zero local workers": (["--workers", "0"], "dask_workers=0"),
     "no scheduler at the cluster address": (["--cluster", "tcp://127.0.0.1:1"], "no Dask scheduler answers"),
+    "PathNet on Dask workers": (["--strategy", "pathnet", "--workers", "2"], "cannot train on Dask workers"),
     # the store
     "a store where no folder can be made": (["--tracking-uri", "sqlite:///{root}/a-file/mlflow.db"], "a-file"),
 }

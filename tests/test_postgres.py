@@ -145,3 +145,14 @@ def test_the_mlflow_server_restarted_in_the_middle_of_a_search_loses_no_trial(po
         stop(server)
     finished = finished_in(uri, "mlflow-restart")
     assert len(finished) == 8 and set(finished.values()) == {1}, finished
+
+
+def test_two_searches_at_once_through_the_server_train_each_trial_once(postgres, servers, digits_dir):
+    folder, env = servers
+    # Each its own Prefect home: only the store is shared, as between two machines' users.
+    processes = [search(folder, {**env, "PREFECT_HOME": str(folder / f"prefect-{i}")}, digits_dir, "pg-two", 6)
+                 for i in range(2)]
+    for process in processes:
+        assert process.wait(timeout=600) == 0, process.stderr.read()[-3000:]
+    finished = finished_in(postgres[0], "pg-two")
+    assert len(finished) == 6 and set(finished.values()) == {1}, finished

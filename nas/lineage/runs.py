@@ -163,7 +163,8 @@ class StoreRuns(StoreQueries):
 
         Two threads or two processes asking for one key never both train it: checking for
         a result or a live claim and creating the run happen under one lock (a file lock
-        beside a local database), and whoever finds a live claim waits for its result. A
+        beside a local database; through a tracking server, see `_claim_stands`), and whoever
+        finds a live claim waits for its result. A
         claim whose owner died (its process is gone, or its heartbeat is older than
         CLAIM_LEASE_SECONDS) is abandoned, explained in its tags, deleted with its
         artifacts, and taken over.
@@ -177,10 +178,28 @@ class StoreRuns(StoreQueries):
                 if finished:
                     return Claim(result=self._evaluation(finished[0]))
                 if not self._live_claims([run for run in runs if run.info.status == "RUNNING"]):
-                    return Claim(run_id=self._start_trial(candidate, trial_key, parent_run_id=parent_run_id,
-                                                          strategy=strategy, data_fingerprint=data_fingerprint,
-                                                          tags=tags, kind=kind, dataset=dataset))
+                    run_id = self._start_trial(candidate, trial_key, parent_run_id=parent_run_id, strategy=strategy,
+                                               data_fingerprint=data_fingerprint, tags=tags, kind=kind,
+                                               dataset=dataset)
+                    if self._claim_stands(trial_key, run_id):
+                        return Claim(run_id=run_id)
             time.sleep(poll_seconds)
+
+    def _claim_stands(self, trial_key: str, run_id: str) -> bool:
+        """Whether a new claim is the trial's only one. Through a tracking server no lock spans two
+        processes, so two may claim at the same moment: each then looks again, and the first claim
+        (by start time, then run id) stands, while the others step aside and wait for its result."""
+        if self.artifact_dir is not None:  # the file lock made the claim exclusive
+            return True
+        claims = [run for run in self._search(f"tags.`nas.trial_key` = '{trial_key}'")
+                  if run.info.status in ("RUNNING", "FINISHED")]
+        first = min(claims, key=lambda run: (run.info.status != "FINISHED", run.info.start_time, run.info.run_id))
+        if first.info.run_id == run_id:
+            return True
+        ours = next(run for run in claims if run.info.run_id == run_id)
+        self._abandon(ours, f"run {first.info.run_id} claimed this trial at the same moment; this attempt stepped "
+                            "aside for it")
+        return False
 
     def _live_claims(self, running: list[Run]) -> list[Run]:
         """The running runs whose owner lives; dead owners' runs are abandoned on the way."""

@@ -658,7 +658,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving nas-scheduled-search/{name}: {args.more_trials} more trials of {config.strategy} on "
           f"'{config.experiment_name}' " + (f"every {args.every:g} s" if args.every else f"at cron '{args.cron}'")
           + "; Ctrl-C stops serving and pauses the schedule")
-    scheduled_search.serve(name=name, interval=args.every, cron=args.cron, tags=["nas", config.experiment_name],
+    # limit=1: a firing continues from the one before, so a late firing waits rather than overlapping it.
+    scheduled_search.serve(name=name, interval=args.every, cron=args.cron, limit=1,
+                           tags=["nas", config.experiment_name],
                            parameters={"config": config.to_json(), "refine_config": _refine_config(args).to_json(),
                                        "model_name": _model_name(args), "more_trials": args.more_trials})
     return 0

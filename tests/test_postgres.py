@@ -2,6 +2,7 @@
 (initdb and pg_ctl on a loopback port, started here), searches through the server, and PostgreSQL
 restarted in the middle of one. Skipped where PostgreSQL's programs are not installed."""
 
+import glob
 import os
 import shutil
 import signal
@@ -19,12 +20,17 @@ from mlflow.tracking import MlflowClient
 from tests.test_schedule import _answers
 from tests.test_server import _ctrl_c_heard, _free_port
 
-pytestmark = pytest.mark.skipif(shutil.which("initdb") is None, reason="PostgreSQL (initdb, pg_ctl) is not installed")
+# PostgreSQL's programs, on PATH or where Debian's packages put them (outside a minimal PATH).
+PROGRAMS = os.pathsep.join([os.environ.get("PATH", ""), *sorted(glob.glob("/usr/lib/postgresql/*/bin")),
+                            "/usr/local/bin", "/usr/sbin", "/sbin"])
+pytestmark = pytest.mark.skipif(shutil.which("initdb", path=PROGRAMS) is None,
+                                reason="PostgreSQL (initdb, pg_ctl) is not installed")
 
 
 def as_postgres_user(command: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: as root, run its programs as `nobody`."""
-    return ["runuser", "-u", "nobody", "--", *command] if os.geteuid() == 0 else command
+    """The program's full path; PostgreSQL refuses to run as root, so as root it runs as `nobody`."""
+    command = [shutil.which(command[0], path=PROGRAMS), *command[1:]]
+    return [shutil.which("runuser", path=PROGRAMS), "-u", "nobody", "--", *command] if os.geteuid() == 0 else command
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +119,7 @@ def test_postgresql_restarted_in_the_middle_of_a_search_loses_no_trial(postgres,
     assert len(finished) == 8 and set(finished.values()) == {1}, finished
 
 
-def test_the_mlflow_server_restarted_in_the_middle_of_a_search_loses_no_trial(postgres, digits_dir, tmp_path):
+def test_the_mlflow_server_restarted_in_the_middle_of_a_search_loses_no_trial(postgres, servers, digits_dir, tmp_path):
     uri, port = postgres[0], _free_port()
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port",
                str(port), "--workers", "1", "--artifacts-destination", (tmp_path / "artifacts").as_uri()]
@@ -132,8 +138,7 @@ def test_the_mlflow_server_restarted_in_the_middle_of_a_search_loses_no_trial(po
 
     server = start()
     try:
-        env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
-               "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+        env = {**servers[1], "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}  # served Prefect, this MLflow
         process = search(tmp_path, env, digits_dir, "mlflow-restart", 8)
         deadline = time.monotonic() + 240
         while not finished_in(uri, "mlflow-restart") and time.monotonic() < deadline:

@@ -161,7 +161,8 @@ def test_mutations_move_flat_features_between_perceptrons_and_conv_nets():
 
     dense = Node.make("dense", [1], units=32, activation="relu", dropout=0.0)
     perceptron = Architecture((Node.make("input"), Node.make("flatten", [0]), dense, Node.make("head", [2])))
-    child = apply_mutation("insert-convolution", space, perceptron, HParams(), random.Random(0))
+    hparams = HParams(lr=5e-3)  # within the flat space's domain
+    child = apply_mutation("insert-convolution", space, perceptron, hparams, random.Random(0))
     assert [n.op for n in child.arch.nodes] == ["input", "signal", "conv", "flatten", "dense", "head"]
     assert child.node_map == {0: 0, 3: 1, 4: 2, 5: 3}
     assert_inherits_what_fits(perceptron, child, (40,))
@@ -169,7 +170,7 @@ def test_mutations_move_flat_features_between_perceptrons_and_conv_nets():
     skipped = Architecture((Node.make("input"), replace(dense, inputs=(0,)), Node.make("add", [1, 0]),
                             Node.make("head", [2])))
     with pytest.raises(NotApplicable, match="node"):
-        apply_mutation("insert-convolution", space, skipped, HParams(), random.Random(0))
+        apply_mutation("insert-convolution", space, skipped, hparams, random.Random(0))
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.test_schedule import _answers
-from tests.test_server import _ctrl_c_heard, _free_port
+from tests.test_server import _free_port, start_nas_server
 
 # PostgreSQL's programs, on PATH or where Debian's packages put them (outside a minimal PATH).
 PROGRAMS = os.pathsep.join([os.environ.get("PATH", ""), *sorted(glob.glob("/usr/lib/postgresql/*/bin")),
@@ -60,17 +59,7 @@ def servers(postgres, tmp_path_factory):
     folder = tmp_path_factory.mktemp("project")
     prefect_port, mlflow_port = _free_port(), _free_port()
     env = {**os.environ, "PREFECT_HOME": str(folder / "prefect-home")}
-    server = subprocess.Popen([sys.executable, "-m", "nas.cli", "server", "--prefect-port", str(prefect_port),
-                               "--mlflow-port", str(mlflow_port), "--tracking-uri", postgres[0]],
-                              cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              preexec_fn=_ctrl_c_heard)
-    said = []
-    for line in server.stdout:
-        said.append(line)
-        if line.startswith("Ctrl-C"):
-            break
-    threading.Thread(target=lambda: said.extend(server.stdout), daemon=True).start()
-    exports = dict(line.split()[1].split("=", 1) for line in said if line.strip().startswith("export "))
+    server, exports, said = start_nas_server(folder, env, prefect_port, mlflow_port, postgres[0])
     assert set(exports) == {"PREFECT_API_URL", "MLFLOW_TRACKING_URI"}, said
     yield folder, {**env, **exports}
     server.send_signal(signal.SIGINT)

@@ -29,23 +29,30 @@ def _ctrl_c_heard() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def start_nas_server(cwd, env, prefect_port: int, mlflow_port: int, tracking_uri: str):
+    """`nas server` as a user starts it, once it says both servers answer: the process, the variables
+    it says to export, and what it printed."""
+    server = subprocess.Popen([sys.executable, "-m", "nas.cli", "server", "--prefect-port", str(prefect_port),
+                               "--mlflow-port", str(mlflow_port), "--tracking-uri", tracking_uri],
+                              cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=_ctrl_c_heard)
+    said = []
+    for line in server.stdout:
+        said.append(line)
+        if line.startswith("Ctrl-C"):
+            break
+    # Keep reading what the servers print, so that a full pipe never blocks them (and their shutdown).
+    threading.Thread(target=lambda: said.extend(server.stdout), daemon=True).start()
+    exports = dict(line.split()[1].split("=", 1) for line in said if line.strip().startswith("export "))
+    return server, exports, said
+
+
 def test_a_search_runs_through_nas_server_and_ctrl_c_stops_both(tmp_path, digits_dir):
     prefect_port, mlflow_port = _free_port(), _free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    server = subprocess.Popen([sys.executable, "-m", "nas.cli", "server", "--prefect-port", str(prefect_port),
-                               "--mlflow-port", str(mlflow_port), "--tracking-uri", store],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              preexec_fn=_ctrl_c_heard)
+    server, exports, said = start_nas_server(tmp_path, env, prefect_port, mlflow_port, store)
     try:
-        said = []
-        for line in server.stdout:
-            said.append(line)
-            if line.startswith("Ctrl-C"):
-                break
-        # Keep reading what the servers print, so that a full pipe never blocks them (and their shutdown).
-        threading.Thread(target=lambda: said.extend(server.stdout), daemon=True).start()
-        exports = dict(line.split()[1].split("=", 1) for line in said if line.strip().startswith("export "))
         assert exports == {"PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
                            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}, said
         search = subprocess.run([sys.executable, "-m", "nas.cli", "search", "--data-dir", str(digits_dir), "--trials",

@@ -79,13 +79,15 @@ def trial_runner(cfg: SearchConfig) -> TaskRunner:
     loopback, started for the flow and stopped after it."""
     if not (cfg.cluster or cfg.dask_workers):
         return ThreadPoolTaskRunner(max_workers=cfg.workers)
-    from prefect_dask import DaskTaskRunner
+    from flows.dask_runner import TrialDaskRunner
 
     if cfg.cluster:
-        return DaskTaskRunner(address=cfg.cluster)
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
-                          cluster_kwargs={"n_workers": cfg.dask_workers, "threads_per_worker": 1, "processes": True,
-                                          "host": "127.0.0.1", "dashboard_address": None})
+        return TrialDaskRunner(address=cfg.cluster)
+    # Single-threaded workers train one trial each; on a machine with GPUs, worker i trains on GPU i mod
+    # their count (nas.cluster.pin_local_worker_gpu).
+    return TrialDaskRunner(cluster_class="distributed.LocalCluster",
+                           cluster_kwargs={"n_workers": cfg.dask_workers, "threads_per_worker": 1, "processes": True,
+                                           "host": "127.0.0.1", "dashboard_address": None})
 
 
 def prefect_runner(job: TrialJob, data_dir: Path, concurrency: int) -> Submit:

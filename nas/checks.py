@@ -85,22 +85,25 @@ def check_pathnet(config: SearchConfig, root: Path | None = None) -> Checked:
 
 
 def _check_cluster(config: SearchConfig) -> SearchConfig:
-    """A Dask scheduler at --cluster answers and has workers; --concurrency defaults to their threads."""
+    """A Dask scheduler at --cluster answers and has workers; --concurrency defaults to the trials
+    they train at once: their threads, or their GPUs where they declare some (see trial_slots)."""
     if not config.cluster:
         return config
     from distributed import Client
 
+    from nas.cluster import trial_slots
+
     try:
         with Client(config.cluster, timeout=5, set_as_default=False) as client:
-            threads = sum(client.nthreads().values())
+            slots = trial_slots(client)
     except (OSError, TimeoutError) as error:
         raise ConfigError(f"no Dask scheduler answers at --cluster {config.cluster} ({error}); start one with "
                           f"`dask scheduler` and workers with `dask worker {config.cluster}`, or use --workers N "
                           "for a local cluster.") from None
-    if not threads:
+    if not slots:
         raise ConfigError(f"the Dask cluster at {config.cluster} has no workers; start some with "
                           f"`dask worker {config.cluster}`.")
-    return config if config.concurrency else replace(config, concurrency=threads)
+    return config if config.concurrency else replace(config, concurrency=slots)
 
 
 def _check_options(config: SearchConfig) -> None:

@@ -22,6 +22,7 @@ from prefect import task
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run, task_run
 
+from nas.cluster import pin_local_worker_gpu
 from nas.ids import digest
 from nas.data import DataError, read_meta
 from nas.lineage import KIND_FINAL, LineageStore
@@ -72,6 +73,7 @@ def _data_on_this_machine(data_dir: str, fingerprint: str, tracking_uri: str, ex
 
 def _run(candidates: list[dict[str, Any]], job: dict[str, Any], data_dir: str,
          final: bool = False) -> list[dict[str, Any]]:
+    pin_local_worker_gpu()
     trial_job = TrialJob.from_json(job)
     setting = trial_job.setting
     data = _loaded(data_dir, setting.device, setting.data_fingerprint.removesuffix(with_validation("")),

@@ -13,6 +13,7 @@ import pytest
 from distributed import LocalCluster
 
 from flows.search import run_search
+from nas.checks import check_search
 from nas.config import DataConfig, SearchConfig
 from nas.data import read_meta
 from nas.lineage import KIND_DATA, LineageStore
@@ -71,6 +72,44 @@ def test_a_running_cluster_is_used_by_address_and_its_workers_can_fetch_the_data
     assert fetched == tmp_path / "nas" / "data" / fingerprint
     original = load_data(by_threads.data.data_dir, "cpu")
     assert load_data(fetched, "cpu").x_train.equal(original.x_train)
+
+
+def test_workers_that_declare_gpus_train_one_trial_per_gpu_at_a_time(by_threads):
+    """Two workers of two threads each, declaring one GPU each (as `dask worker --resources GPU=1`
+    would): four trials submitted at once still train one per worker at a time."""
+    with LocalCluster(n_workers=2, threads_per_worker=2, resources={"GPU": 1}, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        config = replace(by_threads, experiment="gpus", concurrency=None, cluster=cluster.scheduler_address)
+        assert check_search(config).config.concurrency == 2  # the GPUs, not the 4 threads
+        run_search(replace(config, concurrency=4))
+    same_results_elsewhere(by_threads, "gpus")
+    client = mlflow.MlflowClient(by_threads.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("gpus").experiment_id],
+                              "tags.`nas.kind` = 'trial' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time ASC"])
+    by_worker = {}
+    for run in runs:
+        by_worker.setdefault(run.data.tags["nas.owner"], []).append((run.info.start_time, run.info.end_time))
+    for spans in by_worker.values():
+        assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
+
+
+def test_evolution_under_hyperband_on_workers_inherits_and_resumes_as_threads_do(by_threads):
+    """Worker processes read parents' weights and shorter rungs' checkpoints from the store: the same
+    trials and scores as threads, with children that inherited and promotions that resumed."""
+    combo = replace(by_threads, strategy="evolution", population=4, scheduler="hyperband", trials=8, epochs=3,
+                    space=str(ROOT / "spaces/cnn.yaml"))
+    run_search(replace(combo, experiment="evo-threads"))
+    run_search(replace(combo, experiment="evo-workers", concurrency=None, dask_workers=2))
+    client = mlflow.MlflowClient(by_threads.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("evo-workers").experiment_id],
+                              "tags.`nas.kind` = 'trial' and attributes.status = 'FINISHED'")
+    assert any("nas.resumed_at" in r.data.tags for r in runs) and any("nas.inherited_tensors" in r.data.tags
+                                                                     for r in runs)
+    # A child's trial key names the run it inherits from, which differs between the experiments: compare scores.
+    here, there = trials(by_threads, "evo-threads"), trials(by_threads, "evo-workers")
+    assert sorted(acc for acc, _ in there.values()) == sorted(acc for acc, _ in here.values())
+    assert os.getpid() not in {pid for _, pid in there.values()}
 
 
 def test_a_worker_killed_in_the_middle_of_a_trial_is_replaced_and_the_trial_trained_once(by_threads):

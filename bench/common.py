@@ -1,9 +1,10 @@
-"""Helpers shared by the benchmarks: a scratch project folder and a stopwatch."""
+"""Helpers shared by the benchmarks: a scratch project folder, a stopwatch, a free loopback port."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import time
 from contextlib import contextmanager
@@ -28,3 +29,9 @@ def stopwatch(into: dict, key: str):
     started = time.perf_counter()
     yield
     into[key] = time.perf_counter() - started
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import scratch_project  # noqa: E402
+from bench.common import free_port, scratch_project  # noqa: E402
 
 SEARCH = ["search", "--trials", "2", "--epochs", "1"]
 
@@ -34,12 +33,6 @@ def first_trial_seconds(folder: Path, env: dict[str, str]) -> tuple[bool, float]
         if first != first and re.search(r"trial 1/\d+:", line):
             first = time.perf_counter() - started
     return process.wait() == 0, first
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def main() -> None:

@@ -631,8 +631,9 @@ def cmd_server(args: argparse.Namespace) -> int:
     artifacts = store.artifact_dir or Path.cwd() / DEFAULT_STORE_DIR / ARTIFACTS_DIR
     wanted = services(store.tracking_uri, artifacts, args.prefect_port, args.mlflow_port,
                       Path(os.environ["PREFECT_HOME"]))
+    # Clients reach the database through the server only, so the lookups' indexes are made here, on its tables.
     return serve(wanted, {"PREFECT_API_URL": f"http://127.0.0.1:{args.prefect_port}/api",
-                          "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{args.mlflow_port}"})
+                          "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{args.mlflow_port}"}, on_ready=store.add_indexes)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

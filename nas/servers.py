@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -48,8 +49,9 @@ def services(tracking_uri: str, artifact_dir: Path | None, prefect_port: int, ml
     ]
 
 
-def serve(wanted: list[Service], exports: dict[str, str]) -> int:
-    """Start every service, say how to use them once all answer, and keep them until Ctrl-C or SIGTERM."""
+def serve(wanted: list[Service], exports: dict[str, str], on_ready: Callable[[], None] = lambda: None) -> int:
+    """Start every service, call `on_ready` and say how to use them once all answer, and keep them
+    until Ctrl-C or SIGTERM."""
     signal.signal(signal.SIGTERM, _interrupt)
     running: list[tuple[Service, subprocess.Popen]] = []
     try:
@@ -63,6 +65,7 @@ def serve(wanted: list[Service], exports: dict[str, str]) -> int:
             if not _wait_ready(service, process):
                 print(f"{service.name} did not start; its log is {service.log}", file=sys.stderr)
                 return 1
+        on_ready()
         print("ready. In another shell, point the nas commands at them:", flush=True)
         for name, value in exports.items():
             print(f"  export {name}={value}")

@@ -13,8 +13,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import psycopg
 import pytest
 from mlflow.tracking import MlflowClient
+
+from nas.lineage import LineageStore
 
 from tests.test_schedule import _answers
 from tests.test_server import _free_port, start_nas_server
@@ -93,6 +96,15 @@ def test_a_search_through_the_server_lands_in_postgresql_with_proxied_artifacts(
     client = MlflowClient(postgres[0])
     assert client.get_experiment_by_name("pg").artifact_location.startswith("mlflow-artifacts:")
     assert list((folder / "mlflow" / "artifacts").rglob("weights.safetensors"))
+    # `nas server` indexed the metrics MLflow's server made, and the leaderboard through the server (lowering a
+    # bar until enough runs clear it) is MLflow's full sort.
+    with psycopg.connect(postgres[0]) as db:
+        assert db.execute("SELECT 1 FROM pg_indexes WHERE indexname = 'nas_latest_metrics_key_value'").fetchone()
+    order = ["metrics.val_acc DESC", "metrics.val_loss ASC", "attributes.start_time ASC"]
+    expected = [r.info.run_id for r in client.search_runs([runs[0].info.experiment_id], "tags.`nas.kind` = 'trial'",
+                                                          order_by=order)]
+    served = LineageStore(env["MLFLOW_TRACKING_URI"], "pg")
+    assert [[e.run_id for e in served.best(k)] for k in (1, 2, 3)] == [expected[:k] for k in (1, 2, 3)]
 
 
 def test_postgresql_restarted_in_the_middle_of_a_search_loses_no_trial(postgres, servers, digits_dir):

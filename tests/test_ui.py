@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,12 +11,7 @@ import urllib.request
 from nas.lineage import LineageStore
 from nas.space import Architecture, HParams, Node
 from nas.trial import Budget, Candidate, Evaluation
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.test_server import _free_port as free_port
 
 
 def test_ui_lists_the_trials_of_the_store(tmp_path):

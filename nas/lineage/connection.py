@@ -35,7 +35,7 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_CONFIG_PARAM_CHARS = 500
 MAX_TAG_CHARS = 5000
 
-# Per database dialect, index name -> table (columns): see StoreConnection._add_indexes.
+# Per database dialect, index name -> table (columns): see StoreConnection.add_indexes.
 INDEXES = {
     "sqlite": {"nas_tags_key_value": "tags (key, value)", "nas_latest_metrics_key_value": "latest_metrics (key, value)"},
     "postgresql": {"nas_latest_metrics_key_value": "latest_metrics (key, value)"},
@@ -123,7 +123,7 @@ class StoreConnection:
                     self._create_database()
                     client = MlflowClient(tracking_uri=self.tracking_uri)
                     experiment_id = self._get_or_create_experiment(client)  # MLflow's tables exist after this
-                    self._add_indexes()
+                    self.add_indexes()
                 except LineageError:
                     raise
                 except Exception as error:  # any failure of first contact leaves the store unusable
@@ -160,8 +160,9 @@ class StoreConnection:
             self._engine = sqlalchemy.create_engine(self.tracking_uri, pool_size=1, connect_args=wait)
         return self._engine
 
-    def _add_indexes(self) -> None:
-        """Indexes MLflow's schema lacks, for lookups a search repeats at every size of store: runs
+    def add_indexes(self) -> None:
+        """Indexes MLflow's schema lacks (once its tables exist: `ensure`, or `nas server` once the
+        MLflow server has made them), for lookups a search repeats at every size of store: runs
         by a metric's value (the leaderboard) and, on SQLite, by a tag's value (a trial key; on
         PostgreSQL a tag's value can outgrow an index entry). Extra indexes change no table, so
         MLflow's migrations are unaffected."""

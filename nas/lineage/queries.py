@@ -22,6 +22,10 @@ from nas.lineage.layout import (ARCHITECTURE_FILE, CHECKPOINT_FILE, CONFIG_FILE,
                                 KIND_DATA, KIND_SEARCH, KIND_TRIAL, LEARNED_OPTIMIZER_FILE, WEIGHTS_FILE)
 from nas.trial import Evaluation, TrialStatus
 
+# Validation accuracies the leaderboard asks for first through a tracking server (_best_runs):
+# each bar lets about four times as many runs through as the one before.
+VAL_ACC_BARS = (0.999, 0.996, 0.984, 0.936, 0.744)
+
 if TYPE_CHECKING:
     import torch
 
@@ -142,13 +146,20 @@ class StoreQueries(StoreConnection):
             runs = {run.info.run_id: run for run in self._search(
                 "attributes.run_id IN (" + ", ".join(f"'{i}'" for i in ids) + ")")} if ids else {}
             return [runs[i] for i in ids if i in runs]
-        return self._search(f"tags.`nas.kind` = '{KIND_TRIAL}' and tags.`nas.status` = '{TrialStatus.OK.value}' "
-                            "and attributes.status = 'FINISHED'",
-                            order_by=["metrics.val_acc DESC", "metrics.val_loss ASC", "attributes.start_time ASC"],
-                            max_results=k)
+        # Through a tracking server MLflow sorts every matching run (14 s at 10,000 on SQLite). Ask
+        # for the runs above a high bar first and lower it until k come back: the top k all clear
+        # the first bar that k runs clear, so the answer is MLflow's full sort, from a few runs.
+        query = (f"tags.`nas.kind` = '{KIND_TRIAL}' and tags.`nas.status` = '{TrialStatus.OK.value}' "
+                 "and attributes.status = 'FINISHED'")
+        order = ["metrics.val_acc DESC", "metrics.val_loss ASC", "attributes.start_time ASC"]
+        for bar in VAL_ACC_BARS:
+            runs = self._search(f"{query} and metrics.val_acc >= {bar}", order_by=order, max_results=k)
+            if len(runs) == k:
+                return runs
+        return self._search(query, order_by=order, max_results=k)
 
     def leaderboard(self, limit: int = 20) -> list[dict[str, Any]]:
-        """Best finished candidates by validation accuracy, from one query (no artifact reads).
+        """Best finished candidates by validation accuracy, from the runs' data (no artifact reads).
 
         A store or experiment that does not exist yet is an empty leaderboard.
         """

@@ -81,7 +81,7 @@ def test_workers_that_declare_gpus_train_one_trial_per_gpu_at_a_time(by_threads)
                       dashboard_address=None) as cluster:
         config = replace(by_threads, experiment="gpus", concurrency=None, cluster=cluster.scheduler_address)
         assert check_search(config).config.concurrency == 2  # the GPUs, not the 4 threads
-        run_search(replace(config, concurrency=4))
+        run_search(replace(config, concurrency=4, asynchronous=True))  # async: a new trial as each one ends
     same_results_elsewhere(by_threads, "gpus")
     client = mlflow.MlflowClient(by_threads.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("gpus").experiment_id],

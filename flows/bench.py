@@ -13,12 +13,12 @@ from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger
-from tqdm import tqdm
 
 from nas.benchmark import BenchmarkMeta, BenchmarkTable, networks, read_rows, write_table
 from nas.config import DataConfig
 from nas.data import DataMeta
 from nas.ids import digest
+from nas.progress import progress
 from nas.runner import torch_threads
 from tasks.bench import train_part
 from tasks.prepare import prepare_data
@@ -42,7 +42,7 @@ def build_benchmark(space_file: str, source: str, out: str, fidelities: list[int
     logger.info("building %s: %d networks x fidelities %s x seeds %s on %s, %d networks per part in %s",
                 out, size, list(meta.fidelities), list(seeds), source, PART_SIZE, parts)
     paths = []
-    with tqdm(total=size * len(seeds), desc="benchmark", unit="network", dynamic_ncols=True) as bar:
+    with progress(size * len(seeds), "benchmark", "network") as bar:
         for seed in seeds:
             for start in range(0, size, PART_SIZE):
                 stop = min(size, start + PART_SIZE)

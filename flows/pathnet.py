@@ -13,12 +13,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from tqdm import tqdm
 
 from nas.checks import check_pathnet
 from nas.config import SearchConfig
 from nas.pathnet import RoundRecord
 from nas.pathnet_search import run_pathnet
+from nas.progress import progress
 from nas.provenance import provenance_tags
 from nas.trial import Evaluation
 
@@ -30,7 +30,7 @@ def pathnet_search(config: dict[str, Any]) -> dict[str, Any]:
     logger = get_run_logger()
     logger.info("PathNet on %s: %d tournament rounds%s", cfg.data.source, cfg.trials,
                 f", transferring from {cfg.init_from}" if cfg.init_from else "")
-    with tqdm(total=cfg.trials, desc="pathnet tournament", unit="round", dynamic_ncols=True) as bar:
+    with progress(cfg.trials, "pathnet tournament", "round") as bar:
         def on_round(r: RoundRecord, e: Evaluation) -> None:
             logger.info("round %d/%d: %s beat %s (fitness %.3f vs %.3f), val %.4f, best %.4f (run %s)", r.round + 1,
                         cfg.trials, r.parent.to_sentence(), r.paths[1 - r.winner].to_sentence(), r.fitness[r.winner],

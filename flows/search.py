@@ -14,7 +14,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from tqdm import tqdm
 
 from flows.common import describe, prefect_runner, prepared_data, run_flow
 from nas.api import Search
@@ -23,6 +22,7 @@ from nas.checks import check_search
 from nas.config import SearchConfig
 from nas.data import DataMeta, load_split
 from nas.lineage import LineageStore
+from nas.progress import progress
 from nas.provenance import provenance_tags
 from nas.trial import Evaluation
 
@@ -54,7 +54,7 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
     logger.info("searching %s with %s: %d trials of up to %d epochs, %d at a time; MLflow run %s in %s",
                 meta.name, method, cfg.trials, cfg.epochs, cfg.workers, current.run_id, current.tracking_uri)
 
-    with tqdm(total=cfg.trials, desc=f"{method} search", unit="trial", dynamic_ncols=True) as bar:
+    with progress(cfg.trials, f"{method} search", "trial") as bar:
         def on_result(e: Evaluation) -> None:
             logger.info("trial %d/%d: %s", len(current.evaluations), cfg.trials, describe(e))
             bar.update(1)

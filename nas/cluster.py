@@ -2,7 +2,7 @@
 
 A worker with GPUs declares them as a Dask resource (`dask worker ADDR --resources GPU=1`,
 with `CUDA_VISIBLE_DEVICES` naming its device), and every trial then asks for one unit of
-it (flows.common.TrialDaskRunner): one trial per GPU at a time, however many threads the
+it (flows.dask_runner.TrialDaskRunner): one trial per GPU at a time, however many threads the
 worker has. Workers that declare none train one trial per thread.
 """
 

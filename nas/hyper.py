@@ -44,10 +44,10 @@ import torch.nn.functional as F
 from safetensors.torch import save as save_tensors
 from torch import nn
 from torch.func import functional_call
-from tqdm import tqdm
 
 from nas.build import Network
 from nas.ids import derive_seed
+from nas.progress import progress
 from nas.reports import one_shot_plot
 from nas.space import Architecture, HParams, SearchSpace
 from nas.space.shapes import infer
@@ -298,7 +298,7 @@ class OneShotScorer:
             return [known[a.arch_id] for a in archs]
         data = load_data(self.data_dir, pick_device(self.device))
         log.info("SMASH: training the hypernetwork for %d steps, one new network each", self.steps)
-        with tqdm(total=self.steps, desc="SMASH hypernetwork", unit="step", dynamic_ncols=True, leave=False) as bar:
+        with progress(self.steps, "SMASH hypernetwork", "step", leave=False) as bar:
             def progress(step: int, loss: float) -> None:
                 bar.update(step - bar.n)
                 bar.set_postfix(loss=f"{loss:.3f}")

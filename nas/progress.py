@@ -1,0 +1,16 @@
+"""Progress bars for long work that do not flood a log: redrawn in place on a terminal, and a
+line every half minute when stderr is a file or a pipe (a CI log, `nas serve`, a DVC stage)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+LOG_INTERVAL_SECONDS = 30.0
+
+
+def progress(total: int, desc: str, unit: str, **options: Any) -> tqdm:
+    interval = 0.1 if sys.stderr.isatty() else LOG_INTERVAL_SECONDS
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, mininterval=interval, **options)

@@ -1,0 +1,12 @@
+import time
+
+from nas.progress import progress
+
+
+def test_a_bar_on_a_log_writes_its_first_and_last_state_not_every_redraw(capsys):
+    with progress(200, "demo", "step") as bar:  # stderr is captured: not a terminal
+        for _ in range(200):
+            time.sleep(0.005)
+            bar.update(1)
+    frames = [f for f in capsys.readouterr().err.replace("\r", "\n").splitlines() if f.startswith("demo")]
+    assert 1 <= len(frames) <= 3 and "200/200" in frames[-1], frames

@@ -107,6 +107,39 @@ def test_a_search_killed_alone_leaves_no_server_behind(tmp_path, digits_dir):
             os.kill(pid, signal.SIGKILL)
 
 
+def test_a_search_on_dask_workers_killed_alone_takes_its_workers_along_and_resumes(tmp_path, digits_dir):
+    home, uri = str(tmp_path / "prefect"), f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**{k: v for k, v in os.environ.items() if k != "NAS_OWNER_PID"}, "PREFECT_HOME": home}
+    command = [*search_command(tmp_path, digits_dir, "random"), "--workers", "2", "--concurrency", "2"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while len(finished_trials(uri)) < 2 and process.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert process.poll() is None, "the search ended before it could be killed; make it longer"
+        assert len(processes_with("PREFECT_HOME", home)) >= 4  # the search, its Prefect server, two workers
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        deadline = time.time() + 30
+        while processes_with("PREFECT_HOME", home) and time.time() < deadline:
+            time.sleep(0.2)
+        assert processes_with("PREFECT_HOME", home) == []
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        for pid in processes_with("PREFECT_HOME", home):
+            os.kill(pid, signal.SIGKILL)
+    before = {r.info.run_id: r.info.start_time for r in finished_trials(uri)}
+
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    finished = finished_trials(uri)
+    assert Counter(r.data.tags["nas.trial_key"] for r in finished).most_common(1)[0][1] == 1
+    assert len(finished) == TRIALS
+    assert all({r.info.run_id: r.info.start_time for r in finished}.get(k) == v for k, v in before.items())
+
+
 def test_pathnet_killed_mid_tournament_resumes_from_its_checkpoint(tmp_path, digits_dir):
     # Long enough to be killed between checkpoints (every 5 rounds); then the rerun replays
     # from the last one, finding the rounds after it by their keys.

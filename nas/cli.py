@@ -130,7 +130,8 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                         "this command and stopped after it (default: threads of this process)")
     p.add_argument("--cluster", help="train trials on the workers of a running Dask cluster, by its scheduler's "
                                      "address, e.g. tcp://10.0.0.5:8786; --concurrency defaults to its worker "
-                                     "threads (README: a cluster)")
+                                     "threads, or to its GPUs where workers declare them (--resources GPU=1), one "
+                                     "trial per GPU (README: a cluster)")
     p.add_argument("--max-seconds", type=float, help="per-trial time limit in seconds (default: 120)")
     p.add_argument("--max-params", type=int, help="reject networks with more parameters (default: the space's)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="training device (default: cuda when available)")

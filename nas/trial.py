@@ -78,10 +78,12 @@ class Candidate:
 
         It leaves out the budget, so a longer run of the same network starts exactly as the
         shorter one did, and a promotion that continues a checkpoint matches a run trained
-        straight through.
+        straight through. It leaves out the run it inherits from too: run ids differ from store
+        to store, and a child seeded by one would train differently in the same search on a
+        fresh store (the inherited weights, which the key does name, set it apart already).
         """
         return derive_seed(setting.seed, digest({"graph": self.arch.to_json(), "hparams": self.hparams.to_json(),
-                                                 "inherit_from": self.inherit_from, "nonce": self.nonce}))
+                                                 "nonce": self.nonce}))
 
     def trial_key(self, setting: TrialSetting) -> str:
         """Everything that decides the training result, hashed, and nothing else: equal keys train identically.

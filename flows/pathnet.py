@@ -35,8 +35,8 @@ def pathnet_search(config: dict[str, Any]) -> dict[str, Any]:
             logger.info("round %d/%d: %s beat %s (fitness %.3f vs %.3f), val %.4f, best %.4f (run %s)", r.round + 1,
                         cfg.trials, r.parent.to_sentence(), r.paths[1 - r.winner].to_sentence(), r.fitness[r.winner],
                         r.fitness[1 - r.winner], r.winner_val_acc, r.best_val_acc, e.run_id)
-            bar.n = r.round + 1
             bar.set_postfix(best_val=f"{r.best_val_acc:.4f}")
+            bar.update(r.round + 1 - bar.n)
 
         summary = run_pathnet(cfg, root, tags={"prefect.flow_run_id": str(flow_run.id), **provenance_tags(root)},
                               on_round=on_round)

@@ -57,9 +57,9 @@ def search(config: dict[str, Any]) -> dict[str, Any]:
     with progress(cfg.trials, f"{method} search", "trial") as bar:
         def on_result(e: Evaluation) -> None:
             logger.info("trial %d/%d: %s", len(current.evaluations), cfg.trials, describe(e))
-            bar.update(1)
             if best := current.best_trial:
                 bar.set_postfix(best_val=f"{best.val_acc:.4f}")
+            bar.update(1)
 
         outcome = current.optimize(runner=prefect_runner(current.job, data_dir, cfg.workers),
                                    on_result=on_result)

@@ -299,12 +299,12 @@ class OneShotScorer:
         data = load_data(self.data_dir, pick_device(self.device))
         log.info("SMASH: training the hypernetwork for %d steps, one new network each", self.steps)
         with progress(self.steps, "SMASH hypernetwork", "step", leave=False) as bar:
-            def progress(step: int, loss: float) -> None:
-                bar.update(step - bar.n)
+            def on_step(step: int, loss: float) -> None:
                 bar.set_postfix(loss=f"{loss:.3f}")
+                bar.update(step - bar.n)
 
             self.result = train_one_shot(self.space, hparams, data, steps=self.steps, seed=self.seed,
-                                         on_step=progress)
+                                         on_step=on_step)
         log.info("SMASH: scoring %d candidates with generated weights", len(archs))
         self.scores = score(self.result.model, archs, data)
         return self.scores

@@ -82,8 +82,9 @@ class Candidate:
         to store, and a child seeded by one would train differently in the same search on a
         fresh store (the inherited weights, which the key does name, set it apart already).
         """
+        # "inherit_from" stays in the digest as None, so that every other trial keeps the seed it had.
         return derive_seed(setting.seed, digest({"graph": self.arch.to_json(), "hparams": self.hparams.to_json(),
-                                                 "nonce": self.nonce}))
+                                                 "inherit_from": None, "nonce": self.nonce}))
 
     def trial_key(self, setting: TrialSetting) -> str:
         """Everything that decides the training result, hashed, and nothing else: equal keys train identically.

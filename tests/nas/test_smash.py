@@ -43,7 +43,8 @@ def test_generated_weights_have_the_builders_shapes_and_load_into_the_built_netw
             module.train()
     x = torch.randn(8, *SHAPES[name])
     with torch.no_grad():
-        assert torch.allclose(network(x), hypernetwork(arch, x), atol=1e-5)
+        # (a relu cell of untrained generated weights can overflow: both sides then hold the same NaNs)
+        assert torch.allclose(network(x), hypernetwork(arch, x), atol=1e-5, equal_nan=True)
 
 
 @pytest.fixture(scope="module")

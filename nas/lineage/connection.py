@@ -37,7 +37,8 @@ MAX_TAG_CHARS = 5000
 
 # Per database dialect, index name -> table (columns): see StoreConnection.add_indexes.
 INDEXES = {
-    "sqlite": {"nas_tags_key_value": "tags (key, value)", "nas_latest_metrics_key_value": "latest_metrics (key, value)"},
+    "sqlite": {"nas_tags_key_value": "tags (key, value)",
+               "nas_latest_metrics_key_value": "latest_metrics (key, value)"},
     "postgresql": {"nas_latest_metrics_key_value": "latest_metrics (key, value)"},
 }
 

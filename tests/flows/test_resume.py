@@ -19,7 +19,8 @@ TRIALS = 6
 
 
 def search_command(tmp_path, digits_dir, strategy):
-    options = {"evolution": ["--population", "3"], "genetic-cnn": ["--population", "3"], "smash": ["--smash-steps", "30", "--smash-candidates", "20"]}
+    options = {"evolution": ["--population", "3"], "genetic-cnn": ["--population", "3"],
+               "smash": ["--smash-steps", "30", "--smash-candidates", "20"]}
     return [sys.executable, "-m", "nas.cli", "search", "--strategy", strategy, *options.get(strategy, []),
             "--data-dir", str(digits_dir),
             "--space", str(ROOT / "spaces/cnn.yaml"), "--trials", str(TRIALS), "--epochs", "4",

@@ -8,6 +8,7 @@ worker has. Workers that declare none train one trial per thread.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 GPU = "GPU"
@@ -27,6 +28,8 @@ def trial_slots(client: Any) -> int:
 def pin_local_worker_gpu() -> None:
     """In a worker of a local cluster (`--workers N`, named 0..N-1), train on GPU number name mod
     the GPU count, so the workers spread over the machine's GPUs; elsewhere, leave CUDA's default."""
+    if "distributed" not in sys.modules:  # not a Dask worker, which has it loaded; and no import for threads
+        return
     import torch
     from distributed import get_worker
 

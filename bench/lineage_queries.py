@@ -73,10 +73,12 @@ def milliseconds(lookup, repeats: int = 5) -> float:
 
 def measure(store, middle: str, where: str) -> None:
     """Print each lookup's median time on `store`, and the leaderboard against MLflow's full sort."""
+    from nas.lineage.queries import LEADERBOARD_ORDER
+
     key = store.run_summary(middle)["tags"]["nas.trial_key"]
     as_mlflow_sorts = milliseconds(lambda: store._search(
         "tags.`nas.kind` = 'trial' and tags.`nas.status` = 'ok' and attributes.status = 'FINISHED'",
-        order_by=["metrics.val_acc DESC", "metrics.val_loss ASC", "attributes.start_time ASC"], max_results=10),
+        order_by=list(LEADERBOARD_ORDER), max_results=10),
         repeats=1)
     print(f"{where}, baseline: leaderboard top 10 as MLflow's search_runs sorts it {as_mlflow_sorts:.1f} ms")
     # find() is this query plus reading the run's evaluation.json, which seeded runs do not have.

@@ -18,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from nas.lineage import LineageStore
+from nas.lineage.queries import LEADERBOARD_ORDER
 
 from tests.test_schedule import _answers
 from tests.test_server import _free_port, start_nas_server
@@ -100,9 +101,8 @@ def test_a_search_through_the_server_lands_in_postgresql_with_proxied_artifacts(
     # bar until enough runs clear it) is MLflow's full sort.
     with psycopg.connect(postgres[0]) as db:
         assert db.execute("SELECT 1 FROM pg_indexes WHERE indexname = 'nas_latest_metrics_key_value'").fetchone()
-    order = ["metrics.val_acc DESC", "metrics.val_loss ASC", "attributes.start_time ASC"]
     expected = [r.info.run_id for r in client.search_runs([runs[0].info.experiment_id], "tags.`nas.kind` = 'trial'",
-                                                          order_by=order)]
+                                                          order_by=list(LEADERBOARD_ORDER))]
     served = LineageStore(env["MLFLOW_TRACKING_URI"], "pg")
     assert [[e.run_id for e in served.best(k)] for k in (1, 2, 3)] == [expected[:k] for k in (1, 2, 3)]
 

@@ -25,6 +25,8 @@ from nas.trial import Evaluation, TrialStatus
 # Validation accuracies the leaderboard asks for first through a tracking server (_best_runs):
 # each bar lets about four times as many runs through as the one before.
 VAL_ACC_BARS = (0.999, 0.996, 0.984, 0.936, 0.744)
+# The leaderboard's order, in MLflow's terms: ties go to the lower validation loss, then the earlier run.
+LEADERBOARD_ORDER = ("metrics.val_acc DESC", "metrics.val_loss ASC", "attributes.start_time ASC")
 
 if TYPE_CHECKING:
     import torch
@@ -151,7 +153,7 @@ class StoreQueries(StoreConnection):
         # the first bar that k runs clear, so the answer is MLflow's full sort, from a few runs.
         query = (f"tags.`nas.kind` = '{KIND_TRIAL}' and tags.`nas.status` = '{TrialStatus.OK.value}' "
                  "and attributes.status = 'FINISHED'")
-        order = ["metrics.val_acc DESC", "metrics.val_loss ASC", "attributes.start_time ASC"]
+        order = list(LEADERBOARD_ORDER)
         for bar in VAL_ACC_BARS:
             runs = self._search(f"{query} and metrics.val_acc >= {bar}", order_by=order, max_results=k)
             if len(runs) == k:

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from nas.build import build
 from nas.lineage import LineageError, LineageStore, resolve_tracking_uri
+from nas.lineage.queries import LEADERBOARD_ORDER
 from nas.space.architecture import Architecture, HParams, Node
 from nas.trial import Budget, Candidate, Evaluation, TrialSetting, TrialStatus
 
@@ -339,7 +340,7 @@ def test_the_indexed_leaderboard_orders_runs_exactly_as_mlflow_does(store):
             client.set_terminated(run)
     as_mlflow_sorts = store._search(
         "tags.`nas.kind` = 'trial' and tags.`nas.status` = 'ok' and attributes.status = 'FINISHED'",
-        order_by=["metrics.val_acc DESC", "metrics.val_loss ASC", "attributes.start_time ASC"])
+        order_by=list(LEADERBOARD_ORDER))
     indexed = store.sorted_run_ids({"nas.kind": "trial", "nas.status": "ok"}, ("val_acc", "val_loss"), 100)
     assert indexed == [r.info.run_id for r in as_mlflow_sorts] and len(indexed) > 10
     assert [r["run_id"] for r in store.leaderboard(5)] == indexed[:5]

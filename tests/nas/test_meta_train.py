@@ -56,6 +56,29 @@ def test_a_space_file_trains_with_the_learned_optimizer_end_to_end(project, lear
         type(trials[0].candidate)(trials[0].candidate.arch, adam, trials[0].candidate.budget).trial_key(search.job.setting)
 
 
+def test_the_learned_optimizer_resumes_under_hyperband_in_async_mode_and_a_rerun_trains_nothing(project, learned):
+    uri = f"sqlite:///{project}/mlflow.db"
+
+    def search():
+        return create_search("learned-hyperband", data="digits", tracking_uri=uri, root=project,
+                             space=str(ROOT / "spaces/mlp.yaml"), optimizer=f"learned:{learned}", trials=6,
+                             scheduler="hyperband", min_epochs=1, epochs=3, asynchronous=True, concurrency=2,
+                             max_seconds=None)
+
+    first = search()
+    trials = first.optimize().evaluations
+    assert all(e.ok for e in trials), [e.reason for e in trials]
+    # A promotion continues its rung's checkpoint, the learned optimiser's LSTM state included.
+    assert any(e.resumed_at for e in trials)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("learned-hyperband").experiment_id
+    runs = len(client.search_runs([experiment]))
+
+    again = search()
+    assert sorted(e.trial_key for e in again.optimize().evaluations) == sorted(e.trial_key for e in trials)
+    assert len(client.search_runs([experiment])) == runs  # every trial found in the store, none trained again
+
+
 def test_an_unknown_learned_optimizer_fails_before_any_trial(project):
     uri = f"sqlite:///{project}/mlflow.db"
     with pytest.raises(LineageError, match="nas meta-train"):

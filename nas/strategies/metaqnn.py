@@ -29,9 +29,12 @@ Attributes MetaQNN does not search (batch norm, activation, dropout) take one va
 relu where allowed, otherwise the domain's first. The training hyper-parameters are not
 MetaQNN's subject either: one sample of the space's `hparams`, drawn from the seed,
 trains every network, so equal networks are equal trials and the reward is the
-architecture's alone. A recurrent cell (spaces/rnn-cell.yaml) is a reduction
-whose units MetaQNN picks; its tree is the one the space lists first (searching trees is
-nas-rl's job). Networks are chains (no skips). Representation sizes are exact
+architecture's alone. A recurrent cell (spaces/rnn-cell.yaml) is a reduction: the
+action picks its units, and the walk then writes its tree one attribute at a time (each
+node's combination and activation, the memory inject, where it joins and where c_t is
+read), every decision a state of the Q-table keyed by the decision before it, as the paper
+chains layers; a cell without memory (inject `none`) ends the tree there. Networks are
+chains (no skips). Representation sizes are exact
 (the paper bins them): halving by pools leaves only a few, and an exact size tells
 whether a pool or a kernel still fits.
 
@@ -49,9 +52,11 @@ whether a pool or a kernel still fits.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from nas.space import Architecture, ArchitectureError, HParams, Node, SearchSpace
+from nas.space.cell import NODE_ATTRS, NONE
 from nas.space.domain import Domain
 from nas.space.shapes import CONV_OPS, Shape
 from nas.strategies.base import Strategy, proposal_key
@@ -156,11 +161,17 @@ class MetaQNN(Strategy):
                     self._layers[f"pool {kind} {size}"] = ("pool", {"kind": kind, "size": size})
         for reduce in REDUCTIONS:
             self._layers[reduce] = (reduce, {})
-        if "cell" in space.ops:  # MetaQNN writes layers, not trees: a cell takes the tree the space lists first
+        self._tree_next: dict[str, str] = {}  # a tree state's layer -> the attribute it decides
+        self._tree_values: dict[str, tuple[str, Any]] = {}  # tree action -> (attribute, value)
+        if "cell" in space.ops:
             d = space.domains("cell")
-            tree = {name: domain.values()[0] for name, domain in d.items() if name != "units"}
+            # A layer is checked against the space's limits with the first tree listed; every
+            # listed value fits every tree (nas.space.cell), so the tree is chosen afterwards.
+            first = {name: domain.values()[0] for name, domain in d.items() if name != "units"}
+            decided = [n for n in (*NODE_ATTRS, "inject", "inject_at", "memory_from") if len(d[n].values()) > 1]
             for units in d["units"].values():
-                self._layers[f"cell {units}"] = ("cell", {"units": units, **tree})
+                self._layers[f"cell {units}"] = ("cell", {"units": units, **first})
+                self._chain_tree(f"cell {units}", decided, d)
         dense_layers = [int(v) for v in space.layout_domain("dense_layers", 0).values()] if "dense" in space.ops \
             else [0]
         self._dense = (min(dense_layers), max(dense_layers))
@@ -170,8 +181,21 @@ class MetaQNN(Strategy):
             for units in d["units"].values():
                 self._layers[f"dense {units}"] = ("dense", {"units": units, **fixed})
         self._layers[HEAD] = ("head", {})
-        self._by_node = {(op, Node.make(op, **attrs).attrs): a for a, (op, attrs) in self._layers.items()}
+        self._by_node = {(op, Node.make(op, **attrs).attrs): a for a, (op, attrs) in self._layers.items()
+                         if op != "cell"}
         self._memo: dict[State, list[str]] = {}
+
+    def _chain_tree(self, cell: str, decided: list[str], domains: dict[str, Domain]) -> None:
+        """The tree's decisions after the action `cell`: state `"<cell> tree"` decides the first
+        attribute, and the state a value leads to, `"<cell> <attribute>=<value>"`, the next."""
+        before = [f"{cell} tree"]
+        for name in decided:
+            self._tree_next.update(dict.fromkeys(before, name))
+            before = []
+            for value in domains[name].values():
+                self._tree_values[f"{name}={value}"] = (name, value)
+                if not (name == "inject" and value == NONE):  # no memory: inject_at and memory_from stay 0
+                    before.append(f"{cell} {name}={value}")
 
     def _actions(self, state: State) -> list[str]:
         """The actions the paper's rules allow in a state (shape and size limits are checked on the prefix)."""
@@ -180,6 +204,9 @@ class MetaQNN(Strategy):
         return self._memo[state]
 
     def _rules(self, state: State) -> list[str]:
+        if state.layer in self._tree_next:  # a decision of a cell's tree
+            name = self._tree_next[state.layer]
+            return [a for a, (n, _) in self._tree_values.items() if n == name]
         op, attrs = self._layers.get(state.layer, ("input", {}))
         if op in (*REDUCTIONS, "cell", "dense"):
             top = attrs["units"] if op == "dense" else None  # dense units never grow
@@ -244,6 +271,26 @@ class MetaQNN(Strategy):
         ties = [a for a in options if row.get(a, Q_INIT) == best]
         return ties[0] if len(ties) == 1 else self.rng.choice(ties)  # unexplored actions tie at Q_INIT
 
+    def _tree(self, state: State, cell: str,
+              pick: Callable[[State, list[str]], str | None]) -> tuple[dict[str, Any], list[Step]] | None:
+        """The attributes and steps of the tree written after the action `cell` taken in `state`,
+        each decision `pick(tree state, options)`; None when `pick` gives up."""
+        attrs: dict[str, Any] = {}
+        steps: list[Step] = []
+        layer = f"{cell} tree"
+        while layer in self._tree_next:
+            at = state._replace(layer=layer)
+            action = pick(at, self._actions(at))
+            if action is None:
+                return None
+            steps.append((at, action))
+            name, value = self._tree_values[action]
+            attrs[name] = value
+            layer = f"{cell} {action}"
+        if attrs.get("inject") == NONE:
+            attrs.update(inject_at=0, memory_from=0)
+        return attrs, steps
+
     def _walk(self, epsilon: float) -> tuple[Architecture, list[Step]] | None:
         """One epsilon-greedy network and its trajectory, or None at a dead end."""
         state, nodes, shape = self._start, [Node.make("input")], self.space.bound()[0]
@@ -262,6 +309,10 @@ class MetaQNN(Strategy):
             nodes, shape = grown
             if action == HEAD:
                 return Architecture(tuple(nodes)), path
+            if nodes[-1].op == "cell":
+                tree, steps = self._tree(state, action, lambda at, options: self._choose(at, options, epsilon))
+                nodes[-1] = nodes[-1].with_attrs(**tree)
+                path.extend(steps)
             state = self._after(state, action, shape)
 
     def _path(self, arch: Architecture) -> list[Step] | None:
@@ -276,10 +327,20 @@ class MetaQNN(Strategy):
                 return None  # not a chain
             if node.op == "signal" and i == 1 and arch.nodes[2].op in (*CONV_OPS, "cell"):
                 continue  # part of the first convolution's action
-            action = self._by_node.get((node.op, node.attrs))
+            action = f"cell {node.get('units')}" if node.op == "cell" else self._by_node.get((node.op, node.attrs))
             if action is None or action not in self._actions(state):
                 return None
             path.append((state, action))
+            if node.op == "cell":
+                def recorded(at: State, options: list[str], node: Node = node) -> str | None:
+                    name = self._tree_next[at.layer]
+                    action = f"{name}={node.get(name)}"
+                    return action if action in options else None
+
+                written = self._tree(state, action, recorded)
+                if written is None:
+                    return None  # a value the space does not list
+                path.extend(written[1])
             state = self._after(state, action, plan.nodes[i].out_shape)
         return path
 

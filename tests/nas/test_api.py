@@ -102,9 +102,10 @@ def test_nas_rl_logs_each_controller_version_and_notes_it_on_every_child(project
     assert all(float(t["nas.log_prob"]) < 0 for t in children)
 
 
-def test_nas_rl_writes_recurrent_cells_for_the_adding_problem_and_each_run_shows_its_tree(project):
-    search = create_search("cells", data="adding:12", space=str(ROOT / "spaces/rnn-cell.yaml"),
-                           tracking_uri=f"sqlite:///{project}/mlflow.db", root=project, strategy="nas-rl",
+@pytest.mark.parametrize("strategy", ["nas-rl", "metaqnn"])
+def test_rl_writes_recurrent_cells_for_the_adding_problem_and_each_run_shows_its_tree(project, strategy):
+    search = create_search(f"cells-{strategy}", data="adding:12", space=str(ROOT / "spaces/rnn-cell.yaml"),
+                           tracking_uri=f"sqlite:///{project}/mlflow.db", root=project, strategy=strategy,
                            trials=2, epochs=1, concurrency=2, max_seconds=None)
     search.optimize()
     client = MlflowClient(search.tracking_uri)

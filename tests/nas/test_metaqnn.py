@@ -11,6 +11,7 @@ import json
 from collections import Counter
 
 import pytest
+import yaml
 
 import nas.strategies.metaqnn as metaqnn_module
 from nas.ids import derive_seed
@@ -235,10 +236,32 @@ def test_warm_start_learns_only_from_networks_it_could_have_written():
     assert not {c.arch.arch_id for c in search.ask(6)} & {c.arch.arch_id for c in mine}
 
 
-def test_a_recurrent_cell_is_a_reduction_whose_units_metaqnn_picks():
+def test_a_recurrent_cell_is_a_reduction_whose_units_and_tree_metaqnn_writes():
     space = bound("rnn-cell.yaml", (2, 30))
     search = MetaQNN(space, Budget(5), seed=0, trials=10)
-    asked = drive(search, 3, n=2)  # the space holds six such networks: two cells, three dense tails
+    asked = drive(search, 4, n=2)
     cells = [n for c in asked for n in c.arch.nodes if n.op == "cell"]
-    assert len(cells) == len(asked) >= 4 and {n.get("units") for n in cells} == {32, 64}
-    assert len({(n.get("node0"), n.get("inject")) for n in cells}) == 1  # the tree is the space's first
+    assert len(cells) == len(asked) == 8 and {n.get("units") for n in cells} == {32, 64}
+    assert len({n.attrs for n in cells}) == 8  # the walk writes each tree: 15 nodes, the inject and indices
+    for candidate in asked:
+        space.validate(candidate.arch)
+        path = search._path(candidate.arch)  # MetaQNN reads its own networks back, tree decisions included
+        assert path is not None and len(path) == candidate.info["layers"] > 18
+    assert len(search.memory) == len(asked)
+    # A tree decision is a state of the Q-table, keyed by the decision before it.
+    assert any(row["state"].startswith("#0 cell 64 node3=") for row in search.report()["q"])
+
+    state = json.loads(json.dumps(search.state_dict()))
+    resumed = MetaQNN(space, Budget(5), seed=1)
+    resumed.load_state_dict(state)
+    assert ids(drive(search, 2, n=2)) == ids(drive(resumed, 2, n=2)) and search.q == resumed.q
+
+
+def test_a_cell_without_memory_ends_its_tree_at_the_inject():
+    raw = yaml.safe_load((ROOT / "spaces/rnn-cell.yaml").read_text())
+    raw["ops"]["cell"]["inject"] = ["none", "add_tanh"]
+    space = SearchSpace.from_dict(raw).bind((2, 30), 10)
+    asked = drive(MetaQNN(space, Budget(5), seed=0, trials=10), 5, n=2)
+    cells = [n for c in asked for n in c.arch.nodes if n.op == "cell"]
+    assert {n.get("inject") for n in cells} == {"none", "add_tanh"}
+    assert all((n.get("inject_at"), n.get("memory_from")) == (0, 0) for n in cells if n.get("inject") == "none")

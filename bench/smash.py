@@ -1,6 +1,6 @@
 """SMASH on MNIST-1D: do hypernetwork scores rank networks, and does the one-shot search pay?
 
-    python bench/smash.py [--steps 6000] [--epochs 10] [--networks 50] [--seeds 0,1,2,3,4]
+    python bench/smash.py [--steps 12000] [--epochs 10] [--networks 50] [--seeds 0,1,2,3,4]
 
 1. Rank correlation. One hypernetwork (seed 0, --steps steps) scores 500 networks of
    spaces/conv1d.yaml; --networks of them, evenly spaced in score rank, are then trained

@@ -108,8 +108,8 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                    help="nas-rl: the controller's Adam learning rate (default: the paper's 6e-4, tuned for "
                         "thousands of networks; a search of a hundred learns at about 0.02)")
     p.add_argument("--smash-steps", type=int,
-                   help="smash: hypernetwork training steps, one batch of a new network each (default: 6000, "
-                        "about a minute on 2 cores)")
+                   help="smash: hypernetwork training steps, one batch of a new network each (default: 12000, "
+                        "about 3 minutes on 2 cores)")
     p.add_argument("--smash-candidates", type=int,
                    help="smash: networks scored with generated weights before the best --trials train "
                         "(default: 500)")

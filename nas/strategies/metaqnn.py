@@ -373,7 +373,7 @@ class MetaQNN(Strategy):
             if walked is not None and self._fresh(walked[0], self.hparams):
                 self.sampled += 1
                 candidates.append(self._candidate(walked[0], self.hparams,
-                                                  info={"epsilon": epsilon, "layers": len(walked[1])}))
+                                                  info={"epsilon": epsilon, "steps": len(walked[1])}))
                 redraws = 0
                 continue
             redraws += 1

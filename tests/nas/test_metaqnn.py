@@ -87,7 +87,7 @@ def test_proposals_are_valid_chains_that_keep_the_papers_rules(name, shape):
         assert len(nodes) - 2 <= space.max_nodes and plan.params <= space.max_params
         if len(shape) < 3:
             assert all(n.get("kernel_h") == 1 for n in nodes if n.op == "conv")
-        assert len(search._path(c.arch)) == c.info["layers"]  # the trajectory is recovered from the network
+        assert len(search._path(c.arch)) == c.info["steps"]  # the trajectory is recovered from the network
     if name == "mlp.yaml":
         assert all(set(n.op for n in c.arch.nodes) <= {"input", "flatten", "dense", "head"} for c in candidates)
     else:
@@ -246,7 +246,7 @@ def test_a_recurrent_cell_is_a_reduction_whose_units_and_tree_metaqnn_writes():
     for candidate in asked:
         space.validate(candidate.arch)
         path = search._path(candidate.arch)  # MetaQNN reads its own networks back, tree decisions included
-        assert path is not None and len(path) == candidate.info["layers"] > 18
+        assert path is not None and len(path) == candidate.info["steps"] > 18
     assert len(search.memory) == len(asked)
     # A tree decision is a state of the Q-table, keyed by the decision before it.
     assert any(row["state"].startswith("#0 cell 64 node3=") for row in search.report()["q"])

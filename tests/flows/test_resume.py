@@ -80,11 +80,12 @@ def test_sigkill_then_rerun_resumes_without_retraining_or_duplicates(tmp_path, d
     assert len(searches) == 1
 
 
-def test_a_search_killed_alone_leaves_no_server_behind(tmp_path, digits_dir):
-    home = str(tmp_path / "prefect")
-    env = {k: v for k, v in os.environ.items() if k != "NAS_OWNER_PID"}
-    process = subprocess.Popen(search_command(tmp_path, digits_dir, "random"), cwd=tmp_path,
-                               env={**env, "PREFECT_HOME": home}, start_new_session=True,
+def kill_search_alone(command, tmp_path, env, *, after_trials: int, processes: int, within: float) -> None:
+    """Start the search `command` with its own Prefect home (in `env`), kill -9 the search process
+    alone once `after_trials` trials finished, and check that its `processes` (at least: the search,
+    its Prefect server, any Dask workers) are all gone within `within` seconds."""
+    home = env["PREFECT_HOME"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def marked() -> list[int]:  # processes of this search: their environment holds its Prefect home
@@ -92,12 +93,14 @@ def test_a_search_killed_alone_leaves_no_server_behind(tmp_path, digits_dir):
 
     try:
         deadline = time.time() + 240
-        while not finished_trials(f"sqlite:///{tmp_path}/mlflow.db") and time.time() < deadline:
-            time.sleep(0.5)
-        assert len(marked()) >= 2  # the search and its temporary Prefect server
+        while (len(finished_trials(f"sqlite:///{tmp_path}/mlflow.db")) < after_trials and process.poll() is None
+               and time.time() < deadline):
+            time.sleep(0.2)
+        assert process.poll() is None, "the search ended before it could be killed; make it longer"
+        assert len(marked()) >= processes
         os.kill(process.pid, signal.SIGKILL)  # the search alone, as `kill -9 PID` does
         process.wait()
-        deadline = time.time() + 20
+        deadline = time.time() + within
         while marked() and time.time() < deadline:
             time.sleep(0.2)
         assert marked() == []
@@ -108,29 +111,20 @@ def test_a_search_killed_alone_leaves_no_server_behind(tmp_path, digits_dir):
             os.kill(pid, signal.SIGKILL)
 
 
+def without_owner(home) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if k != "NAS_OWNER_PID"}, "PREFECT_HOME": str(home)}
+
+
+def test_a_search_killed_alone_leaves_no_server_behind(tmp_path, digits_dir):
+    kill_search_alone(search_command(tmp_path, digits_dir, "random"), tmp_path, without_owner(tmp_path / "prefect"),
+                      after_trials=1, processes=2, within=20)  # the search and its temporary Prefect server
+
+
 def test_a_search_on_dask_workers_killed_alone_takes_its_workers_along_and_resumes(tmp_path, digits_dir):
-    home, uri = str(tmp_path / "prefect"), f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**{k: v for k, v in os.environ.items() if k != "NAS_OWNER_PID"}, "PREFECT_HOME": home}
+    env, uri = without_owner(tmp_path / "prefect"), f"sqlite:///{tmp_path}/mlflow.db"
     command = [*search_command(tmp_path, digits_dir, "random"), "--workers", "2", "--concurrency", "2"]
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while len(finished_trials(uri)) < 2 and process.poll() is None and time.time() < deadline:
-            time.sleep(0.2)
-        assert process.poll() is None, "the search ended before it could be killed; make it longer"
-        assert len(processes_with("PREFECT_HOME", home)) >= 4  # the search, its Prefect server, two workers
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-        deadline = time.time() + 30
-        while processes_with("PREFECT_HOME", home) and time.time() < deadline:
-            time.sleep(0.2)
-        assert processes_with("PREFECT_HOME", home) == []
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        for pid in processes_with("PREFECT_HOME", home):
-            os.kill(pid, signal.SIGKILL)
+    # the search, its Prefect server, two workers
+    kill_search_alone(command, tmp_path, env, after_trials=2, processes=4, within=30)
     before = {r.info.run_id: r.info.start_time for r in finished_trials(uri)}
 
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

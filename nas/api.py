@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["Search", "create_search", "load_search"]
 
 WARM_START_FILE = "predictor/warm_start.json"  # the run ids a --warm-start-predictor search learned from
+TELL_ORDER_FILE = "loop/tell_order.json"  # per `optimize` call, the order results were told (nas.loop)
 
 
 class Search:
@@ -113,6 +114,10 @@ class Search:
         self.evaluations: list[Evaluation] = []
         self.logged_files: set[str] = set()  # strategy files already on the search run
         self.stop_reason: str | None = None
+        # An asynchronous search's tell order, kept so that a rerun or resume replays it.
+        recorded = self.store.read_bytes(self.run_id, TELL_ORDER_FILE) if config.asynchronous else None
+        self.tell_orders: list[list[int]] = json.loads(recorded) if recorded else []
+        self.optimized = 0  # calls of optimize so far
 
     def optimize(self, n_trials: int | None = None, timeout: float | None = None, runner: Submit | None = None,
                  on_result: Callable[[Evaluation], None] | None = None) -> LoopOutcome:
@@ -121,9 +126,16 @@ class Search:
         summary on the search run. `runner` defaults to threads of this process."""
         cfg = self.config
 
+        if self.optimized == len(self.tell_orders):
+            self.tell_orders.append([])
+        order = self.tell_orders[self.optimized]
+        self.optimized += 1
+
         def told(evaluation: Evaluation) -> None:  # kept as told, so a progress bar can read best_trial
             self.evaluations.append(evaluation)
             self._log_strategy_state()
+            if cfg.asynchronous:
+                self.store.log_bytes(self.run_id, TELL_ORDER_FILE, json.dumps(self.tell_orders).encode())
             if on_result is not None:
                 on_result(evaluation)
 
@@ -136,7 +148,7 @@ class Search:
                 runner = transferring(runner, self.transfer_from)
             outcome = run_loop(self.strategy, runner, trials=n_trials or cfg.trials, concurrency=cfg.workers,
                                asynchronous=cfg.asynchronous, stop=time_limit(timeout) if timeout else None,
-                               on_result=told)
+                               on_result=told, order=order)
         self.stop_reason = outcome.stop_reason
         self.store.finish_search(self.run_id, self.summary())
         return outcome

@@ -15,7 +15,12 @@ Two modes:
   that finished before is a cache hit.
 - asynchronous: each finished trial is told at once and its worker gets the next
   candidate. No worker waits for the slowest of a round, but the order (and so the
-  search) depends on timing.
+  search) depends on timing. So the loop keeps that order: `order` lists, for each
+  result told, the number of its ask. Given the list of an earlier run of the same search
+  (a rerun, or a resume after a kill), the loop tells results in that order, holding a
+  cache hit until the one told before it is back, so the strategy makes the same
+  proposals and every finished trial is a cache hit again; past the list's end (or where
+  the search no longer asks what the list names) it tells them as they finish.
 
 The runner is a function `submit(candidate) -> concurrent.futures.Future[Evaluation]`:
 Prefect tasks in the flows, threads in `nas.runner`, a lookup table in a benchmark. In
@@ -72,15 +77,16 @@ class LoopOutcome:
 def run_loop(strategy: Strategy, submit: Submit, *, trials: int, concurrency: int = 1,
              asynchronous: bool = False, stop: StopRule | None = None,
              on_result: Callable[[Evaluation], None] | None = None,
-             submit_group: SubmitGroup | None = None) -> LoopOutcome:
+             submit_group: SubmitGroup | None = None, order: list[int] | None = None) -> LoopOutcome:
     """Ask, run and tell until `trials` results are told, the strategy is done, or `stop`
-    (asked before every ask) gives a reason; trials already running then still finish and are told."""
+    (asked before every ask) gives a reason; trials already running then still finish and are told.
+    In asynchronous mode `order` (see above) is replayed and extended in place, before `on_result`."""
     if trials < 1 or concurrency < 1:
         raise ValueError(f"trials={trials} and concurrency={concurrency} must both be at least 1.")
     group = submit_group or (lambda candidates: [submit(c) for c in candidates])
     loop = _Loop(strategy, submit, group, trials, stop or (lambda: None), on_result or (lambda e: None))
     if asynchronous:
-        loop.run_async(concurrency)
+        loop.run_async(concurrency, [] if order is None else order)
     else:
         loop.run_batches(concurrency)
     return LoopOutcome(loop.told, loop.stop_reason or f"the trial budget of {trials} is spent")
@@ -127,22 +133,39 @@ class _Loop:
                 raise ProtocolError(f"{self.strategy.name} says WAIT with no result pending.")
             self._tell(list(zip(batch, self.submit_group(batch), strict=True)))
 
-    def run_async(self, concurrency: int) -> None:
-        running: dict[Future[Evaluation], tuple[int, Candidate]] = {}
+    def run_async(self, concurrency: int, order: list[int]) -> None:
+        running: dict[Future[Evaluation], int] = {}  # -> the number of its ask
+        candidates: dict[int, Candidate] = {}
         while True:
             while not self.stop_reason and len(running) < concurrency and self.asked < self.trials:
                 more = self._ask(1)
                 if not more:
                     break  # WAIT: a result must come back first (or stop_reason is set)
-                running[self.submit(more[0])] = (self.asked, more[0])
+                candidates[self.asked] = more[0]
+                running[self.submit(more[0])] = self.asked
             if not running:
                 if not self.stop_reason and self.asked < self.trials:
                     raise ProtocolError(f"{self.strategy.name} says WAIT with no result pending.")
                 return
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            # Several may finish together: tell them in the order asked.
-            for future in sorted(finished, key=lambda f: running[f][0]):
-                self._tell([(running.pop(future)[1], future)])
+            future = self._next(running, order)
+            number = running.pop(future)
+            if len(self.told) == len(order):
+                order.append(number)
+            # One result, then the loop refills: each tell is followed by the same asks on a replay.
+            self._tell([(candidates.pop(number), future)])
+
+    def _next(self, running: dict[Future[Evaluation], int], order: list[int]) -> Future[Evaluation]:
+        """The result to tell next: the one `order` names while replaying, else the first
+        finished (of several, the earliest asked)."""
+        if len(self.told) < len(order):
+            wanted = [future for future, number in running.items() if number == order[len(self.told)]]
+            if wanted:
+                wait(wanted)
+                return wanted[0]
+            log.info("the search no longer asks what its earlier run told next: results are told as they finish")
+            del order[len(self.told):]
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        return min(finished, key=running.__getitem__)
 
 
 def _result(candidate: Candidate, future: Future[Evaluation]) -> Evaluation:

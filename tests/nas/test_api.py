@@ -62,6 +62,23 @@ def test_create_optimize_read_and_reload_without_retraining(project):
     assert load_search("notebook", tracking_uri=uri, root=project).run_id == search.run_id
 
 
+
+def test_an_asynchronous_rerun_tells_its_cache_hits_in_the_order_the_first_run_told_its_results(project):
+    """That order steers a search that breeds from results; cache hits are back at once, in
+    the order asked, so a rerun that told them so would breed other children and train them."""
+    uri = f"sqlite:///{project}/mlflow.db"
+
+    def search():
+        return create_search("async", data="digits", tracking_uri=uri, root=project, strategy="aging-evolution",
+                             population=3, space=str(ROOT / "spaces/small-cnn.yaml"), trials=7, epochs=1,
+                             concurrency=2, asynchronous=True, max_seconds=None)
+
+    first = search()
+    told = [e.run_id for e in first.optimize().evaluations]
+    runs = MlflowClient(uri).search_runs([first.store.experiment_id])
+    assert [e.run_id for e in search().optimize().evaluations] == told
+    assert len(MlflowClient(uri).search_runs([first.store.experiment_id])) == len(runs)  # nothing trained
+
 def test_a_users_own_strategy_class_runs_in_the_same_loop(project):
     search = create_search("own", data="digits", tracking_uri=f"sqlite:///{project}/mlflow.db", root=project,
                            strategy=SmallestFirst, trials=2, epochs=1, concurrency=2, max_seconds=None)

@@ -1,15 +1,18 @@
 """The loop with every method: each strategy x scheduler x mode reaches its trial budget,
-a rerun on the same store trains nothing, and an interrupted search resumes to the same end.
+a rerun on the same store trains nothing, and an interrupted search resumes (to the same
+end in batch mode; replaying what it told before the kill in asynchronous mode).
 
 Training is a fake: a deterministic score from the trial key, recorded in a dictionary
-that plays the lineage store. A stored result comes back with the candidate it was
-stored with, as a cache hit from another search would, so the loop's substitution of
-the asked candidate is exercised on every rerun.
+that plays the lineage store, and ready a few milliseconds after it starts, so trainings
+finish out of the order asked; a stored result is ready at once, as a cache hit is. It
+comes back with the candidate it was stored with, as a cache hit from another search
+would, so the loop's substitution of the asked candidate is exercised on every rerun.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 from concurrent.futures import Future
 from dataclasses import replace
 
@@ -30,6 +33,7 @@ SCHEDULERS = (None, "hyperband", "successive-halving")
 # Small populations and a small model pool, so that 40 searches take seconds.
 OPTIONS = {"evolution": {"population_size": 4}, "aging-evolution": {"population_size": 4},
            "codeepneat": {"population_size": 4}, "bayes": {"pool_size": 16, "mutations_per_point": 1},
+           "predictor": {"pool": 32, "members": 2},
            "smash": {"candidates": 200, "scorer": lambda archs, hparams: [derive_seed(a.arch_id, "score") % 97
                                                                           for a in archs]}}
 
@@ -60,7 +64,9 @@ class FakeStore:
                 candidate, key, status=TrialStatus.FAILED if failed else TrialStatus.OK,
                 reason="fake divergence" if failed else None, val_acc=None if failed else score,
                 run_id=f"run-{len(self.results)}")
-        future.set_result(self.results[key])
+            threading.Timer(derive_seed(key, "time") % 4 / 1000, future.set_result, [self.results[key]]).start()
+        else:
+            future.set_result(self.results[key])
         return future
 
 
@@ -71,8 +77,10 @@ def search(name: str, scheduler: str | None) -> Strategy:
     return Hyperband(strategy, min_epochs=1, max_epochs=9, eta=3, successive_halving=scheduler == "successive-halving")
 
 
-def run(store: FakeStore, name: str, scheduler: str | None, asynchronous: bool):
-    return run_loop(search(name, scheduler), store.submit, trials=TRIALS, concurrency=3, asynchronous=asynchronous)
+def run(store: FakeStore, name: str, scheduler: str | None, asynchronous: bool, order: list[int] | None = None,
+        told: list[str] | None = None):
+    return run_loop(search(name, scheduler), store.submit, trials=TRIALS, concurrency=3, asynchronous=asynchronous,
+                    order=order, on_result=None if told is None else lambda e: told.append(e.trial_key))
 
 
 COMBINATIONS = [(name, scheduler, mode) for name in sorted(STRATEGIES) for scheduler in SCHEDULERS
@@ -83,7 +91,8 @@ COMBINATIONS = [(name, scheduler, mode) for name in sorted(STRATEGIES) for sched
 def test_every_method_reaches_its_budget_reruns_for_free_and_resumes(name, scheduler, mode) -> None:
     asynchronous = mode == "async"
     store = FakeStore()
-    first = run(store, name, scheduler, asynchronous)
+    order: list[int] = []  # the tell order, for the rerun to replay (used in asynchronous mode)
+    first = run(store, name, scheduler, asynchronous, order=order)
     assert len(first.evaluations) == TRIALS or first.stop_reason.startswith(f"{name}"), first.stop_reason
     assert len(first.evaluations) == TRIALS, f"stopped early: {first.stop_reason}"
     # Hyperband promotes only successful runs, and continues the rung it names.
@@ -94,18 +103,20 @@ def test_every_method_reaches_its_budget_reruns_for_free_and_resumes(name, sched
     assert not any(set(e.candidate.parents) & failed and not e.candidate.resume_from for e in first.evaluations)
 
     trained = store.trained
-    again = run(store, name, scheduler, asynchronous)
+    again = run(store, name, scheduler, asynchronous, order=list(order))
     assert store.trained == trained, "a rerun on the same store trained again"
     assert [e.trial_key for e in again.evaluations] == [e.trial_key for e in first.evaluations]
 
-    interrupted = FakeStore()
+    interrupted, killed_order, told = FakeStore(), [], []
     interrupted.kill_after = random.Random(f"{name}{scheduler}{mode}").randrange(1, trained)
     with pytest.raises(Interrupted):
-        run(interrupted, name, scheduler, asynchronous)
+        run(interrupted, name, scheduler, asynchronous, order=killed_order, told=told)
     interrupted.kill_after = None
-    resumed = run(interrupted, name, scheduler, asynchronous)
+    resumed = run(interrupted, name, scheduler, asynchronous, order=killed_order)
     assert len(resumed.evaluations) == TRIALS
-    assert interrupted.trained == trained and interrupted.results.keys() == store.results.keys()
+    assert [e.trial_key for e in resumed.evaluations][:len(told)] == told, "the resume did not replay"
+    if not asynchronous:  # after the replay, timing steers an asynchronous search again
+        assert interrupted.trained == trained and interrupted.results.keys() == store.results.keys()
 
 
 def test_cache_hits_tell_the_strategy_its_own_candidate() -> None:

@@ -6,8 +6,13 @@ test must never answer for another, so PREFECT_HOME points at a fresh folder per
 
 import os
 import shutil
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -53,3 +58,38 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One real `prefect server` on loopback for tests whose CLI processes would otherwise each
+    start a temporary one (10-20 s apiece); yields an environment for processes that use it.
+    Each test keeps its own PREFECT_HOME, and so its own result cache."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                               str(port), "--analytics-off"],
+                              env={**os.environ, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-server"))},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not answers(f"http://127.0.0.1:{port}/api/health"):
+            assert server.poll() is None and time.monotonic() < deadline, "the Prefect server did not start"
+            time.sleep(0.5)
+        yield {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False

@@ -28,8 +28,8 @@ def project_copy(dest: Path) -> Path:
     return dest
 
 
-def dvc(*args, cwd):
-    result = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+def dvc(*args, cwd, env):
+    result = subprocess.run(["dvc", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -44,9 +44,9 @@ def runs(project: Path) -> list:
     return client.search_runs([experiment.experiment_id], "tags.`nas.kind` != 'search'")
 
 
-def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path):
+def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path, prefect_server):
     project = project_copy(tmp_path / "clone")
-    assert ran(dvc("repro", cwd=project)) == {"prepare", "search", "refine", "evaluate"}
+    assert ran(dvc("repro", cwd=project, env=prefect_server)) == {"prepare", "search", "refine", "evaluate"}
     final = json.loads((project / "metrics/final.json").read_text())
     assert 0 < final["test_acc"] <= 1 and final["registered_uri"] == "models:/nas-digits/1"
     first_runs = runs(project)
@@ -58,16 +58,17 @@ def test_dvc_repro_runs_the_pipeline_and_reruns_only_what_changed(tmp_path):
         assert run.data.tags["dvc.data/prepared"] == prepared
         assert run.data.tags["mlflow.source.git.commit"] == commit
 
-    assert ran(dvc("repro", cwd=project)) == set()
-    assert "up to date" in dvc("status", "dvc.yaml", cwd=project)  # the pipeline; bench/dvc.yaml is its own
+    assert ran(dvc("repro", cwd=project, env=prefect_server)) == set()
+    # the pipeline; bench/dvc.yaml is its own
+    assert "up to date" in dvc("status", "dvc.yaml", cwd=project, env=prefect_server)
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["refine"]["hparams"]["epochs"] = [3]
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    assert ran(dvc("repro", cwd=project)) == {"refine", "evaluate"}
+    assert ran(dvc("repro", cwd=project, env=prefect_server)) == {"refine", "evaluate"}
     assert json.loads((project / "metrics/final.json").read_text())["model_version"] == "2"
 
-    shown = json.loads(dvc("plots", "show", "--json", cwd=project))
+    shown = json.loads(dvc("plots", "show", "--json", cwd=project, env=prefect_server))
     assert not shown.get("errors")
     plots = shown["data"]
     for name in ("best validation accuracy over trials", "validation accuracy against parameters, Pareto front marked"):

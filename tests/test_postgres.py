@@ -20,8 +20,8 @@ from mlflow.tracking import MlflowClient
 from nas.lineage import LineageStore
 from nas.lineage.queries import LEADERBOARD_ORDER
 
-from tests.test_schedule import _answers
-from tests.test_server import _free_port, start_nas_server
+from tests.conftest import answers, free_port
+from tests.test_server import start_nas_server
 
 # PostgreSQL's programs, on PATH or where Debian's packages put them (outside a minimal PATH).
 PROGRAMS = os.pathsep.join([os.environ.get("PATH", ""), *sorted(glob.glob("/usr/lib/postgresql/*/bin")),
@@ -42,7 +42,7 @@ def postgres():
     folder = Path(tempfile.mkdtemp(prefix="nas-postgres-"))  # not under pytest's folder, which `nobody` cannot enter
     if os.geteuid() == 0:
         shutil.chown(folder, "nobody")
-    port = _free_port()
+    port = free_port()
     subprocess.run(as_postgres_user(["initdb", "-D", str(folder / "data"), "--auth=trust", "-U", "nas"]),
                    check=True, capture_output=True, cwd=folder)
     pg_ctl = as_postgres_user(["pg_ctl", "-D", str(folder / "data"), "-l", str(folder / "log"), "-w", "-o",
@@ -61,7 +61,7 @@ def postgres():
 def servers(postgres, tmp_path_factory):
     """`nas server` in front of the PostgreSQL store; yields the environment that points commands at it."""
     folder = tmp_path_factory.mktemp("project")
-    prefect_port, mlflow_port = _free_port(), _free_port()
+    prefect_port, mlflow_port = free_port(), free_port()
     env = {**os.environ, "PREFECT_HOME": str(folder / "prefect-home")}
     server, exports, said = start_nas_server(folder, env, prefect_port, mlflow_port, postgres[0])
     assert set(exports) == {"PREFECT_API_URL", "MLFLOW_TRACKING_URI"}, said
@@ -121,7 +121,7 @@ def test_postgresql_restarted_in_the_middle_of_a_search_loses_no_trial(postgres,
 
 
 def test_the_mlflow_server_restarted_in_the_middle_of_a_search_loses_no_trial(postgres, servers, digits_dir, tmp_path):
-    uri, port = postgres[0], _free_port()
+    uri, port = postgres[0], free_port()
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port",
                str(port), "--workers", "1", "--artifacts-destination", (tmp_path / "artifacts").as_uri()]
 
@@ -129,7 +129,7 @@ def test_the_mlflow_server_restarted_in_the_middle_of_a_search_loses_no_trial(po
         server = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                   start_new_session=True)
         deadline = time.monotonic() + 120
-        while not _answers(f"http://127.0.0.1:{port}/health") and time.monotonic() < deadline:
+        while not answers(f"http://127.0.0.1:{port}/health") and time.monotonic() < deadline:
             time.sleep(0.5)
         return server
 

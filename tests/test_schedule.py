@@ -6,21 +6,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT
-from tests.test_server import _ctrl_c_heard, _free_port
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except OSError:
-        return False
+from tests.conftest import ROOT, answers, free_port
+from tests.test_server import _ctrl_c_heard
 
 
 def finished(store: str, kind: str) -> list:
@@ -31,7 +22,7 @@ def finished(store: str, kind: str) -> list:
 
 
 def test_a_served_schedule_fires_twice_and_each_firing_adds_trials(tmp_path, digits_dir):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
            # the scheduler and the served runner look for due runs every 2 s instead of 60 s and 10 s
@@ -43,7 +34,7 @@ def test_a_served_schedule_fires_twice_and_each_firing_adds_trials(tmp_path, dig
     serving = None
     try:
         deadline = time.monotonic() + 120
-        while not _answers(f"http://127.0.0.1:{port}/api/health") and time.monotonic() < deadline:
+        while not answers(f"http://127.0.0.1:{port}/api/health") and time.monotonic() < deadline:
             time.sleep(0.5)
         serving = subprocess.Popen([sys.executable, "-m", "nas.cli", "serve", "--every", "15", "--more-trials", "2",
                                     "--epochs", "1", "--data-dir", str(digits_dir), "--experiment", "nightly",

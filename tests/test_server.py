@@ -11,11 +11,7 @@ import time
 
 from mlflow.tracking import MlflowClient
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.conftest import free_port
 
 
 def _listening(port: int) -> bool:
@@ -48,7 +44,7 @@ def start_nas_server(cwd, env, prefect_port: int, mlflow_port: int, tracking_uri
 
 
 def test_a_search_runs_through_nas_server_and_ctrl_c_stops_both(tmp_path, digits_dir):
-    prefect_port, mlflow_port = _free_port(), _free_port()
+    prefect_port, mlflow_port = free_port(), free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     store = f"sqlite:///{tmp_path}/mlflow.db"
     server, exports, said = start_nas_server(tmp_path, env, prefect_port, mlflow_port, store)

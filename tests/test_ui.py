@@ -11,7 +11,7 @@ import urllib.request
 from nas.lineage import LineageStore
 from nas.space import Architecture, HParams, Node
 from nas.trial import Budget, Candidate, Evaluation
-from tests.test_server import _free_port as free_port
+from tests.conftest import free_port
 
 
 def test_ui_lists_the_trials_of_the_store(tmp_path):

@@ -19,6 +19,11 @@ def search_command(tmp_path, digits_dir, experiment, *options):
             "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *options]
 
 
+def nas(env, tmp_path, command):
+    """The CLI `command` against the tests' Prefect server."""
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
 def runs(tmp_path, experiment, deleted=False):
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
@@ -48,38 +53,37 @@ def test_two_processes_on_one_store_train_each_trial_once(tmp_path, digits_dir):
     assert [s["trials"] for s in summaries] == [6, 6] and summaries[0]["best_run_id"] == summaries[1]["best_run_id"]
 
 
-def test_aging_evolution_whose_trials_all_fail_ends_with_a_reason(tmp_path, digits_dir):
+def test_aging_evolution_whose_trials_all_fail_ends_with_a_reason(tmp_path, digits_dir, prefect_server):
     command = search_command(tmp_path, digits_dir, "doomed", "--strategy", "aging-evolution", "--population", "4",
                              "--trials", "12", "--epochs", "1", "--max-seconds", "0.0001", "--concurrency", "2")
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = nas(prefect_server, tmp_path, command)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "stopped after 4 of 12 trials" in result.stdout and "can be a parent" in result.stdout
     assert all(r.data.tags["nas.status"] == "error" for r in runs(tmp_path, "doomed"))
 
 
-def test_codeepneat_repeats_are_counted_and_the_search_reaches_its_budget(tmp_path, digits_dir):
+def test_codeepneat_repeats_are_counted_and_the_search_reaches_its_budget(tmp_path, digits_dir, prefect_server):
     # A small population repeats networks of earlier generations: those come back from the
     # store and must count as this generation's, or the search stalls short of its budget.
     command = search_command(tmp_path, digits_dir, "neat", "--strategy", "codeepneat", "--population", "4",
                              "--trials", "30", "--epochs", "1", "--seed", "1", "--concurrency", "2",
                              "--metrics-out", str(tmp_path / "neat.json"))
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = nas(prefect_server, tmp_path, command)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "neat.json").read_text())["trials"] == 30
     assert len({r.data.tags["nas.trial_key"] for r in runs(tmp_path, "neat")}) < 30  # repeats did happen
 
 
-def test_a_scheduler_after_random_search_on_one_experiment_reuses_its_runs(tmp_path, digits_dir):
+def test_a_scheduler_after_random_search_on_one_experiment_reuses_its_runs(tmp_path, digits_dir, prefect_server):
     # Hyperband's full-budget bracket draws what random search drew with the same seed: the
     # stored runs come back as cache hits, each told as Hyperband's own candidate.
     common = ("--epochs", "3", "--seed", "6", "--concurrency", "2")
-    first = subprocess.run(search_command(tmp_path, digits_dir, "E", "--trials", "6", *common),
-                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    first = nas(prefect_server, tmp_path, search_command(tmp_path, digits_dir, "E", "--trials", "6", *common))
     assert first.returncode == 0, first.stderr[-3000:]
     trained = len(runs(tmp_path, "E"))
-    scheduled = subprocess.run(search_command(tmp_path, digits_dir, "E", "--scheduler", "hyperband", "--trials", "12",
-                                              "--metrics-out", str(tmp_path / "hb.json"), *common),
-                               cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    scheduled = nas(prefect_server, tmp_path, search_command(tmp_path, digits_dir, "E", "--scheduler", "hyperband",
+                                                             "--trials", "12", "--metrics-out",
+                                                             str(tmp_path / "hb.json"), *common))
     assert scheduled.returncode == 0, scheduled.stderr[-3000:]
     assert json.loads((tmp_path / "hb.json").read_text())["trials"] == 12
     assert len(runs(tmp_path, "E")) < trained + 12  # some of the twelve were random search's runs

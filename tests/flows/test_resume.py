@@ -55,9 +55,9 @@ def kill_after(command, tmp_path, env, uri, finished: int) -> dict[str, int]:
 
 @pytest.mark.parametrize("strategy", ["random", "evolution", "codeepneat", "metaqnn", "nas-rl", "smash",
                                       "genetic-cnn"])
-def test_sigkill_then_rerun_resumes_without_retraining_or_duplicates(tmp_path, digits_dir, strategy):
+def test_sigkill_then_rerun_resumes_without_retraining_or_duplicates(tmp_path, digits_dir, prefect_server, strategy):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}  # the cache both runs share
+    env = {**prefect_server, "PREFECT_HOME": str(tmp_path / "prefect")}  # the cache both runs share
     command = search_command(tmp_path, digits_dir, strategy)
     before = kill_after(command, tmp_path, env, uri, finished=2)
     assert 2 <= len(before) < TRIALS

@@ -135,12 +135,12 @@ def test_a_search_on_dask_workers_killed_alone_takes_its_workers_along_and_resum
     assert all({r.info.run_id: r.info.start_time for r in finished}.get(k) == v for k, v in before.items())
 
 
-def test_pathnet_killed_mid_tournament_resumes_from_its_checkpoint(tmp_path, digits_dir):
+def test_pathnet_killed_mid_tournament_resumes_from_its_checkpoint(tmp_path, digits_dir, prefect_server):
     # Long enough to be killed between checkpoints (every 5 rounds); then the rerun replays
     # from the last one, finding the rounds after it by their keys.
     rounds = 300
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env = {**prefect_server, "PREFECT_HOME": str(tmp_path / "prefect")}
     command = [sys.executable, "-m", "nas.cli", "search", "--strategy", "pathnet", "--data-dir", str(digits_dir),
                "--trials", str(rounds), "--experiment", "resume", "--tracking-uri", uri,
                "--metrics-out", str(tmp_path / "search.json"), "--plots-dir", str(tmp_path / "plots")]

@@ -134,38 +134,36 @@ class _Loop:
             self._tell(list(zip(batch, self.submit_group(batch), strict=True)))
 
     def run_async(self, concurrency: int, order: list[int]) -> None:
-        running: dict[Future[Evaluation], int] = {}  # -> the number of its ask
-        candidates: dict[int, Candidate] = {}
+        running: dict[Future[Evaluation], tuple[int, Candidate]] = {}  # with the number of its ask
         while True:
             while not self.stop_reason and len(running) < concurrency and self.asked < self.trials:
                 more = self._ask(1)
                 if not more:
                     break  # WAIT: a result must come back first (or stop_reason is set)
-                candidates[self.asked] = more[0]
-                running[self.submit(more[0])] = self.asked
+                running[self.submit(more[0])] = (self.asked, more[0])
             if not running:
                 if not self.stop_reason and self.asked < self.trials:
                     raise ProtocolError(f"{self.strategy.name} says WAIT with no result pending.")
                 return
             future = self._next(running, order)
-            number = running.pop(future)
+            number, candidate = running.pop(future)
             if len(self.told) == len(order):
                 order.append(number)
             # One result, then the loop refills: each tell is followed by the same asks on a replay.
-            self._tell([(candidates.pop(number), future)])
+            self._tell([(candidate, future)])
 
-    def _next(self, running: dict[Future[Evaluation], int], order: list[int]) -> Future[Evaluation]:
+    def _next(self, running: dict[Future[Evaluation], tuple[int, Candidate]], order: list[int]) -> Future[Evaluation]:
         """The result to tell next: the one `order` names while replaying, else the first
         finished (of several, the earliest asked)."""
         if len(self.told) < len(order):
-            wanted = [future for future, number in running.items() if number == order[len(self.told)]]
+            wanted = [future for future, (number, _) in running.items() if number == order[len(self.told)]]
             if wanted:
                 wait(wanted)
                 return wanted[0]
             log.info("the search no longer asks what its earlier run told next: results are told as they finish")
             del order[len(self.told):]
         finished, _ = wait(running, return_when=FIRST_COMPLETED)
-        return min(finished, key=running.__getitem__)
+        return min(finished, key=lambda future: running[future][0])
 
 
 def _result(candidate: Candidate, future: Future[Evaluation]) -> Evaluation:

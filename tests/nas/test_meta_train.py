@@ -56,13 +56,13 @@ def test_a_space_file_trains_with_the_learned_optimizer_end_to_end(project, lear
         type(trials[0].candidate)(trials[0].candidate.arch, adam, trials[0].candidate.budget).trial_key(search.job.setting)
 
 
-def test_the_learned_optimizer_resumes_under_hyperband_and_a_rerun_trains_nothing(project, learned):
+def test_the_learned_optimizer_resumes_under_hyperband_in_async_mode_and_a_rerun_trains_nothing(project, learned):
     uri = f"sqlite:///{project}/mlflow.db"
 
     def search():
         return create_search("learned-hyperband", data="digits", tracking_uri=uri, root=project,
                              space=str(ROOT / "spaces/mlp.yaml"), optimizer=f"learned:{learned}", trials=6,
-                             scheduler="hyperband", min_epochs=1, epochs=3, concurrency=2,
+                             scheduler="hyperband", min_epochs=1, epochs=3, asynchronous=True, concurrency=2,
                              max_seconds=None)
 
     first = search()
@@ -75,7 +75,7 @@ def test_the_learned_optimizer_resumes_under_hyperband_and_a_rerun_trains_nothin
     runs = len(client.search_runs([experiment]))
 
     again = search()
-    # Batch mode: a rerun replays the search (in async mode the order results arrive in steers it).
+    # The rerun tells its cache hits in the order the first run told its results, so it replays the search.
     assert [e.trial_key for e in again.optimize().evaluations] == [e.trial_key for e in trials]
     assert len(client.search_runs([experiment])) == runs  # every trial found in the store, none trained again
 

@@ -4,6 +4,7 @@ prefect_test_harness does not isolate the result store, and a cached result from
 test must never answer for another, so PREFECT_HOME points at a fresh folder per session.
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -66,19 +67,33 @@ def prefect_server(tmp_path_factory):
     start a temporary one (10-20 s apiece); yields an environment for processes that use it.
     Each test keeps its own PREFECT_HOME, and so its own result cache."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                               str(port), "--analytics-off"],
-                              env={**os.environ, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-server"))},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = start_server([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                           str(port), "--analytics-off"], f"http://127.0.0.1:{port}/api/health",
+                          env={**os.environ, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-server"))})
     try:
-        deadline = time.monotonic() + 180
-        while not answers(f"http://127.0.0.1:{port}/api/health"):
-            assert server.poll() is None and time.monotonic() < deadline, "the Prefect server did not start"
-            time.sleep(0.5)
         yield {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
     finally:
+        stop_server(server)
+
+
+def start_server(command: list[str], health_url: str, **popen) -> subprocess.Popen:
+    """A server process in its own session (so its workers stop with it), once `health_url` answers."""
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                              **popen)
+    deadline = time.monotonic() + 180
+    while not answers(health_url):
+        if server.poll() is not None or time.monotonic() > deadline:
+            stop_server(server)
+            raise AssertionError(f"{' '.join(command[:5])} did not answer at {health_url}")
+        time.sleep(0.5)
+    return server
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's whole process group, and wait for it."""
+    with contextlib.suppress(ProcessLookupError):  # already gone
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+    server.wait(timeout=60)
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from nas.lineage import LineageStore
 from nas.lineage.queries import LEADERBOARD_ORDER
 
-from tests.conftest import answers, free_port
+from tests.conftest import free_port, start_server, stop_server
 from tests.test_server import start_nas_server
 
 # PostgreSQL's programs, on PATH or where Debian's packages put them (outside a minimal PATH).
@@ -126,16 +126,7 @@ def test_the_mlflow_server_restarted_in_the_middle_of_a_search_loses_no_trial(po
                str(port), "--workers", "1", "--artifacts-destination", (tmp_path / "artifacts").as_uri()]
 
     def start() -> subprocess.Popen:
-        server = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True)
-        deadline = time.monotonic() + 120
-        while not answers(f"http://127.0.0.1:{port}/health") and time.monotonic() < deadline:
-            time.sleep(0.5)
-        return server
-
-    def stop(server: subprocess.Popen) -> None:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        return start_server(command, f"http://127.0.0.1:{port}/health", cwd=tmp_path)
 
     server = start()
     try:
@@ -144,11 +135,11 @@ def test_the_mlflow_server_restarted_in_the_middle_of_a_search_loses_no_trial(po
         deadline = time.monotonic() + 240
         while not finished_in(uri, "mlflow-restart") and time.monotonic() < deadline:
             time.sleep(0.5)
-        stop(server)  # the search's requests now fail until the server is back: MLflow's client retries them
+        stop_server(server)  # the search's requests now fail until the server is back: MLflow's client retries them
         server = start()
         assert process.wait(timeout=600) == 0, process.stderr.read()[-3000:]
     finally:
-        stop(server)
+        stop_server(server)
     finished = finished_in(uri, "mlflow-restart")
     assert len(finished) == 8 and set(finished.values()) == {1}, finished
 

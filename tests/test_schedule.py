@@ -10,7 +10,7 @@ from collections import Counter
 
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, answers, free_port
+from tests.conftest import ROOT, free_port, start_server, stop_server
 from tests.test_server import _ctrl_c_heard
 
 
@@ -28,14 +28,10 @@ def test_a_served_schedule_fires_twice_and_each_firing_adds_trials(tmp_path, dig
            # the scheduler and the served runner look for due runs every 2 s instead of 60 s and 10 s
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                               str(port)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    server = start_server([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                           str(port)], f"http://127.0.0.1:{port}/api/health", cwd=tmp_path, env=env)
     serving = None
     try:
-        deadline = time.monotonic() + 120
-        while not answers(f"http://127.0.0.1:{port}/api/health") and time.monotonic() < deadline:
-            time.sleep(0.5)
         serving = subprocess.Popen([sys.executable, "-m", "nas.cli", "serve", "--every", "15", "--more-trials", "2",
                                     "--epochs", "1", "--data-dir", str(digits_dir), "--experiment", "nightly",
                                     "--space", str(ROOT / "spaces/small-cnn.yaml"), "--tracking-uri", store,
@@ -51,8 +47,7 @@ def test_a_served_schedule_fires_twice_and_each_firing_adds_trials(tmp_path, dig
         if serving is not None:
             serving.send_signal(signal.SIGINT)
             serving.wait(timeout=60)
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        stop_server(server)
     # Each finished firing's search trained two new trials and replayed the earlier ones from the store (a
     # firing's refinement trains trials too, under its own flow run): no trial was trained twice.
     trials = finished(store, "trial")

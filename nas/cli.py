@@ -100,7 +100,8 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--population", type=int, help="population size of the evolution strategies (default: 10)")
     p.add_argument("--async", dest="asynchronous", action="store_true", default=None,
                    help="tell each finished trial at once and start the next (keeps a cluster busy; the "
-                        "order then depends on timing, so a re-run does not replay exactly)")
+                        "order then depends on timing, and the search run records it so that a re-run or "
+                        "resume replays it)")
     p.add_argument("--from-experiment", help="warm-start the strategy from this experiment's best runs, "
                                              "whatever strategy produced them")
     p.add_argument("--top-k", type=int, help="how many runs --from-experiment takes (default: 10)")

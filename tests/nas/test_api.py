@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -141,14 +144,29 @@ create_search("killed", data="digits", tracking_uri=sys.argv[1], root=sys.argv[2
 """
 
 
+def trial_runs(db: Path) -> set[str]:
+    """The ids of every trial run in a search's SQLite store, read straight from the file."""
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=5)) as connection:
+            return {row[0] for row in connection.execute(
+                "SELECT run_uuid FROM tags WHERE key = 'nas.kind' AND value = 'trial'")}
+    except sqlite3.OperationalError:  # no store, or no tables, yet
+        return set()
+
+
 def test_kill_9_at_ten_random_moments_then_every_trial_has_one_finished_run(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     command = [sys.executable, "-c", KILLED_SEARCH, uri, str(tmp_path), str(ROOT / "spaces/small-cnn.yaml")]
-    moments = random.Random(9).sample([x / 2 for x in range(5, 20)], 10)  # 2.5 to 9.5 s: imports take ~3 s
-    for moment in moments:
+    rng = random.Random(9)
+    for attempt in range(10):
+        before = trial_runs(tmp_path / "mlflow.db")
         process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Every other kill waits for this process to start a trial, so some kills land inside one however slow the
+        # machine; the others fall anywhere, start-up included.
+        while attempt % 2 and process.poll() is None and trial_runs(tmp_path / "mlflow.db") <= before:
+            time.sleep(0.05)
         try:
-            process.wait(timeout=moment)
+            process.wait(timeout=rng.uniform(0, 0.5) if attempt % 2 else rng.uniform(0.5, 8))
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             process.wait()

@@ -319,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "learns to optimise small MLPs on subsets of a data set, by truncated back-propagation "
                        "through their unrolled training (a Prefect flow). It is logged as an MLflow run; a search "
                        "uses it with --optimizer learned:RUN_ID or `optimizer: [adam, learned:RUN_ID]` in a space "
-                       "file's hparams. The same settings find the finished run instead of training again.")
+                       "file's hparams. The same settings find the finished run instead of training again, and "
+                       "continue an interrupted one (Ctrl-C, kill -9) from its last checkpoint.")
     p.add_argument("--data", dest="source", choices=["mnist1d", "digits"], default="mnist1d",
                    help="data set the training tasks draw their rows from (default: mnist1d)")
     p.add_argument("--tasks", type=int, default=10, help="training tasks, each a row subset and an initialisation "

@@ -381,7 +381,9 @@ def meta_train(tasks: Sequence[Problem], *, iterations: int = 200, unroll: int =
                meta_lr: float = 1e-3, seed: int = 0, on_iteration: Callable[[int, float], None] | None = None,
                net: OptimizerNet | None = None, batch: int = 1, clip: float | None = 1.0,
                anneal: bool = False, validate: Sequence[Problem] = (),
-               validate_every: int = 25) -> tuple[OptimizerNet, list[float]]:
+               validate_every: int = 25, checkpoint_every: int = 10,
+               on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+               resume: dict[str, Any] | None = None) -> tuple[OptimizerNet, list[float]]:
     """Train an `OptimizerNet` to optimise `tasks` well; returns it and the meta-loss per iteration.
 
     Each iteration picks `batch` tasks (seeded, with replacement), starts each from fresh
@@ -403,6 +405,10 @@ def meta_train(tasks: Sequence[Problem], *, iterations: int = 200, unroll: int =
     problem per iteration makes the net wander: how well the last one does varies a lot
     from seed to seed, the best of several much less.
 
+    Every `checkpoint_every` iterations, `on_checkpoint(state)` gets everything the loop
+    holds (tensors and plain containers, for `torch.save`); `resume=state` goes on from there
+    and ends exactly as the run that was never stopped.
+
     Deterministic on the CPU given `seed`.
     """
     if not tasks:
@@ -416,12 +422,21 @@ def meta_train(tasks: Sequence[Problem], *, iterations: int = 200, unroll: int =
         net = copy.deepcopy(net)
     net.train().requires_grad_(True)
     meta_optimizer = torch.optim.Adam(net.parameters(), lr=meta_lr)
-    if validate_every < 1:
-        raise ValueError(f"validate_every must be at least 1; got {validate_every}.")
+    if validate_every < 1 or checkpoint_every < 1:
+        raise ValueError(f"validate_every and checkpoint_every must be at least 1; got {validate_every} and "
+                         f"{checkpoint_every}.")
     pick = random.Random(derive_seed(seed, "learned_opt.tasks"))
     curve: list[float] = []
     best: tuple[float, OptimizerNet] | None = None
-    for i in range(iterations):
+    if resume is not None:
+        net.load_state_dict(resume["net"])
+        meta_optimizer.load_state_dict(resume["meta_optimizer"])
+        pick.setstate(resume["pick"])
+        curve = list(resume["curve"])
+        if resume["best_score"] is not None:
+            best = resume["best_score"], copy.deepcopy(net)
+            best[1].load_state_dict(resume["best_net"])
+    for i in range(len(curve), iterations):
         if anneal:
             for group in meta_optimizer.param_groups:
                 group["lr"] = meta_lr * 0.5 * (1.0 + math.cos(math.pi * i / iterations))
@@ -438,6 +453,10 @@ def meta_train(tasks: Sequence[Problem], *, iterations: int = 200, unroll: int =
             log.info("meta-iteration %d: mean final loss on the validation problems %.4g", i + 1, score)
             if best is None or score < best[0]:
                 best = score, copy.deepcopy(net)
+        if on_checkpoint is not None and (i + 1) % checkpoint_every == 0:
+            on_checkpoint({"net": net.state_dict(), "meta_optimizer": meta_optimizer.state_dict(),
+                           "pick": pick.getstate(), "curve": curve, "best_score": best[0] if best else None,
+                           "best_net": best[1].state_dict() if best else None})
     return (best[1] if best is not None else net).eval(), curve
 
 

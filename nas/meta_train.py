@@ -7,14 +7,15 @@ metric per iteration, the optimiser as `LEARNED_OPTIMIZER_FILE`. A space file (o
 from the store (`nas.runner.learned_optimizer`), so the trial key holds the run id.
 
 The same settings give the same run: a repeated command finds the finished one and
-trains nothing. A killed meta-training leaves a run that its next attempt marks failed
-and starts again (it takes minutes; the trials that use the optimiser are what is worth
-resuming).
+trains nothing. A meta-training killed (kill -9) or interrupted (Ctrl-C) leaves its run
+unfinished with a checkpoint every LOG_EVERY iterations; the next attempt continues that
+run from it and ends with the same optimiser as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -23,8 +24,10 @@ from nas.ids import digest
 from nas.learned_opt import meta_train, task_family, to_bytes
 from nas.lineage import KIND_LEARNED_OPTIMIZER, LEARNED_OPTIMIZER_FILE, LineageStore
 
-LOG_EVERY = 10  # meta-iterations between logged meta-loss points (the mean over them)
+LOG_EVERY = 10  # meta-iterations between logged meta-loss points (the mean over them) and checkpoints
 VALIDATION_SEEDS = 1000  # validation task i has seed VALIDATION_SEEDS + i: never a training task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,20 +72,23 @@ def learned_optimizer_run(store: LineageStore, settings: MetaTrainSettings,
     if found:
         return found, False
     store.ensure()
-    # One meta-training per setting at a time: a running one is an earlier attempt that was killed.
-    store.abandon_runs_of(KIND_LEARNED_OPTIMIZER, settings.key, "abandoned: its process stopped before it finished")
-    run_id = store.start_run_of(KIND_LEARNED_OPTIMIZER, f"learned-optimizer-{settings.key[:8]}",
-                                {"nas.run_key": settings.key, "nas.data": settings.source})
-    store.log_result(run_id, {}, {f"nas.meta.{k}": str(v) for k, v in settings.to_json().items()})
-    window: list[float] = []
+    # One meta-training per setting at a time: an unfinished run is an attempt that was killed or
+    # interrupted, and this one goes on in it from its last checkpoint.
+    run_id = store.reopen_run_of(KIND_LEARNED_OPTIMIZER, settings.key)
+    resume = store.checkpoint(run_id, required=False) if run_id else None
+    if run_id is None:
+        run_id = store.start_run_of(KIND_LEARNED_OPTIMIZER, f"learned-optimizer-{settings.key[:8]}",
+                                    {"nas.run_key": settings.key, "nas.data": settings.source})
+        store.log_result(run_id, {}, {f"nas.meta.{k}": str(v) for k, v in settings.to_json().items()})
+    if resume is not None:
+        store.log_result(run_id, {}, {"nas.resumed_at": str(len(resume["curve"]))})
+        log.info("meta-training run %s continues from its checkpoint at iteration %d of %d", run_id,
+                 len(resume["curve"]), settings.iterations)
 
-    def heard(iteration: int, loss: float) -> None:
-        window.append(loss)
-        if len(window) == LOG_EVERY or iteration == settings.iterations - 1:
-            store.log_step(run_id, iteration, {"meta_loss": sum(window) / len(window)})
-            window.clear()
-        if on_iteration is not None:
-            on_iteration(iteration, loss)
+    def saved(state: dict[str, Any]) -> None:
+        curve = state["curve"]
+        store.log_step(run_id, len(curve) - 1, {"meta_loss": statistics.fmean(curve[-LOG_EVERY:])})
+        store.log_checkpoint(run_id, state)
 
     try:
         def family(seeds: range) -> list:
@@ -90,14 +96,19 @@ def learned_optimizer_run(store: LineageStore, settings: MetaTrainSettings,
 
         net, curve = meta_train(family(range(settings.tasks)), iterations=settings.iterations,
                                 unroll=settings.unroll, horizon=settings.horizon, meta_lr=settings.meta_lr,
-                                seed=settings.seed, batch=settings.batch, anneal=True, on_iteration=heard,
-                                validate=family(range(VALIDATION_SEEDS, VALIDATION_SEEDS + settings.validation)))
+                                seed=settings.seed, batch=settings.batch, anneal=True, on_iteration=on_iteration,
+                                validate=family(range(VALIDATION_SEEDS, VALIDATION_SEEDS + settings.validation)),
+                                checkpoint_every=LOG_EVERY, on_checkpoint=saved, resume=resume)
+    except KeyboardInterrupt:
+        store.interrupt_run(run_id)
+        raise
     except BaseException as exc:
         store.fail_trial(run_id, f"{type(exc).__name__}: {exc}")
         raise
-    tail = curve[-LOG_EVERY:]
+    if len(curve) % LOG_EVERY:  # the last, shorter window
+        store.log_step(run_id, len(curve) - 1, {"meta_loss": statistics.fmean(curve[-(len(curve) % LOG_EVERY):])})
+    last = statistics.fmean(curve[-LOG_EVERY:])
     store.finish_run_of(run_id, {LEARNED_OPTIMIZER_FILE: to_bytes(net)},
-                        {"meta_loss_first": curve[0], "meta_loss_last": sum(tail) / len(tail)})
-    logging.getLogger(__name__).info("learned optimiser %s: meta-loss %.4f -> %.4f over %d iterations", run_id,
-                                     curve[0], sum(tail) / len(tail), len(curve))
+                        {"meta_loss_first": curve[0], "meta_loss_last": last})
+    log.info("learned optimiser %s: meta-loss %.4f -> %.4f over %d iterations", run_id, curve[0], last, len(curve))
     return run_id, True

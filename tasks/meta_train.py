@@ -19,7 +19,14 @@ def meta_train_optimizer(settings: dict[str, Any], tracking_uri: str | None, exp
     torch.set_num_threads(1)
     meta = MetaTrainSettings(**{**settings, "hidden": tuple(settings["hidden"])})
 
+    first = True
+
     def progress(iteration: int, loss: float) -> None:
+        nonlocal first
+        if first and iteration > 0:
+            logger.info("an interrupted meta-training of these settings continues from its checkpoint at iteration "
+                        "%d", iteration)
+        first = False
         if (iteration + 1) % (LOG_EVERY * 5) == 0:
             logger.info("meta-iteration %d/%d: meta-loss %.4f", iteration + 1, meta.iterations, loss)
 

@@ -89,15 +89,19 @@ class StoreQueries(StoreConnection):
         return load(self._require(self._get_run(run_id), WEIGHTS_FILE, (
             ": it failed or was logged without weights. Pick a finished ok run from `nas runs`.")))
 
-    def checkpoint(self, run_id: str) -> dict[str, Any]:
-        """The state a shorter run left to be continued (see nas.train.TrainOutcome.checkpoint)."""
+    def checkpoint(self, run_id: str, required: bool = True) -> dict[str, Any] | None:
+        """The state a run left to be continued (a shorter trial: see nas.train.TrainOutcome.checkpoint;
+        a meta-training: nas.learned_opt.meta_train); None if it has none and it is not `required`."""
         import io
 
         import torch
 
-        data = self._require(self._get_run(run_id), CHECKPOINT_FILE, (
+        run = self._get_run(run_id)
+        data = self._require(run, CHECKPOINT_FILE, (
             ": only a run stopped before the end of its learning-rate schedule keeps one. Promote a lower rung "
-            "of the same search."))
+            "of the same search.")) if required else self._read(run, CHECKPOINT_FILE)
+        if data is None:
+            return None
         # weights_only: tensors and plain containers, never arbitrary pickled code.
         return torch.load(io.BytesIO(data), weights_only=True)
 

@@ -141,6 +141,24 @@ class StoreRuns(StoreQueries):
         self.finish_run_of(run_id, files, {})
         return run_id
 
+    def reopen_run_of(self, kind: str, key: str) -> str | None:
+        """The newest run of this kind and `nas.run_key` that an attempt left unfinished (killed:
+        RUNNING; interrupted: KILLED), running again for this attempt to continue; None if none."""
+        runs = [run for run in self._search(f"tags.`nas.kind` = '{kind}' and tags.`nas.run_key` = '{key}'",
+                                            order_by=["attributes.start_time DESC"])
+                if run.info.status in ("RUNNING", "KILLED")]
+        for older in runs[1:]:  # only from attempts that ran at the same time, which they must not
+            self.fail_trial(older.info.run_id, "a newer attempt of the same job continues instead")
+        if not runs:
+            return None
+        with self._writing() as client:
+            client.update_run(runs[0].info.run_id, status="RUNNING")
+        return runs[0].info.run_id
+
+    def interrupt_run(self, run_id: str) -> None:
+        """Stopped by the user (Ctrl-C): the run ends KILLED, for reopen_run_of to continue."""
+        self._terminate(run_id, "KILLED")
+
     def abandon_runs_of(self, kind: str, key: str, reason: str) -> None:
         """Mark failed the unfinished runs of this kind and `nas.run_key` (a killed attempt's)."""
         for run in self._search(f"tags.`nas.kind` = '{kind}' and tags.`nas.run_key` = '{key}' and "
@@ -322,7 +340,7 @@ class StoreRuns(StoreQueries):
         if weights is not None:
             self._log_weights(run_id, weights)
         if checkpoint is not None:
-            self._log_checkpoint(run_id, checkpoint)
+            self.log_checkpoint(run_id, checkpoint)
         for node in evaluation.candidate.arch.nodes:
             if node.op == "cell":  # a tree reads better drawn than as twenty attributes
                 from nas.reports import draw_cell
@@ -352,7 +370,8 @@ class StoreRuns(StoreQueries):
             save_file(tensors, str(path))
             self.client.log_artifact(run_id, str(path))
 
-    def _log_checkpoint(self, run_id: str, checkpoint: dict[str, Any]) -> None:
+    def log_checkpoint(self, run_id: str, checkpoint: dict[str, Any]) -> None:
+        """State to continue the run from (tensors and plain containers), read back by `checkpoint`."""
         import torch
 
         with tempfile.TemporaryDirectory(prefix="nas-checkpoint-") as folder:

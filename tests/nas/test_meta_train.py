@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -36,6 +38,31 @@ def test_meta_training_is_one_run_and_the_same_settings_find_it(project, learned
     assert "meta_loss" in run.data.metrics and run.data.tags["nas.meta.iterations"] == "6"
     again, trained = learned_optimizer_run(LineageStore(uri, "learned-optimizers", project), TINY)
     assert (again, trained) == (learned, False)
+
+
+def test_an_interrupted_meta_training_goes_on_in_its_run_and_ends_as_an_uninterrupted_one(project):
+    uri = f"sqlite:///{project}/mlflow.db"
+    settings = replace(TINY, iterations=25)  # checkpoints at 10 and 20
+
+    def stop_at_15(iteration: int, loss: float) -> None:
+        if iteration == 15:
+            raise KeyboardInterrupt
+
+    whole, _ = learned_optimizer_run(LineageStore(uri, "meta-whole", project), settings)
+    interrupted = LineageStore(uri, "meta-interrupted", project)
+    with pytest.raises(KeyboardInterrupt):
+        learned_optimizer_run(interrupted, settings, on_iteration=stop_at_15)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("meta-interrupted").experiment_id])
+    assert run.info.status == "KILLED"
+
+    continued, trained = learned_optimizer_run(interrupted, settings)
+    assert (continued, trained) == (run.info.run_id, True)  # the same run, not a second one
+    finished = client.get_run(continued)
+    assert finished.info.status == "FINISHED" and finished.data.tags["nas.resumed_at"] == "10"
+    assert interrupted.learned_optimizer(continued) == LineageStore(uri, "meta-whole", project).learned_optimizer(whole)
+    curves = [[(m.step, m.value) for m in client.get_metric_history(r, "meta_loss")] for r in (whole, continued)]
+    assert curves[0] == curves[1] and [step for step, _ in curves[0]] == [9, 19, 24]
 
 
 def test_a_space_file_trains_with_the_learned_optimizer_end_to_end(project, learned):

@@ -1,11 +1,11 @@
 """A searched recurrent cell against torch's LSTM and GRU, on the adding problem and MNIST-1D.
 
     python bench/rnn_cells.py [--length 100] [--trials 16] [--search-epochs 4] [--epochs 20]
-                              [--hidden 64] [--seeds 0,1] [--out bench/results/rnn_cells.json]
+                              [--hidden 64] [--seeds 0,1] [--space spaces/rnn-cell.yaml]
+                              [--only adding|mnist1d] [--out bench/results/rnn_cells.json]
 
 For each data set (the adding problem of length --length, and MNIST-1D read as a 40-step
-sequence), nas-rl searches spaces/rnn-cell.yaml for --trials networks of --search-epochs
-epochs, in process through the ordinary training path. The best cell's tree then gets
+sequence), nas-rl searches --space for --trials networks of --search-epochs epochs, in process through the ordinary training path. The best cell's tree then gets
 --hidden units and is trained next to torch.nn.LSTM and torch.nn.GRU of the same hidden
 size with one recipe written here for all three (Adam, --lr, cosine decay, gradient
 clipping 1.0, batch 64, --epochs epochs): each reads the sequence and a linear head reads
@@ -56,8 +56,8 @@ class TorchRNN(nn.Module):
 
 
 def search_best_cell(data: TrainData, args: argparse.Namespace) -> tuple[dict, float]:
-    """nas-rl over spaces/rnn-cell.yaml: the best network's cell attributes and its validation accuracy."""
-    space = SearchSpace.load(ROOT / "spaces/rnn-cell.yaml").bind(data.shape, data.num_classes) \
+    """nas-rl over the cell space: the best network's cell attributes and its validation accuracy."""
+    space = SearchSpace.load(args.space).bind(data.shape, data.num_classes) \
         .with_hparams(epochs=args.search_epochs)
     strategy = make_search("nas-rl", space, Budget(args.search_epochs), seed=0, concurrency=2)
     results = []
@@ -144,19 +144,22 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--space", default=str(ROOT / "spaces/rnn-cell.yaml"), help="the cell space nas-rl searches")
+    parser.add_argument("--only", choices=["adding", "mnist1d"], help="one data set instead of both")
     parser.add_argument("--out", default="bench/results/rnn_cells.json")
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(2)
     started = time.perf_counter()
-    results = {"config": {k: v for k, v in vars(args).items()},
-               "adding": compare("adding", f"adding:{args.length}", args),
-               "mnist1d": compare("mnist1d", "mnist1d", args)}
+    sources = {"adding": f"adding:{args.length}", "mnist1d": "mnist1d"}
+    names = [args.only] if args.only else list(sources)
+    results: dict = {"config": {k: v for k, v in vars(args).items()}}
+    results.update({name: compare(name, sources[name], args) for name in names})
     results["seconds"] = round(time.perf_counter() - started)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1, default=str))
-    print(f"\nsearched cell >= LSTM on both: "
-          f"{all(results[d]['mean_test']['searched cell'] >= results[d]['mean_test']['LSTM'] for d in ('adding', 'mnist1d'))}"
+    print(f"\nsearched cell >= LSTM on {' and '.join(names)}: "
+          f"{all(results[d]['mean_test']['searched cell'] >= results[d]['mean_test']['LSTM'] for d in names)}"
           f"; {results['seconds']} s in all")
 
 

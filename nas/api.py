@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ from nas.config import DataConfig, SearchConfig
 from nas.data import DataMeta, feature_columns, prepare
 from nas.hyper import STEPS, OneShotScorer
 from nas.lineage import LineageStore, resolve_tracking_uri
-from nas.loop import LoopOutcome, Submit, run_loop, time_limit
+from nas.loop import LoopOutcome, Schedule, Submit, run_loop, time_limit
 from nas.runner import ThreadRunner, TrialJob, trial_setting
 from nas.space import SearchSpace, resolve_space
 from nas.space.architecture import learned_run
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["Search", "create_search", "load_search"]
 
 WARM_START_FILE = "predictor/warm_start.json"  # the run ids a --warm-start-predictor search learned from
-TELL_ORDER_FILE = "loop/tell_order.json"  # per `optimize` call, the order results were told (nas.loop)
+SCHEDULE_FILE = "loop/schedule.json"  # per `optimize` call, the order results were told and at what concurrency
 
 
 class Search:
@@ -114,9 +114,9 @@ class Search:
         self.evaluations: list[Evaluation] = []
         self.logged_files: set[str] = set()  # strategy files already on the search run
         self.stop_reason: str | None = None
-        # An asynchronous search's tell order, kept so that a rerun or resume replays it.
-        recorded = self.store.read_bytes(self.run_id, TELL_ORDER_FILE) if config.asynchronous else None
-        self.tell_orders: list[list[int]] = json.loads(recorded) if recorded else []
+        # Kept so that a rerun or resume asks what this search asked, whatever its concurrency (nas.loop).
+        recorded = self.store.read_bytes(self.run_id, SCHEDULE_FILE)
+        self.schedules = [Schedule(**s) for s in json.loads(recorded)] if recorded else []
         self.optimized = 0  # calls of optimize so far
 
     def optimize(self, n_trials: int | None = None, timeout: float | None = None, runner: Submit | None = None,
@@ -126,16 +126,15 @@ class Search:
         summary on the search run. `runner` defaults to threads of this process."""
         cfg = self.config
 
-        if self.optimized == len(self.tell_orders):
-            self.tell_orders.append([])
-        order = self.tell_orders[self.optimized]
+        if self.optimized == len(self.schedules):
+            self.schedules.append(Schedule())
+        schedule = self.schedules[self.optimized]
         self.optimized += 1
 
         def told(evaluation: Evaluation) -> None:  # kept as told, so a progress bar can read best_trial
             self.evaluations.append(evaluation)
             self._log_strategy_state()
-            if cfg.asynchronous:
-                self.store.log_bytes(self.run_id, TELL_ORDER_FILE, json.dumps(self.tell_orders).encode())
+            self.store.log_bytes(self.run_id, SCHEDULE_FILE, json.dumps([asdict(s) for s in self.schedules]).encode())
             if on_result is not None:
                 on_result(evaluation)
 
@@ -148,7 +147,7 @@ class Search:
                 runner = transferring(runner, self.transfer_from)
             outcome = run_loop(self.strategy, runner, trials=n_trials or cfg.trials, concurrency=cfg.workers,
                                asynchronous=cfg.asynchronous, stop=time_limit(timeout) if timeout else None,
-                               on_result=told, order=order)
+                               on_result=told, schedule=schedule)
         self.stop_reason = outcome.stop_reason
         self.store.finish_search(self.run_id, self.summary())
         return outcome

@@ -11,16 +11,19 @@ generations, parents) are never another search's.
 Two modes:
 
 - batch (default): ask `concurrency` candidates, run them at once, tell all results in
-  candidate order. A seed fixes the whole search, so a rerun replays it and every trial
-  that finished before is a cache hit.
+  candidate order.
 - asynchronous: each finished trial is told at once and its worker gets the next
   candidate. No worker waits for the slowest of a round, but the order (and so the
-  search) depends on timing. So the loop keeps that order: `order` lists, for each
-  result told, the number of its ask. Given the list of an earlier run of the same search
-  (a rerun, or a resume after a kill), the loop tells results in that order, holding a
-  cache hit until the one told before it is back, so the strategy makes the same
-  proposals and every finished trial is a cache hit again; past the list's end (or where
-  the search no longer asks what the list names) it tells them as they finish.
+  search) depends on timing.
+
+A seed fixes the strategy, but what it proposes also depends on the results it has heard
+when it is asked. So the loop keeps a `Schedule`: for each result told, the number of its
+ask, and the concurrency in effect. Given the schedule of an earlier run of the same search
+(a rerun, or a resume after a kill), the loop asks as many at once as that run did, whatever
+its own concurrency, and tells results in that order, holding a cache hit until the one
+told before it is back. So the strategy makes the same proposals and every finished trial
+is a cache hit again. Past the schedule's end (or, asynchronously, where the search no
+longer asks what it names) the loop goes on at its own concurrency, as results finish.
 
 The runner is a function `submit(candidate) -> concurrent.futures.Future[Evaluation]`:
 Prefect tasks in the flows, threads in `nas.runner`, a lookup table in a benchmark. In
@@ -50,7 +53,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from nas.strategies.base import ProtocolError, Strategy
 from nas.trial import Candidate, Evaluation, TrialStatus
@@ -69,6 +72,24 @@ def time_limit(seconds: float) -> StopRule:
 
 
 @dataclass
+class Schedule:
+    """What a rerun repeats to ask what an earlier run asked: for each result told, the number
+    of its ask (`order`), and the concurrency in effect from each count of results told on
+    (`limits`, [told, concurrency] pairs). Plain lists, so that it keeps as JSON."""
+
+    order: list[int] = field(default_factory=list)
+    limits: list[list[int]] = field(default_factory=list)
+
+    def concurrency(self, told: int, wanted: int) -> int:
+        """Trials at once after `told` results: the earlier run's while replaying it, else `wanted` (recorded)."""
+        if told < len(self.order):
+            return next((limit for start, limit in reversed(self.limits) if start <= told), wanted)
+        if not self.limits or self.limits[-1][1] != wanted:
+            self.limits.append([told, wanted])
+        return wanted
+
+
+@dataclass
 class LoopOutcome:
     evaluations: list[Evaluation]  # in the order told
     stop_reason: str
@@ -77,16 +98,17 @@ class LoopOutcome:
 def run_loop(strategy: Strategy, submit: Submit, *, trials: int, concurrency: int = 1,
              asynchronous: bool = False, stop: StopRule | None = None,
              on_result: Callable[[Evaluation], None] | None = None,
-             submit_group: SubmitGroup | None = None, order: list[int] | None = None) -> LoopOutcome:
+             submit_group: SubmitGroup | None = None, schedule: Schedule | None = None) -> LoopOutcome:
     """Ask, run and tell until `trials` results are told, the strategy is done, or `stop`
     (asked before every ask) gives a reason; trials already running then still finish and are told.
-    In asynchronous mode `order` (see above) is replayed and extended in place, before `on_result`."""
+    `schedule` (see above) is replayed and extended in place, before `on_result`."""
     if trials < 1 or concurrency < 1:
         raise ValueError(f"trials={trials} and concurrency={concurrency} must both be at least 1.")
     group = submit_group or (lambda candidates: [submit(c) for c in candidates])
-    loop = _Loop(strategy, submit, group, trials, stop or (lambda: None), on_result or (lambda e: None))
+    loop = _Loop(strategy, submit, group, trials, stop or (lambda: None), on_result or (lambda e: None),
+                 schedule or Schedule())
     if asynchronous:
-        loop.run_async(concurrency, [] if order is None else order)
+        loop.run_async(concurrency)
     else:
         loop.run_batches(concurrency)
     return LoopOutcome(loop.told, loop.stop_reason or f"the trial budget of {trials} is spent")
@@ -100,6 +122,7 @@ class _Loop:
     trials: int
     stop: StopRule
     on_result: Callable[[Evaluation], None]
+    schedule: Schedule
 
     def __post_init__(self) -> None:
         self.told: list[Evaluation] = []
@@ -117,26 +140,32 @@ class _Loop:
         self.asked += len(asked)
         return list(asked)
 
-    def _tell(self, pairs: list[tuple[Candidate, Future[Evaluation]]]) -> None:
-        results = [_result(candidate, future) for candidate, future in pairs]
+    def _tell(self, pairs: list[tuple[int, Candidate, Future[Evaluation]]]) -> None:
+        """Tell results, given with the numbers of their asks (recorded past the schedule's end)."""
+        results = [_result(candidate, future) for _, candidate, future in pairs]
         self.strategy.tell(results)
-        for result in results:
+        order = self.schedule.order
+        for (number, _, _), result in zip(pairs, results):
+            if len(self.told) == len(order):
+                order.append(number)
             self.told.append(result)
             self.on_result(result)
 
     def run_batches(self, concurrency: int) -> None:
         while len(self.told) < self.trials:
-            batch = self._ask(min(concurrency, self.trials - len(self.told)))
+            batch = self._ask(min(self.schedule.concurrency(len(self.told), concurrency), self.trials - len(self.told)))
             if self.stop_reason:
                 return
             if not batch:  # everything asked has been told, so there is nothing to wait for
                 raise ProtocolError(f"{self.strategy.name} says WAIT with no result pending.")
-            self._tell(list(zip(batch, self.submit_group(batch), strict=True)))
+            first = self.asked - len(batch) + 1
+            self._tell(list(zip(range(first, self.asked + 1), batch, self.submit_group(batch), strict=True)))
 
-    def run_async(self, concurrency: int, order: list[int]) -> None:
+    def run_async(self, concurrency: int) -> None:
         running: dict[Future[Evaluation], tuple[int, Candidate]] = {}  # with the number of its ask
         while True:
-            while not self.stop_reason and len(running) < concurrency and self.asked < self.trials:
+            while (not self.stop_reason and self.asked < self.trials
+                   and len(running) < self.schedule.concurrency(len(self.told), concurrency)):
                 more = self._ask(1)
                 if not more:
                     break  # WAIT: a result must come back first (or stop_reason is set)
@@ -145,16 +174,14 @@ class _Loop:
                 if not self.stop_reason and self.asked < self.trials:
                     raise ProtocolError(f"{self.strategy.name} says WAIT with no result pending.")
                 return
-            future = self._next(running, order)
-            number, candidate = running.pop(future)
-            if len(self.told) == len(order):
-                order.append(number)
+            future = self._next(running)
             # One result, then the loop refills: each tell is followed by the same asks on a replay.
-            self._tell([(candidate, future)])
+            self._tell([(*running.pop(future), future)])
 
-    def _next(self, running: dict[Future[Evaluation], tuple[int, Candidate]], order: list[int]) -> Future[Evaluation]:
-        """The result to tell next: the one `order` names while replaying, else the first
+    def _next(self, running: dict[Future[Evaluation], tuple[int, Candidate]]) -> Future[Evaluation]:
+        """The result to tell next: the one the schedule names while replaying, else the first
         finished (of several, the earliest asked)."""
+        order = self.schedule.order
         if len(self.told) < len(order):
             wanted = [future for future, (number, _) in running.items() if number == order[len(self.told)]]
             if wanted:
@@ -176,4 +203,4 @@ def _result(candidate: Candidate, future: Future[Evaluation]) -> Evaluation:
     return replace(evaluation, candidate=candidate)
 
 
-__all__ = ["LoopOutcome", "StopRule", "Submit", "SubmitGroup", "run_loop", "time_limit"]
+__all__ = ["LoopOutcome", "Schedule", "StopRule", "Submit", "SubmitGroup", "run_loop", "time_limit"]

@@ -11,6 +11,7 @@ would, so the loop's substitution of the asked candidate is exercised on every r
 
 from __future__ import annotations
 
+import copy
 import random
 import threading
 from concurrent.futures import Future
@@ -19,7 +20,7 @@ from dataclasses import replace
 import pytest
 
 from nas.ids import derive_seed
-from nas.loop import run_loop, time_limit
+from nas.loop import Schedule, run_loop, time_limit
 from nas.space import SearchSpace
 from nas.strategies import STRATEGIES, Hyperband, make_strategy
 from nas.strategies.base import ProtocolError, Strategy
@@ -77,10 +78,11 @@ def search(name: str, scheduler: str | None) -> Strategy:
     return Hyperband(strategy, min_epochs=1, max_epochs=9, eta=3, successive_halving=scheduler == "successive-halving")
 
 
-def run(store: FakeStore, name: str, scheduler: str | None, asynchronous: bool, order: list[int] | None = None,
-        told: list[str] | None = None):
-    return run_loop(search(name, scheduler), store.submit, trials=TRIALS, concurrency=3, asynchronous=asynchronous,
-                    order=order, on_result=None if told is None else lambda e: told.append(e.trial_key))
+def run(store: FakeStore, name: str, scheduler: str | None, asynchronous: bool, schedule: Schedule | None = None,
+        told: list[str] | None = None, concurrency: int = 3):
+    return run_loop(search(name, scheduler), store.submit, trials=TRIALS, concurrency=concurrency,
+                    asynchronous=asynchronous, schedule=schedule,
+                    on_result=None if told is None else lambda e: told.append(e.trial_key))
 
 
 COMBINATIONS = [(name, scheduler, mode) for name in sorted(STRATEGIES) for scheduler in SCHEDULERS
@@ -91,8 +93,8 @@ COMBINATIONS = [(name, scheduler, mode) for name in sorted(STRATEGIES) for sched
 def test_every_method_reaches_its_budget_reruns_for_free_and_resumes(name, scheduler, mode) -> None:
     asynchronous = mode == "async"
     store = FakeStore()
-    order: list[int] = []  # the tell order, for the rerun to replay (used in asynchronous mode)
-    first = run(store, name, scheduler, asynchronous, order=order)
+    schedule = Schedule()  # for the rerun to replay
+    first = run(store, name, scheduler, asynchronous, schedule)
     assert len(first.evaluations) == TRIALS or first.stop_reason.startswith(f"{name}"), first.stop_reason
     assert len(first.evaluations) == TRIALS, f"stopped early: {first.stop_reason}"
     # Hyperband promotes only successful runs, and continues the rung it names.
@@ -103,16 +105,17 @@ def test_every_method_reaches_its_budget_reruns_for_free_and_resumes(name, sched
     assert not any(set(e.candidate.parents) & failed and not e.candidate.resume_from for e in first.evaluations)
 
     trained = store.trained
-    again = run(store, name, scheduler, asynchronous, order=list(order))
+    # Another concurrency asks in other rounds, and so would breed other children: the rerun replays the first's.
+    again = run(store, name, scheduler, asynchronous, copy.deepcopy(schedule), concurrency=2)
     assert store.trained == trained, "a rerun on the same store trained again"
     assert [e.trial_key for e in again.evaluations] == [e.trial_key for e in first.evaluations]
 
-    interrupted, killed_order, told = FakeStore(), [], []
+    interrupted, killed, told = FakeStore(), Schedule(), []
     interrupted.kill_after = random.Random(f"{name}{scheduler}{mode}").randrange(1, trained)
     with pytest.raises(Interrupted):
-        run(interrupted, name, scheduler, asynchronous, order=killed_order, told=told)
+        run(interrupted, name, scheduler, asynchronous, killed, told=told)
     interrupted.kill_after = None
-    resumed = run(interrupted, name, scheduler, asynchronous, order=killed_order)
+    resumed = run(interrupted, name, scheduler, asynchronous, killed)
     assert len(resumed.evaluations) == TRIALS
     assert [e.trial_key for e in resumed.evaluations][:len(told)] == told, "the resume did not replay"
     if not asynchronous:  # after the replay, timing steers an asynchronous search again

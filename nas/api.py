@@ -149,6 +149,7 @@ class Search:
                                asynchronous=cfg.asynchronous, stop=time_limit(timeout) if timeout else None,
                                on_result=told, schedule=schedule)
         self.stop_reason = outcome.stop_reason
+        self.store.abandon_dead_trials(self.run_id)
         self.store.finish_search(self.run_id, self.summary())
         return outcome
 

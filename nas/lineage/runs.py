@@ -219,6 +219,13 @@ class StoreRuns(StoreQueries):
                             "aside for it")
         return False
 
+    def abandon_dead_trials(self, parent_run_id: str) -> None:
+        """Abandon the running trials under a search whose owner died: a killed attempt's trial
+        that its resumed search no longer asks for (it asks in other rounds past what it replays)."""
+        with self._exclusive():
+            self._live_claims(self._search(f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`nas.kind` = "
+                                           f"'{KIND_TRIAL}' and attributes.status = 'RUNNING'"))
+
     def _live_claims(self, running: list[Run]) -> list[Run]:
         """The running runs whose owner lives; dead owners' runs are abandoned on the way."""
         live = []

@@ -405,9 +405,9 @@ def meta_train(tasks: Sequence[Problem], *, iterations: int = 200, unroll: int =
     problem per iteration makes the net wander: how well the last one does varies a lot
     from seed to seed, the best of several much less.
 
-    Every `checkpoint_every` iterations, `on_checkpoint(state)` gets everything the loop
-    holds (tensors and plain containers, for `torch.save`); `resume=state` goes on from there
-    and ends exactly as the run that was never stopped.
+    Every `checkpoint_every` iterations and after the last, `on_checkpoint(state)` gets
+    everything the loop holds (tensors and plain containers, for `torch.save`); `resume=state`
+    goes on from there and ends exactly as the run that was never stopped.
 
     Deterministic on the CPU given `seed`.
     """
@@ -453,7 +453,7 @@ def meta_train(tasks: Sequence[Problem], *, iterations: int = 200, unroll: int =
             log.info("meta-iteration %d: mean final loss on the validation problems %.4g", i + 1, score)
             if best is None or score < best[0]:
                 best = score, copy.deepcopy(net)
-        if on_checkpoint is not None and (i + 1) % checkpoint_every == 0:
+        if on_checkpoint is not None and ((i + 1) % checkpoint_every == 0 or i + 1 == iterations):
             on_checkpoint({"net": net.state_dict(), "meta_optimizer": meta_optimizer.state_dict(),
                            "pick": pick.getstate(), "curve": curve, "best_score": best[0] if best else None,
                            "best_net": best[1].state_dict() if best else None})

@@ -86,8 +86,9 @@ def learned_optimizer_run(store: LineageStore, settings: MetaTrainSettings,
                  len(resume["curve"]), settings.iterations)
 
     def saved(state: dict[str, Any]) -> None:
-        curve = state["curve"]
-        store.log_step(run_id, len(curve) - 1, {"meta_loss": statistics.fmean(curve[-LOG_EVERY:])})
+        curve = state["curve"]  # its last window: LOG_EVERY iterations, or fewer at the end
+        window = curve[(len(curve) - 1) // LOG_EVERY * LOG_EVERY:]
+        store.log_step(run_id, len(curve) - 1, {"meta_loss": statistics.fmean(window)})
         store.log_checkpoint(run_id, state)
 
     try:
@@ -105,8 +106,6 @@ def learned_optimizer_run(store: LineageStore, settings: MetaTrainSettings,
     except BaseException as exc:
         store.fail_trial(run_id, f"{type(exc).__name__}: {exc}")
         raise
-    if len(curve) % LOG_EVERY:  # the last, shorter window
-        store.log_step(run_id, len(curve) - 1, {"meta_loss": statistics.fmean(curve[-(len(curve) % LOG_EVERY):])})
     last = statistics.fmean(curve[-LOG_EVERY:])
     store.finish_run_of(run_id, {LEARNED_OPTIMIZER_FILE: to_bytes(net)},
                         {"meta_loss_first": curve[0], "meta_loss_last": last})

@@ -32,13 +32,10 @@ def test_runs_on_an_empty_store_says_so(tmp_path):
 
 
 LOADED_BY = """
-import sys
+import contextlib, sys
 from nas import cli
-sys.argv = ["nas", *sys.argv[1:]]
-try:
-    cli.main()
-except SystemExit:
-    pass
+with contextlib.suppress(SystemExit):  # --help exits once it has printed
+    cli.main(sys.argv[1:])
 print(sorted(m for m in ("torch", "prefect", "sklearn") if m in sys.modules))
 """
 

@@ -11,8 +11,9 @@ with its full budget and logged as an MLflow model. The test split is left to `e
 from __future__ import annotations
 
 import functools
+import json
 import logging
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from prefect.runtime import flow_run
 from flows.common import describe, prefect_group_runner, prefect_runner, prepared_data, run_flow
 from nas.config import ConfigError, RefineConfig, SearchConfig
 from nas.lineage import KIND_FINAL, LineageStore, resolve_tracking_uri
-from nas.loop import Submit, run_loop
+from nas.ids import digest
+from nas.loop import Schedule, Submit, run_loop
 from nas.provenance import provenance_tags
 from nas.refine import as_refinement, refinement_space, refinement_strategy, rescoring, top_architectures
 from nas.runner import TrialJob, trial_setting
@@ -47,6 +49,12 @@ def _comparable(base: Evaluation, submit: Submit, logger: logging.Logger, source
     rescored = rescoring(base, source)
     result = submit(rescored).result()
     return replace(result, candidate=rescored)
+
+
+def _schedule_file(arch_id: str, rcfg: RefineConfig, seed: int) -> str:
+    """Where the search run keeps the loop's schedule of one architecture's refinement (see nas.loop),
+    so that a rerun at another --concurrency asks the same settings and trains none again."""
+    return f"loop/refine-{arch_id}-{digest({'method': rcfg.method, 'hparams': rcfg.hparams, 'seed': seed})}.json"
 
 
 @flow(name="nas-refine", log_prints=True)
@@ -85,9 +93,18 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
         # `batched`, the settings of a round that share batch size and epochs train as one network.
         child = functools.partial(as_refinement, base=base, max_seconds=cfg.max_seconds, source=source)
         grouped = prefect_group_runner(job, data_dir, cfg.workers) if rcfg.batched else None
+        schedule_file = _schedule_file(base.arch_id, rcfg, cfg.seed)
+        recorded = store.read_bytes(search_run_id, schedule_file)
+        schedule = Schedule(**json.loads(recorded)) if recorded else Schedule()
+
+        def told(evaluation: Evaluation) -> None:  # run_loop returns before the next architecture's turn
+            logger.info("refine %s: %s", base.arch_id, describe(evaluation))
+            store.log_bytes(search_run_id, schedule_file, json.dumps(asdict(schedule)).encode())
+
         outcome = run_loop(strategy, lambda c: submit(child(c)), trials=rcfg.trials, concurrency=cfg.workers,
                            submit_group=(lambda cs: grouped([child(c) for c in cs])) if grouped else None,
-                           on_result=lambda e: logger.info("refine %s: %s", base.arch_id, describe(e)))
+                           on_result=told, schedule=schedule)
+        store.abandon_dead_trials(base.run_id)  # a killed attempt's settings this run no longer asks for
         results.extend(outcome.evaluations)
 
     winner = max(results, key=lambda e: e.rank_key)  # full ties: the search's own run, listed first

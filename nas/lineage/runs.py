@@ -220,8 +220,9 @@ class StoreRuns(StoreQueries):
         return False
 
     def abandon_dead_trials(self, parent_run_id: str) -> None:
-        """Abandon the running trials under a search whose owner died: a killed attempt's trial
-        that its resumed search no longer asks for (it asks in other rounds past what it replays)."""
+        """Abandon the running trials under a run (a search, or an architecture being refined) whose
+        owner died: a killed attempt's trial that its resumed search no longer asks for (it asks
+        in other rounds past what it replays)."""
         with self._exclusive():
             self._live_claims(self._search(f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`nas.kind` = "
                                            f"'{KIND_TRIAL}' and attributes.status = 'RUNNING'"))

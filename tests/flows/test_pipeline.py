@@ -2,6 +2,7 @@
 
 import json
 import os
+from dataclasses import replace
 
 import mlflow
 import numpy as np
@@ -45,6 +46,18 @@ def test_successive_halving_over_bayes_is_bohb_like(tmp_path, digits_dir, prefec
     history = LineageStore(cfg.tracking_uri, cfg.experiment).history()
     assert {e.candidate.budget.epochs for e in history} >= {1, 2}
     assert all(e.candidate.hparams.epochs == 4 for e in history)
+
+
+def test_bayesian_refinement_rerun_at_another_concurrency_trains_nothing_new(tmp_path, digits_dir, prefect_api):
+    space = str(ROOT / "spaces/small-cnn.yaml")
+    cfg = config(tmp_path, digits_dir, trials=2, epochs=1, experiment="bayes-refine", space=space, concurrency=2)
+    search = run_search(cfg)
+    refine = RefineConfig(top_k=1, trials=6, method="bayes", hparams={"lr": {"log": [1e-3, 1e-2]}, "epochs": [1]})
+    refined = run_refine(cfg, refine, search["parent_run_id"])
+    trained = len(trial_runs(cfg))
+    # Bayesian proposals depend on the results heard before each ask: the rerun asks in the first run's rounds.
+    assert run_refine(replace(cfg, concurrency=1), refine, search["parent_run_id"]) == refined
+    assert len(trial_runs(cfg)) == trained == 2 + 6
 
 
 def test_batched_refinement_trains_a_round_as_one_task_and_records_each_setting(tmp_path, digits_dir,

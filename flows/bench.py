@@ -19,7 +19,7 @@ from nas.config import DataConfig
 from nas.data import DataMeta
 from nas.ids import digest
 from nas.progress import progress
-from nas.runner import torch_threads
+from nas.threads import torch_threads
 from tasks.bench import train_part
 from tasks.prepare import prepare_data
 

@@ -18,7 +18,8 @@ from nas.config import SearchConfig
 from nas.data import DataError, DataMeta, read_meta
 from nas.lineage import LineageStore
 from nas.loop import Submit, SubmitGroup
-from nas.runner import TrialJob, batches, torch_threads
+from nas.runner import TrialJob, batches
+from nas.threads import torch_threads
 from nas.trial import Candidate, Evaluation
 from tasks.prepare import prepare_data
 from tasks.train import train_candidate, train_group

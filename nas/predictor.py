@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from nas.threads import using_threads
 
 __all__ = ["Predictor", "held_out_tau", "kendall_tau"]
 
@@ -86,7 +86,9 @@ class Predictor:
         inputs = torch.as_tensor(x, dtype=torch.float32)
         targets = torch.as_tensor((y - y_mean) / y_std, dtype=torch.float32)
         optimiser = torch.optim.Adam(list(weights.values()), lr=lr, weight_decay=weight_decay)
-        with torch.enable_grad(), _one_thread():
+        # One thread: these matrices are tiny, and on a loaded machine (trials training beside the
+        # search) intra-op threads spin-wait each other, measured 50-100x slower.
+        with torch.enable_grad(), using_threads(1):
             for _ in range(steps):
                 optimiser.zero_grad()
                 # Summed over members: each member's gradient is its own mean squared error's.
@@ -106,7 +108,7 @@ class Predictor:
         if x.shape[1] != self.inputs:
             raise ValueError(f"x has {x.shape[1]} columns but the predictor was fitted on {self.inputs}: "
                              "encode candidates with the same (bound) search space it was fitted on.")
-        with torch.no_grad(), _one_thread():
+        with torch.no_grad(), using_threads(1):
             out = _forward(self.weights, torch.as_tensor(x, dtype=torch.float32)).double().numpy()
         mean = self.y_mean + self.y_std * out.mean(axis=0)
         std = self.y_std * out.std(axis=0, ddof=1) if self.members > 1 else np.zeros(len(x))
@@ -177,19 +179,6 @@ def held_out_tau(x: np.ndarray, y: np.ndarray, seed: int = 0, test_fraction: flo
 
 
 # ---- helpers ---------------------------------------------------------------------
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run torch on one thread here: these matrices are tiny, and on a loaded machine (trials
-    training beside the search) intra-op threads spin-wait each other, measured 50-100x slower.
-    OpenMP keeps its thread count per calling thread (see nas/runner.py), so trials are untouched."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _as_matrix(x: np.ndarray, name: str) -> np.ndarray:

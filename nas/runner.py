@@ -9,7 +9,6 @@ key that another thread or process is training (see `LineageStore.claim_trial`).
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ from nas.data import DataError, DataMeta
 from nas.lineage import KIND_TRIAL, Claim, LineageError, LineageStore
 from nas.space import HParams, SearchSpace
 from nas.space.architecture import learned_run
+from nas.threads import torch_threads, using_threads
 from nas.train import TrainData, load_data, pick_device, train
 from nas.trial import Candidate, Evaluation, TrialSetting
 
@@ -179,15 +179,6 @@ def learned_optimizer(store: LineageStore, hparams: HParams) -> torch.nn.Module 
     return from_bytes(store.learned_optimizer(run_id))
 
 
-def torch_threads(concurrency: int) -> int:
-    """Torch threads per trial worker.
-
-    Trials share the cores, and each also needs one for Python-side work (Prefect, MLflow,
-    batching); torch gets the rest. More threads than that only add contention.
-    """
-    return max(1, (os.cpu_count() or 1) // concurrency - 1)
-
-
 class ThreadRunner:
     """Trials as threads of this process, `concurrency` at a time: a runner for `nas.loop.run_loop`."""
 
@@ -201,9 +192,8 @@ class ThreadRunner:
         return self.pool.submit(self._run, candidate)
 
     def _run(self, candidate: Candidate) -> Evaluation:
-        # Per thread: OpenMP keeps its thread count per calling thread.
-        torch.set_num_threads(self.threads)
-        return run_trial(candidate, self.data, self.job)
+        with using_threads(self.threads):
+            return run_trial(candidate, self.data, self.job)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from prefect import get_run_logger, task
 
 from nas.lineage import LineageStore
 from nas.meta_train import LOG_EVERY, MetaTrainSettings, learned_optimizer_run
+from nas.threads import using_threads
 
 
 @task(name="meta-train", retries=0)
 def meta_train_optimizer(settings: dict[str, Any], tracking_uri: str | None, experiment: str) -> dict[str, Any]:
     # The store is the cache: the same settings find their finished run (see learned_optimizer_run).
     logger = get_run_logger()
-    # The optimisees are tiny: a second thread per op costs more in contention than it computes.
-    torch.set_num_threads(1)
     meta = MetaTrainSettings(**{**settings, "hidden": tuple(settings["hidden"])})
 
     first = True
@@ -30,5 +28,6 @@ def meta_train_optimizer(settings: dict[str, Any], tracking_uri: str | None, exp
         if (iteration + 1) % (LOG_EVERY * 5) == 0:
             logger.info("meta-iteration %d/%d: meta-loss %.4f", iteration + 1, meta.iterations, loss)
 
-    run_id, trained = learned_optimizer_run(LineageStore(tracking_uri, experiment), meta, progress)
+    with using_threads(1):  # the optimisees are tiny: a second thread costs more in contention than it computes
+        run_id, trained = learned_optimizer_run(LineageStore(tracking_uri, experiment), meta, progress)
     return {"run_id": run_id, "trained": trained, "optimizer": f"learned:{run_id}"}

@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from prefect import task
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run, task_run
@@ -28,6 +27,7 @@ from nas.data import DataError, read_meta
 from nas.lineage import KIND_FINAL, LineageStore
 from nas.runner import TrialJob, run_group
 from nas.space.architecture import ArchitectureError
+from nas.threads import using_threads
 from nas.train import TrainData, load_data, with_validation
 from nas.trial import Candidate
 
@@ -93,10 +93,9 @@ def _run(candidates: list[dict[str, Any]], job: dict[str, Any], data_dir: str,
       retry_condition_fn=_infrastructure_error_only)
 def train_candidate(candidate: dict[str, Any], trial_key: str, *, job: dict[str, Any], data_dir: str,
                     threads: int = 1) -> dict[str, Any]:
-    # Per thread: OpenMP keeps its thread count per calling thread, and a worker thread
-    # left at the process default runs small networks about half as fast.
-    torch.set_num_threads(threads)
-    return _run([candidate], job, data_dir)[0]
+    # A worker thread left at the process default runs small networks about half as fast.
+    with using_threads(threads):
+        return _run([candidate], job, data_dir)[0]
 
 
 @task(name="train-group", task_run_name="train-group-{trial_keys[0]}", cache_key_fn=_group_cache_key,
@@ -105,8 +104,8 @@ def train_candidate(candidate: dict[str, Any], trial_key: str, *, job: dict[str,
 def train_group(candidates: list[dict[str, Any]], trial_keys: list[str], *, job: dict[str, Any], data_dir: str,
                 threads: int = 1) -> list[dict[str, Any]]:
     """Candidates of one shape (nas.batched.groups) trained as one batched network, each its own run."""
-    torch.set_num_threads(threads)
-    return _run(candidates, job, data_dir)
+    with using_threads(threads):
+        return _run(candidates, job, data_dir)
 
 
 @task(name="train-final", task_run_name="final-{trial_key}", cache_key_fn=_trial_cache_key,

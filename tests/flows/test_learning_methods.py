@@ -2,6 +2,7 @@
 
 import json
 
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -18,7 +19,9 @@ def test_meta_train_then_search_with_the_learned_optimizer(tmp_path, digits_dir,
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tiny = ["--data", "digits", "--tasks", "2", "--iterations", "4", "--unroll", "5", "--horizon", "10"]
+    threads = torch.get_num_threads()
     assert main(["meta-train", *tiny, "--tracking-uri", uri]) == 0
+    assert torch.get_num_threads() == threads  # the task ran on this thread: it must leave its thread count be
     (run,) = learned_optimizers(uri)
     run_id = run.info.run_id
     assert main(["meta-train", *tiny, "--tracking-uri", uri]) == 0

@@ -12,15 +12,14 @@ from safetensors.torch import save as save_tensors
 import nas.learned_opt as learned_opt_module
 from nas.learned_opt import (LearnedOptimizer, OptimizerNet, Task, from_bytes, meta_train, optimise,
                              preprocess_gradient, quadratic_family, task_family, to_bytes)
+from nas.threads import using_threads
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny tensors: one thread is fastest, and keeps a shared 2-core machine from thrashing."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with using_threads(1):
+        yield
 
 
 def seeded_net(seed: int = 0, **config) -> OptimizerNet:

@@ -25,6 +25,7 @@ from nas.config import ConfigError, RefineConfig, SearchConfig
 from nas.lineage import KIND_FINAL, LineageStore, resolve_tracking_uri
 from nas.ids import digest
 from nas.loop import Schedule, Submit, run_loop
+from nas.progress import progress
 from nas.provenance import provenance_tags
 from nas.refine import as_refinement, refinement_space, refinement_strategy, rescoring, top_architectures
 from nas.runner import TrialJob, trial_setting
@@ -81,31 +82,34 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
                 len(bases), search_run_id, rcfg.method, sorted(rcfg.hparams), rcfg.trials)
 
     results: list[Evaluation] = []
-    for base in bases:
-        job = TrialJob(setting, cfg.experiment_name, tracking_uri, base.run_id, f"refine-{rcfg.method}", tags=tags,
-                       measure_test=False, dataset=meta.to_json(), cuda_graphs=cfg.cuda_graphs)
-        submit = prefect_runner(job, data_dir, cfg.workers)
-        results.append(_comparable(base, submit, logger, source))
-        strategy = refinement_strategy(rcfg.method, refinement_space(space, base.candidate.arch,
-                                                                     base.candidate.hparams, rcfg.hparams),
-                                       base, cfg.seed, cfg.max_seconds)
-        # Each setting trains for the epochs it names, as a child of the architecture's run; with
-        # `batched`, the settings of a round that share batch size and epochs train as one network.
-        child = functools.partial(as_refinement, base=base, max_seconds=cfg.max_seconds, source=source)
-        grouped = prefect_group_runner(job, data_dir, cfg.workers) if rcfg.batched else None
-        schedule_file = _schedule_file(base.arch_id, rcfg, cfg.seed)
-        recorded = store.read_bytes(search_run_id, schedule_file)
-        schedule = Schedule(**json.loads(recorded)) if recorded else Schedule()
+    with progress(len(bases) * rcfg.trials, f"{rcfg.method} refinement", "setting") as bar:
+        for base in bases:
+            job = TrialJob(setting, cfg.experiment_name, tracking_uri, base.run_id, f"refine-{rcfg.method}",
+                           tags=tags, measure_test=False, dataset=meta.to_json(), cuda_graphs=cfg.cuda_graphs)
+            submit = prefect_runner(job, data_dir, cfg.workers)
+            results.append(_comparable(base, submit, logger, source))
+            strategy = refinement_strategy(rcfg.method, refinement_space(space, base.candidate.arch,
+                                                                         base.candidate.hparams, rcfg.hparams),
+                                           base, cfg.seed, cfg.max_seconds)
+            # Each setting trains for the epochs it names, as a child of the architecture's run; with
+            # `batched`, the settings of a round that share batch size and epochs train as one network.
+            child = functools.partial(as_refinement, base=base, max_seconds=cfg.max_seconds, source=source)
+            grouped = prefect_group_runner(job, data_dir, cfg.workers) if rcfg.batched else None
+            schedule_file = _schedule_file(base.arch_id, rcfg, cfg.seed)
+            recorded = store.read_bytes(search_run_id, schedule_file)
+            schedule = Schedule(**json.loads(recorded)) if recorded else Schedule()
 
-        def told(evaluation: Evaluation) -> None:  # run_loop returns before the next architecture's turn
-            logger.info("refine %s: %s", base.arch_id, describe(evaluation))
-            store.log_bytes(search_run_id, schedule_file, json.dumps(asdict(schedule)).encode())
+            def told(evaluation: Evaluation) -> None:  # run_loop returns before the next architecture's turn
+                logger.info("refine %s: %s", base.arch_id, describe(evaluation))
+                store.log_bytes(search_run_id, schedule_file, json.dumps(asdict(schedule)).encode())
+                results.append(evaluation)
+                bar.set_postfix(best_val=f"{max(e.val_acc or 0.0 for e in results):.4f}")
+                bar.update(1)
 
-        outcome = run_loop(strategy, lambda c: submit(child(c)), trials=rcfg.trials, concurrency=cfg.workers,
-                           submit_group=(lambda cs: grouped([child(c) for c in cs])) if grouped else None,
-                           on_result=told, schedule=schedule)
-        store.abandon_dead_trials(base.run_id)  # a killed attempt's settings this run no longer asks for
-        results.extend(outcome.evaluations)
+            run_loop(strategy, lambda c: submit(child(c)), trials=rcfg.trials, concurrency=cfg.workers,
+                     submit_group=(lambda cs: grouped([child(c) for c in cs])) if grouped else None,
+                     on_result=told, schedule=schedule)
+            store.abandon_dead_trials(base.run_id)  # a killed attempt's settings this run no longer asks for
 
     winner = max(results, key=lambda e: e.rank_key)  # full ties: the search's own run, listed first
     final = Candidate(winner.candidate.arch, winner.candidate.hparams,

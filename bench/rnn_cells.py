@@ -7,11 +7,12 @@
 For each data set (the adding problem of length --length, and MNIST-1D read as a 40-step
 sequence), nas-rl searches --space for --trials networks of --search-epochs epochs, in
 process through the ordinary training path. The best cell's tree then gets --hidden units
-and is trained next to torch.nn.LSTM and torch.nn.GRU of the same hidden size with one recipe written here for all three (Adam, --lr, cosine decay, gradient
-clipping 1.0, batch 64, --epochs epochs): each reads the sequence and a linear head reads
-its last hidden state. Reported: the test accuracy at the epoch of best validation
-accuracy, per seed, and the mean. Target: the searched cell >= the LSTM on both data sets.
-On this 2-core CPU the defaults take about 25 minutes.
+and is trained next to torch.nn.LSTM and torch.nn.GRU of the same hidden size with one
+recipe written here for all three (Adam, --lr, cosine decay, gradient clipping 1.0, batch
+64, --epochs epochs): each reads the sequence and a linear head reads its last hidden state.
+Reported: the test accuracy at the epoch of best validation accuracy, per seed, and the mean.
+Target: the searched cell >= the LSTM on both data sets. On this 2-core CPU the defaults take
+about 25 minutes.
 """
 
 from __future__ import annotations

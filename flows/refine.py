@@ -11,9 +11,8 @@ with its full budget and logged as an MLflow model. The test split is left to `e
 from __future__ import annotations
 
 import functools
-import json
 import logging
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from flows.common import describe, prefect_group_runner, prefect_runner, prepare
 from nas.config import ConfigError, RefineConfig, SearchConfig
 from nas.lineage import KIND_FINAL, LineageStore, resolve_tracking_uri
 from nas.ids import digest
-from nas.loop import Schedule, Submit, run_loop
+from nas.loop import Schedule, Submit, run_loop, schedules_from_json, schedules_to_json
 from nas.progress import progress
 from nas.provenance import provenance_tags
 from nas.refine import as_refinement, refinement_space, refinement_strategy, rescoring, top_architectures
@@ -96,12 +95,12 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
             child = functools.partial(as_refinement, base=base, max_seconds=cfg.max_seconds, source=source)
             grouped = prefect_group_runner(job, data_dir, cfg.workers) if rcfg.batched else None
             schedule_file = _schedule_file(base.arch_id, rcfg, cfg.seed)
-            recorded = store.read_bytes(search_run_id, schedule_file)
-            schedule = Schedule(**json.loads(recorded)) if recorded else Schedule()
+            # One loop per file, kept in the form a search keeps its loops' schedules.
+            schedule = (schedules_from_json(store.read_bytes(search_run_id, schedule_file)) or [Schedule()])[0]
 
             def told(evaluation: Evaluation) -> None:  # run_loop returns before the next architecture's turn
                 logger.info("refine %s: %s", base.arch_id, describe(evaluation))
-                store.log_bytes(search_run_id, schedule_file, json.dumps(asdict(schedule)).encode())
+                store.log_bytes(search_run_id, schedule_file, schedules_to_json([schedule]))
                 results.append(evaluation)
                 bar.set_postfix(best_val=f"{max(e.val_acc or 0.0 for e in results):.4f}")
                 bar.update(1)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ from nas.config import DataConfig, SearchConfig
 from nas.data import DataMeta, feature_columns, prepare
 from nas.hyper import STEPS, OneShotScorer
 from nas.lineage import LineageStore, resolve_tracking_uri
-from nas.loop import LoopOutcome, Schedule, Submit, run_loop, time_limit
+from nas.loop import LoopOutcome, Schedule, Submit, run_loop, schedules_from_json, schedules_to_json, time_limit
 from nas.runner import ThreadRunner, TrialJob, trial_setting
 from nas.space import SearchSpace, resolve_space
 from nas.space.architecture import learned_run
@@ -115,8 +115,7 @@ class Search:
         self.logged_files: set[str] = set()  # strategy files already on the search run
         self.stop_reason: str | None = None
         # Kept so that a rerun or resume asks what this search asked, whatever its concurrency (nas.loop).
-        recorded = self.store.read_bytes(self.run_id, SCHEDULE_FILE)
-        self.schedules = [Schedule(**s) for s in json.loads(recorded)] if recorded else []
+        self.schedules = schedules_from_json(self.store.read_bytes(self.run_id, SCHEDULE_FILE))
         self.optimized = 0  # calls of optimize so far
 
     def optimize(self, n_trials: int | None = None, timeout: float | None = None, runner: Submit | None = None,
@@ -134,7 +133,7 @@ class Search:
         def told(evaluation: Evaluation) -> None:  # kept as told, so a progress bar can read best_trial
             self.evaluations.append(evaluation)
             self._log_strategy_state()
-            self.store.log_bytes(self.run_id, SCHEDULE_FILE, json.dumps([asdict(s) for s in self.schedules]).encode())
+            self.store.log_bytes(self.run_id, SCHEDULE_FILE, schedules_to_json(self.schedules))
             if on_result is not None:
                 on_result(evaluation)
 

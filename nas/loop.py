@@ -49,11 +49,12 @@ result (a rerun trains it again) and the search goes on.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from nas.strategies.base import ProtocolError, Strategy
 from nas.trial import Candidate, Evaluation, TrialStatus
@@ -87,6 +88,15 @@ class Schedule:
         if not self.limits or self.limits[-1][1] != wanted:
             self.limits.append([told, wanted])
         return wanted
+
+
+def schedules_from_json(data: bytes | None) -> list[Schedule]:
+    """The schedules a run keeps (one per loop it ran, in order), from `schedules_to_json`'s bytes or None."""
+    return [Schedule(**s) for s in json.loads(data)] if data else []
+
+
+def schedules_to_json(schedules: list[Schedule]) -> bytes:
+    return json.dumps([asdict(s) for s in schedules]).encode()
 
 
 @dataclass
@@ -203,4 +213,5 @@ def _result(candidate: Candidate, future: Future[Evaluation]) -> Evaluation:
     return replace(evaluation, candidate=candidate)
 
 
-__all__ = ["LoopOutcome", "Schedule", "StopRule", "Submit", "SubmitGroup", "run_loop", "time_limit"]
+__all__ = ["LoopOutcome", "Schedule", "StopRule", "Submit", "SubmitGroup", "run_loop", "schedules_from_json",
+           "schedules_to_json", "time_limit"]

@@ -38,9 +38,9 @@ from nas.build import build
 from nas.ids import derive_seed
 from nas.space.architecture import Architecture, ArchitectureError, learned_run
 from nas.space.shapes import infer
-from nas.train import (EVAL_BATCH, TrainData, TrainOutcome, _batches, _cosine, _divergence_reason,
-                       _is_out_of_memory, _not_finite_reason, _out_of_memory_reason, _time_limit_reason, pick_device,
-                       train)
+from nas.train import (CLIP_NORM, EVAL_BATCH, TrainData, TrainOutcome, _batches, _cosine, _divergence_reason,
+                       _is_out_of_memory, _not_finite_reason, _out_of_memory_reason, _time_limit_reason,
+                       clips_gradients, pick_device, train)
 from nas.trial import Candidate, Evaluation, TrialSetting, TrialStatus
 
 __all__ = ["groups", "train_together"]
@@ -177,6 +177,15 @@ def _forward(base: nn.Module, params: Stacked, buffers: Stacked, x: torch.Tensor
     return vmap(one, in_dims=(0, 0, None if shared_x else 0))(params, buffers, x)
 
 
+def _clip_each(params: Stacked) -> None:
+    """`clip_grad_norm_` for every member on its own: each row's gradient norm at most CLIP_NORM."""
+    grads = [p.grad for p in params.values() if p.grad is not None]
+    norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    scale = (CLIP_NORM / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
+
+
 @torch.no_grad()
 def _evaluate(base: nn.Module, params: Stacked, buffers: Stacked, x: torch.Tensor, y: torch.Tensor,
               device: torch.device) -> tuple[list[float], list[float]]:
@@ -224,6 +233,7 @@ def _train_group(outcomes: list[TrainOutcome], data: TrainData, seeds: list[int]
     # The group shares one clock, so the tightest member's limit binds them all.
     limits = [c.budget.max_seconds for c in cands if c.budget.max_seconds is not None]
     limit = min(limits) if limits else None
+    clip = clips_gradients(arch)
     live = list(range(len(cands)))  # row r of every stack is member live[r]
     step = 0
     for epoch in range(1, budget.epochs + 1):
@@ -243,6 +253,8 @@ def _train_group(outcomes: list[TrainOutcome], data: TrainData, seeds: list[int]
                 p.grad = None
             # Members share no weights, so the gradient of the sum is each member's own gradient.
             losses.sum().backward()
+            if clip:
+                _clip_each(params)
             optimizer.step(params, [_cosine(cands[m].hparams.lr, step, total_steps) for m in live])
             loss_sum += losses.detach() * (end - start)
             step += 1

@@ -10,7 +10,9 @@ import torch
 
 from nas.batched import groups, train_together
 from nas.build import build
+from nas.sequences import adding_problem
 from nas.space import Architecture, HParams, Node
+from nas.space.cell import CellSpec, cell_attrs
 from nas.train import TrainData, TrainOutcome, load_data, train
 from nas.trial import Budget, Candidate, TrialStatus
 
@@ -70,6 +72,17 @@ def test_a_group_equals_its_members_trained_alone(digits: TrainData, optimizer: 
         assert torch.equal(outcome.weights["nodes.1.norm.num_batches_tracked"],
                            alone.weights["nodes.1.norm.num_batches_tracked"])
         assert outcome.evaluation.seconds > 0
+
+
+def test_recurrent_members_clip_their_gradients_each_as_alone() -> None:
+    # Unbounded linear cells on large inputs: every step's gradient is far over the clipping norm.
+    x, y = map(torch.from_numpy, adding_problem(96, 6, seed=0))
+    data = TrainData(10 * x[:64], y[:64], 10 * x[64:80], y[64:80], 10 * x[80:], y[80:], (2, 6), 10, "adding")
+    cell = Node.make("cell", [0], **cell_attrs(CellSpec(base=1, nodes=(("add", "identity"),)), 8))
+    arch = Architecture((Node.make("input"), cell, Node.make("head", [1])))
+    members = [cand("sgd", 0.05, arch=arch, batch_size=16), cand("sgd", 0.02, 1e-3, "xavier", arch=arch, batch_size=16)]
+    for member, outcome in zip(members, train_together(members, data)):
+        assert_same(train(member, data), outcome, len(data.y_val))
 
 
 def test_groups_split_by_what_must_be_shared() -> None:

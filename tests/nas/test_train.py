@@ -16,7 +16,8 @@ from nas.data import prepare, read_meta
 from nas.lineage import LineageStore
 from nas.runner import TrialJob, run_trial
 from nas.space import Architecture, HParams, Node, infer
-from nas.train import TrainData, _is_out_of_memory, fit, load_data, pick_device, train
+from nas.space.cell import CellSpec, cell_attrs
+from nas.train import CLIP_NORM, TrainData, _is_out_of_memory, _training_step, fit, load_data, pick_device, train
 from nas.trial import Budget, Candidate, TrialSetting, TrialStatus
 
 
@@ -157,6 +158,24 @@ def test_divergence_fails_with_a_reason() -> None:
     ev = train(Candidate(arch, HParams(optimizer="sgd", lr=5.0, batch_size=200, epochs=5), Budget(5)), data).evaluation
     assert ev.status == TrialStatus.FAILED and "diverged" in ev.reason and "lower the learning rate (now 5)" in ev.reason
     assert ev.train_loss[-1] > 10 * ev.train_loss[0] and len(ev.val_accs) == ev.epochs_trained < 5
+
+
+@pytest.mark.parametrize("recurrent", [True, False])
+def test_a_recurrent_network_clips_its_gradient_norm_and_others_do_not(recurrent: bool) -> None:
+    # Large inputs give a gradient norm far above CLIP_NORM; one plain SGD step moves the weights by lr * its norm.
+    linear = CellSpec(base=1, nodes=(("add", "identity"),))  # no tanh to saturate: the gradient grows with x
+    reader = Node.make("cell", [0], **cell_attrs(linear, 8)) if recurrent else Node.make("flatten", [0])
+    arch = Architecture((Node.make("input"), reader, Node.make("head", [1])))
+    x, y = 20 * torch.randn(16, 2, 5, generator=torch.Generator().manual_seed(0)), torch.arange(16) % 3
+    data = TrainData(x, y, x, y, x, y, (2, 5), 3, "toy")
+    model = build(arch, (2, 5), 3, seed=0)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item()
+    before = torch.cat([p.detach().flatten() for p in model.parameters()])
+    _training_step(model, torch.optim.SGD(model.parameters(), lr=0.1), data, torch.device("cpu"))(torch.arange(16))
+    moved = (torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm().item()
+    assert norm > 10 * CLIP_NORM
+    assert moved == pytest.approx(0.1 * (CLIP_NORM if recurrent else norm), rel=1e-4)
 
 
 def test_init_weights_are_inherited_where_keys_and_shapes_match(digits: TrainData) -> None:

@@ -26,12 +26,12 @@ from nas.ids import digest
 from nas.loop import Schedule, Submit, run_loop, schedules_from_json, schedules_to_json
 from nas.progress import progress
 from nas.provenance import provenance_tags
-from nas.refine import as_refinement, refinement_space, refinement_strategy, rescoring, top_architectures
+from nas.refine import (as_refinement, final_candidate, refinement_space, refinement_strategy, rescoring,
+                        top_architectures)
 from nas.runner import TrialJob, trial_setting
 from nas.space import SearchSpace
 from nas.train import with_validation
-from nas.transfer import transferred
-from nas.trial import Budget, Candidate, Evaluation
+from nas.trial import Evaluation
 from tasks.train import train_final
 
 
@@ -111,10 +111,7 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
             store.abandon_dead_trials(base.run_id)  # a killed attempt's settings this run no longer asks for
 
     winner = max(results, key=lambda e: e.rank_key)  # full ties: the search's own run, listed first
-    final = Candidate(winner.candidate.arch, winner.candidate.hparams,
-                      Budget(winner.candidate.hparams.epochs, cfg.max_seconds), parents=(winner.run_id,))
-    if source:
-        final = transferred(final, source)
+    final = final_candidate(winner, source)
     logger.info("winner: %s with %s; training it on train+val for %d epochs", winner.arch_id,
                 winner.candidate.hparams.to_json(), final.budget.epochs)
     final_setting = replace(setting, data_fingerprint=with_validation(meta.fingerprint), folds=1)  # trained once

@@ -782,6 +782,7 @@ def main(argv: list[str] | None = None) -> int:
     from nas.config import ConfigError
     from nas.data import DataError
     from nas.space import ArchitectureError, SpaceError
+    from nas.trial import TrialInterrupted
 
     user_errors: tuple[type[Exception], ...] = (ConfigError, DataError, SpaceError, ArchitectureError)
     if args.command != "prepare":  # every other command talks to MLflow anyway
@@ -790,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
         user_errors += (LineageError,)
     # A user error raised inside a flow: Prefect logs it with its traceback as the flow fails;
     # the message alone is what the user needs (and this function prints it again, last).
-    no_traceback = _WithoutTraceback(user_errors)
+    no_traceback = _WithoutTraceback((*user_errors, TrialInterrupted))
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(no_traceback)
     try:
@@ -798,6 +799,10 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors as exc:
         print(f"nas {args.command}: {exc}", file=sys.stderr)
         return 2
+    except TrialInterrupted as exc:  # the environment stopped a training the flow cannot do without (the final)
+        print(f"nas {args.command}: {exc} Finished trials are saved; run the same command again to resume.",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials are saved; run the same command again to resume.", file=sys.stderr)
         return 130

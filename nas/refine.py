@@ -92,6 +92,15 @@ def as_refinement(candidate: Candidate, base: Evaluation, max_seconds: float | N
     return transferred(refined, source) if source else refined
 
 
+def final_candidate(winner: Evaluation, source: str | None = None) -> Candidate:
+    """The winner's network and recipe, to train on train+val, with no per-trial time limit:
+    the winner met the limit on fewer rows, and stopping its final training would throw the
+    refinement away."""
+    final = Candidate(winner.candidate.arch, winner.candidate.hparams, Budget(winner.candidate.hparams.epochs),
+                      parents=(winner.run_id,))
+    return transferred(final, source) if source else final
+
+
 def rescoring(base: Evaluation, source: str | None = None) -> Candidate:
     """The base's own recipe trained without its parent's weights (from the search's transfer
     source, if it had one): what its search score would be without inheritance."""

@@ -32,6 +32,10 @@ class TrialStatus(str, Enum):
         return self.value
 
 
+class TrialInterrupted(RuntimeError):
+    """The environment stopped a trial (time limit, out of memory): not a result to cache."""
+
+
 @dataclass(frozen=True)
 class TrialSetting:
     """What a search fixes for all its trials and that decides their results."""

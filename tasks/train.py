@@ -29,11 +29,7 @@ from nas.runner import TrialJob, run_group
 from nas.space.architecture import ArchitectureError
 from nas.threads import using_threads
 from nas.train import TrainData, load_data, with_validation
-from nas.trial import Candidate
-
-
-class TrialInterrupted(RuntimeError):
-    """The environment stopped a trial (time limit, out of memory): not a result to cache."""
+from nas.trial import Candidate, TrialInterrupted
 
 
 def _store_digest(job: dict[str, Any]) -> str:

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from nas.config import ConfigError, RefineConfig, load_refine_params
-from nas.refine import as_refinement, refinement_space, refinement_strategy, top_architectures
+from nas.refine import as_refinement, final_candidate, refinement_space, refinement_strategy, top_architectures
 from nas.space import SearchSpace, SpaceError
 from nas.trial import Budget, Candidate, Evaluation
 from tests.conftest import ROOT
@@ -47,6 +47,15 @@ def test_refinement_keeps_the_architecture_and_the_optimizer(method):
         assert c.hparams.epochs == c.budget.epochs == 30 and c.hparams.batch_size in (32, 64)
         assert 1e-3 <= c.hparams.lr <= 1e-2
     assert len({c.hparams for c in proposed}) == 8 and hparams not in {c.hparams for c in proposed}
+
+
+def test_the_final_training_has_no_time_limit():
+    # A winner near the limit as a trial would exceed it on train+val: the final would fail after all the refinement.
+    arch, hparams = SPACE.sample(random.Random(3))
+    winner = Evaluation(Candidate(arch, hparams, Budget(hparams.epochs, 120.0)), "w", val_acc=0.9, run_id="w")
+    final = final_candidate(winner)
+    assert final.budget == Budget(hparams.epochs) and final.budget.max_seconds is None
+    assert (final.arch, final.hparams, final.parents) == (arch, hparams, ("w",))
 
 
 def test_refinement_errors_name_the_fix(tmp_path):

@@ -10,8 +10,9 @@ from flows.common import prepared_data
 from nas.config import DataConfig, SearchConfig
 from nas.lineage import LineageError
 from nas.space import ArchitectureError
+from nas.trial import TrialInterrupted
 from tasks.prepare import prepare_data
-from tasks.train import TrialInterrupted, _infrastructure_error_only
+from tasks.train import _infrastructure_error_only
 
 
 @flow

@@ -67,8 +67,8 @@ def search_best_cell(data: TrainData, args: argparse.Namespace) -> tuple[dict, f
         future: Future = Future()
         evaluation = train(candidate, data, seed=0, device="cpu", max_params=space.max_params).evaluation
         results.append(evaluation)
-        print(f"    trial {len(results):>2}: val {evaluation.val_acc or 0:.4f} "
-              f"({evaluation.params:,} params, {evaluation.seconds:.0f} s)", flush=True)
+        print(f"    trial {len(results):>2}: val {evaluation.val_acc or 0:.4f} (lr {candidate.hparams.lr:.3g}, "
+              f"{evaluation.params:,} params, {evaluation.seconds:.0f} s)", flush=True)
         future.set_result(evaluation)
         return future
 

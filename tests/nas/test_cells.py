@@ -169,6 +169,21 @@ def test_a_space_file_whose_cell_domains_cannot_spell_trees_is_refused_by_name()
             SearchSpace.from_dict(broken, "broken.yaml")
 
 
+def test_a_multiplying_leaf_under_a_multiplying_root_never_leaves_zero():
+    """W x * U 0 = 0 at the zero start state, and 0 times anything stays 0: the cell ignores its
+    input and gets no gradient. spaces/rnn-cell-small.yaml's leaves all add, so no cell of it is dead so."""
+    import yaml
+
+    spec = CellSpec(base=2, nodes=(("mul", "tanh"), ("add", "tanh"), ("mul", "identity")))
+    x = torch.randn(BATCH, LENGTH, INPUT, requires_grad=True)
+    h = CellRNN(spec, INPUT, HIDDEN)(x)
+    h.sum().backward()
+    assert not h.any() and not x.grad.any()
+    cell = yaml.safe_load((ROOT_SPACES / "rnn-cell-small.yaml").read_text())["ops"]["cell"]
+    leaves = [op for i in range(cell["base"][0]) for op in cell[f"node{i}"]]
+    assert leaves and all(op.startswith("add_") for op in leaves)
+
+
 @pytest.mark.parametrize("base", BASES)
 def test_a_cell_nodes_attributes_spell_its_spec_and_back(base):
     spec = CellSpec.random(random.Random(base), base=base)

@@ -791,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
         user_errors += (LineageError,)
     # A user error raised inside a flow: Prefect logs it with its traceback as the flow fails;
     # the message alone is what the user needs (and this function prints it again, last).
-    no_traceback = _WithoutTraceback((*user_errors, TrialInterrupted))
+    no_traceback = _WithoutTraceback((*user_errors, TrialInterrupted, FloatingPointError))
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(no_traceback)
     try:
@@ -802,6 +802,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrialInterrupted as exc:  # the environment stopped a training the flow cannot do without (the final)
         print(f"nas {args.command}: {exc} Finished trials are saved; run the same command again to resume.",
               file=sys.stderr)
+        return 1
+    except FloatingPointError as exc:  # a training that diverged; the message says what to change
+        print(f"nas {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials are saved; run the same command again to resume.", file=sys.stderr)

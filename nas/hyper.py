@@ -62,6 +62,7 @@ ROLE_SAMPLE = 500  # networks sampled to size the memory of every role
 STEPS = 12_000  # hypernetwork training steps, one batch of a new network each: about 3 minutes on 2 cores
 BATCH = 64
 CLIP = 1.0  # gradient norm: a network whose generated weights blow up must not wreck the others
+MAX_SKIPPED = 10  # networks with a non-finite loss skipped before training gives up, or half the steps when more
 LEARNING_RATE = 3e-3  # Adam's, cosine-decayed over the steps
 REDUCTIONS = ("global_pool", "flatten", "cell")
 
@@ -230,6 +231,7 @@ class OneShot(nn.Module):
 class OneShotResult:
     model: OneShot
     curve: list[dict[str, float]] = field(default_factory=list)  # step, loss, accuracy of the batch, seconds
+    skipped: list[str] = field(default_factory=list)  # ids of the sampled networks whose loss was not finite
 
 
 def train_one_shot(space: SearchSpace, hparams: HParams, data: TrainData, *, steps: int = STEPS, seed: int = 0,
@@ -250,16 +252,20 @@ def train_one_shot(space: SearchSpace, hparams: HParams, data: TrainData, *, ste
         x, y = data.x_train[index].to(device), data.y_train[index].to(device)
         logits = model(arch, x, network)
         loss = F.cross_entropy(logits, y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the SMASH hypernetwork's loss became {loss.item()} at step {step} of {steps} "
-                                     f"on network {arch.arch_id}; try another --seed or fewer --smash-steps.")
-        optimizer.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), CLIP)
-        optimizer.step()
+        if torch.isfinite(loss):
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+            optimizer.step()
+            window.append((loss.item(), (logits.argmax(1) == y).float().mean().item()))
+        else:  # some networks overflow whatever their weights (a cell whose recurrence grows): skip them
+            result.skipped.append(arch.arch_id)
+            if len(result.skipped) > max(MAX_SKIPPED, step // 2):
+                raise FloatingPointError(
+                    f"the SMASH hypernetwork's loss was not finite on {len(result.skipped)} of the first {step} "
+                    f"networks (the last: {arch.arch_id}); try another --seed or fewer --smash-steps.")
         schedule.step()
-        window.append((loss.item(), (logits.argmax(1) == y).float().mean().item()))
-        if step % every == 0 or step == steps:
+        if window and (step % every == 0 or step == steps):
             mean_loss, mean_acc = (sum(v) / len(window) for v in zip(*window))
             result.curve.append({"step": step, "loss": mean_loss, "accuracy": mean_acc,
                                  "seconds": time.perf_counter() - started})
@@ -307,6 +313,9 @@ class OneShotScorer:
 
             self.result = train_one_shot(self.space, hparams, data, steps=self.steps, seed=self.seed,
                                          on_step=on_step)
+        if self.result.skipped:
+            log.info("SMASH: %d of %d steps skipped: their network's loss was not finite",
+                     len(self.result.skipped), self.steps)
         log.info("SMASH: scoring %d candidates with generated weights", len(archs))
         self.scores = score(self.result.model, archs, data)
         return self.scores

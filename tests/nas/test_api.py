@@ -145,9 +145,10 @@ create_search("killed", data="digits", tracking_uri=sys.argv[1], root=sys.argv[2
 
 
 def trial_runs(db: Path) -> set[str]:
-    """The ids of every trial run in a search's SQLite store, read straight from the file."""
+    """The ids of every trial run in a search's SQLite store, read straight from the file (read-only:
+    connecting otherwise creates an empty file, which the search would then migrate in place)."""
     try:
-        with contextlib.closing(sqlite3.connect(db, timeout=5)) as connection:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as connection:
             return {row[0] for row in connection.execute(
                 "SELECT run_uuid FROM tags WHERE key = 'nas.kind' AND value = 'trial'")}
     except sqlite3.OperationalError:  # no store, or no tables, yet

@@ -64,7 +64,6 @@ def test_training_is_deterministic_and_generated_weights_learn(digits) -> None:
     assert sum(scores) / len(scores) > sum(untrained) / len(untrained) + 0.1, (scores, untrained)
 
 
-
 def test_a_network_that_overflows_is_skipped_and_training_goes_on(tmp_path) -> None:
     """Some cells of spaces/rnn-cell-small.yaml grow without bound whatever their weights: the 25th
     network drawn with seed 0 overflows on the adding problem. Its step is skipped, the others train."""
@@ -76,6 +75,7 @@ def test_a_network_that_overflows_is_skipped_and_training_goes_on(tmp_path) -> N
     result = train_one_shot(space, space.nearest_hparams(HParams()), data, steps=40, seed=0)
     assert len(result.skipped) == 1 and result.curve[-1]["step"] == 40
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
 
 def test_the_strategy_proposes_best_scores_first_and_tabulates_them() -> None:
     space = SPACES["mlp"]

@@ -1,6 +1,6 @@
 """A searched recurrent cell against torch's LSTM and GRU, on the adding problem and MNIST-1D.
 
-    python bench/rnn_cells.py [--length 100] [--trials 24] [--search-epochs N] [--epochs 20]
+    python bench/rnn_cells.py [--length 100] [--search-length L] [--trials 24] [--search-epochs N] [--epochs 20]
                               [--hidden 64] [--seeds 0,1] [--space spaces/rnn-cell-small.yaml]
                               [--only adding|mnist1d] [--out bench/results/rnn_cells.json]
 
@@ -9,10 +9,11 @@ sequence): how many of 200 random cells of spaces/rnn-cell.yaml and of --space i
 input at initialisation (the last hidden state is the same for every sequence); then nas-rl
 searches --space for --trials networks of --search-epochs epochs (by default 20 on the adding
 problem, where cells leave the baseline late, and 8 on MNIST-1D), in process through the
-ordinary training path. The best cell's tree then gets --hidden units and is trained next to
-torch.nn.LSTM and torch.nn.GRU of the same hidden size with one recipe written here for all
-three (Adam, --lr, cosine decay, gradient clipping 1.0, batch 64, --epochs epochs): each reads
-the sequence and a linear head reads its last hidden state.
+ordinary training path (--search-length: on shorter adding sequences, a cheaper proxy task, as
+NAS papers search on one). The best cell's tree then gets --hidden units and is trained at
+--length next to torch.nn.LSTM and torch.nn.GRU of the same hidden size with one recipe written
+here for all three (Adam, --lr, cosine decay, gradient clipping 1.0, batch 64, --epochs epochs):
+each reads the sequence and a linear head reads its last hidden state.
 Reported: the test accuracy at the epoch of best validation accuracy, per seed, and the mean.
 Target: the searched cell >= the LSTM on both data sets."""
 
@@ -127,15 +128,21 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return sum((model(xb).argmax(1) == yb).sum().item() for xb, yb in zip(x.split(512), y.split(512))) / len(y)
 
 
-def compare(name: str, source: str, args: argparse.Namespace) -> dict:
+def prepared(source: str, name: str) -> TrainData:
     folder = Path(tempfile.mkdtemp(prefix=f"nas-bench-rnn-{name}-"))
     prepare(source, folder)
-    data = load_data(folder, "cpu")
-    print(f"\n{name} ({source}: {tuple(data.shape)}, {data.num_classes} classes): nas-rl searches cells", flush=True)
+    return load_data(folder, "cpu")
+
+
+def compare(name: str, source: str, search_source: str, args: argparse.Namespace) -> dict:
+    data = prepared(source, name)
+    search_data = data if search_source == source else prepared(search_source, name)
+    print(f"\n{name} ({source}: {tuple(data.shape)}, {data.num_classes} classes): nas-rl searches cells"
+          f" on {search_source}", flush=True)
     ignoring = {Path(f).name: ignoring_input(f, data) for f in (ROOT / "spaces/rnn-cell.yaml", args.space)}
     print("  of 200 random cells, ignore their input at initialisation: "
           + ", ".join(f"{n} {c}" for n, c in ignoring.items()), flush=True)
-    attrs, search_val = search_best_cell(data, args.search_epochs or SEARCH_EPOCHS[name], args)
+    attrs, search_val = search_best_cell(search_data, args.search_epochs or SEARCH_EPOCHS[name], args)
     attrs = {**attrs, "units": args.hidden}
     print(f"  best cell: {cell_spec(attrs).describe()}")
     cell = Architecture((Node.make("input"), Node.make("cell", [0], **attrs), Node.make("head", [1])))
@@ -154,13 +161,15 @@ def compare(name: str, source: str, args: argparse.Namespace) -> dict:
     means = {m: statistics.mean(r["test_acc"] for r in rs) for m, rs in runs.items()}
     print("  mean test: " + ", ".join(f"{m} {v:.4f}" for m, v in means.items())
           + f"; searched cell >= LSTM: {means['searched cell'] >= means['LSTM']}")
-    return {"source": source, "ignoring_input": ignoring, "cell": attrs, "search_val_acc": search_val,
-            "runs": runs, "mean_test": means}
+    return {"source": source, "search_source": search_source, "ignoring_input": ignoring, "cell": attrs,
+            "search_val_acc": search_val, "runs": runs, "mean_test": means}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--length", type=int, default=100, help="adding problem sequence length")
+    parser.add_argument("--search-length", type=int,
+                        help="adding problem sequence length the search trains on (default: --length)")
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--search-epochs", type=int,
                         help="epochs per search trial (default: 20 on adding, 8 on MNIST-1D)")
@@ -177,9 +186,10 @@ def main() -> None:
     torch.set_num_threads(2)
     started = time.perf_counter()
     sources = {"adding": f"adding:{args.length}", "mnist1d": "mnist1d"}
+    search_sources = {**sources, "adding": f"adding:{args.search_length or args.length}"}
     names = [args.only] if args.only else list(sources)
     results: dict = {"config": {k: v for k, v in vars(args).items()}}
-    results.update({name: compare(name, sources[name], args) for name in names})
+    results.update({name: compare(name, sources[name], search_sources[name], args) for name in names})
     results["seconds"] = round(time.perf_counter() - started)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1, default=str))

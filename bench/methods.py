@@ -9,7 +9,8 @@ spares the model-based methods three refits in four). After t trials, of the net
 the best validation accuracy among the first t: test regret = the table's best test
 accuracy minus its test accuracy (what a user who picks by validation gets); validation
 regret = the table's best validation accuracy minus its own (how fast the search finds
-the top of what it optimises). Writes regret.csv and regret_val.csv (median regret per
+the top of what it optimises). Accuracies are averaged over the table's seeds; a search
+sees one seed's rows (nas.benchmark). Writes regret.csv and regret_val.csv (median regret per
 method and trial, for `dvc plots`), regret.png (medians with quartile bands, both
 regrets) and methods.json, and prints the median regrets at 25/50/100/200 trials.
 
@@ -62,7 +63,7 @@ def run_method(table_path: str, label: str, seed: int, trials: int,
     outcome = table.search(strategy, seed=seed, trials=trials, concurrency=concurrency, **options)
     curves = {}
     for on in REGRETS:
-        curve = table.regret_curve(outcome.evaluations, seed, on)
+        curve = table.regret_curve(outcome.evaluations, on)
         curves[on] = curve + [curve[-1]] * (trials - len(curve))  # a strategy that ran dry keeps its last regret
     return label, seed, curves, time.perf_counter() - started
 
@@ -79,12 +80,13 @@ def predictor_tau(table_path: str, seeds: int, pairs: int = 100) -> dict[str, fl
     from nas.predictor import Predictor, kendall_tau
 
     table = BenchmarkTable(table_path)
-    rows = [r for r in table.rows.values() if r["fidelity"] == table.top and r["status"] == "ok"]
-    x, y = np.array([r["encoding"] for r in rows]), np.array([r["val_acc"] for r in rows])
+    encodings = {r["key"]: r["encoding"] for r in table.rows.values()}
+    val = table.scores("val")  # one target per network: its validation accuracy averaged over the table's seeds
+    x, y = np.array([encodings[key] for key in val]), np.array(list(val.values()))
     taus: dict[str, list[float]] = {"ensemble": [], "gp": []}
     warnings.filterwarnings("ignore", category=ConvergenceWarning)  # a noise level at its bound is fine here
     for seed in range(seeds):
-        order = np.random.default_rng(seed).permutation(len(rows))
+        order = np.random.default_rng(seed).permutation(len(y))
         fit, held = order[:pairs], order[pairs:]
         ensemble = Predictor.fit(x[fit], y[fit], seed=seed)
         taus["ensemble"].append(kendall_tau(ensemble.predict(x[held])[0], y[held]))

@@ -3,11 +3,14 @@ store the results as one Parquet table (`nas bench build`, the `benchmark` stage
 
 The grid is cut into parts of PART_SIZE networks, each a task that writes its own
 Parquet file next to the table; a killed build resumes at the first missing part, and a
-changed space, data, fidelity or seed gets a fresh folder of parts.
+changed space, data or fidelity gets a fresh folder of parts. Seeds are independent: a
+table that gains a seed (`--seeds 0,1` after `--seeds 0`) keeps the rows of the seeds the
+table at `out` already holds and trains only the new one.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +40,26 @@ def build_benchmark(space_file: str, source: str, out: str, fidelities: list[int
                          fidelities=tuple(sorted(fidelities)), seeds=tuple(seeds))
     size = len(networks(meta.bound_space()))
     out_path = Path(out)
-    parts = out_path.parent / f".{out_path.name}.parts" / digest(meta.to_json(), 12)
+    parts = out_path.parent / f".{out_path.name}.parts" / digest(replace(meta, seeds=()).to_json(), 12)
     parts.mkdir(parents=True, exist_ok=True)
-    logger.info("building %s: %d networks x fidelities %s x seeds %s on %s, %d networks per part in %s",
-                out, size, list(meta.fidelities), list(seeds), source, PART_SIZE, parts)
-    paths = []
+    built = built_seeds(out_path, meta)
+    logger.info("building %s: %d networks x fidelities %s x seeds %s on %s, %d networks per part in %s%s",
+                out, size, list(meta.fidelities), list(seeds), source, PART_SIZE, parts,
+                f"; seeds {sorted(built)} kept from the table there" if built else "")
+    rows = []
     with progress(size * len(seeds), "benchmark", "network") as bar:
         for seed in seeds:
+            if seed in built:
+                rows += built[seed]
+                bar.update(size)
+                continue
             for start in range(0, size, PART_SIZE):
                 stop = min(size, start + PART_SIZE)
-                paths.append(parts / f"seed{seed}-{start:05d}.parquet")
-                train_part(meta.to_json(), str(data_dir), seed, start, stop, str(paths[-1]),
-                           threads=torch_threads(1))
+                path = parts / f"seed{seed}-{start:05d}.parquet"
+                train_part(meta.to_json(), str(data_dir), seed, start, stop, str(path), threads=torch_threads(1))
+                rows += read_rows(path)[1]
                 bar.update(stop - start)
-    write_table([row for path in paths for row in read_rows(path)[1]], meta, out_path)
+    write_table(rows, meta, out_path)
     table = BenchmarkTable(out_path)
     summary = {"table": str(out_path), "networks": len(table), "rows": len(table.rows),
                "best_test_acc": table.best(),
@@ -58,3 +67,13 @@ def build_benchmark(space_file: str, source: str, out: str, fidelities: list[int
     logger.info("wrote %s: %d networks, best test accuracy %.4f, %.0f s of training", out, len(table),
                 summary["best_test_acc"], summary["train_seconds"])
     return summary
+
+
+def built_seeds(out: Path, meta: BenchmarkMeta) -> dict[int, list[dict[str, Any]]]:
+    """The rows per seed of a table already at `out` that was built like `meta` but for its seeds."""
+    if not out.exists():
+        return {}
+    old, rows = read_rows(out)
+    if replace(old, seeds=()) != replace(meta, seeds=()):
+        return {}
+    return {seed: [r for r in rows if r["seed"] == seed] for seed in old.seeds if seed in meta.seeds}

@@ -6,8 +6,9 @@ from dataclasses import replace
 import pytest
 import yaml
 
-from nas.benchmark import BenchmarkError, BenchmarkMeta, BenchmarkTable, build_rows, networks, write_table
+from nas.benchmark import BenchmarkError, BenchmarkMeta, BenchmarkTable, build_rows, networks, read_rows, write_table
 from nas.space import Architecture
+from nas.strategies.base import proposal_key
 from nas.trial import Budget, Candidate, TrialStatus
 from tests.conftest import ROOT
 
@@ -90,6 +91,23 @@ def test_regret_falls_to_zero_once_the_best_network_is_found(table):
     assert curve[-1] == pytest.approx(table.best() - table.score_of(best))
     val = table.regret_curve(outcome.evaluations, on="val")
     assert val[-1] == pytest.approx(0.0) and val == sorted(val, reverse=True)  # a full grid finds the top
+
+
+def test_a_table_of_two_seeds_answers_each_search_seed_and_scores_their_mean(table_path, tmp_path):
+    from nas.train import load_data
+
+    meta, rows = read_rows(table_path)
+    space = meta.bound_space()
+    rows += build_rows(space, networks(space), load_data(table_path.parent / "data", "cpu"), meta.fidelities, 1)
+    write_table(rows, replace(meta, seeds=(0, 1)), tmp_path / "two.parquet")
+    two = BenchmarkTable(tmp_path / "two.parquet")
+    arch, hparams = networks(space)[0]
+    key = proposal_key(arch, hparams)
+    found = [two.lookup(Candidate(arch, hparams, Budget(2)), seed) for seed in (0, 1, 2)]
+    assert [e.test_acc for e in found] == [two.rows[(key, 2, seed)]["test_acc"] for seed in (0, 1, 0)]
+    assert found[0].test_acc != found[1].test_acc  # else the mean below proves nothing
+    assert two.score_of(found[0]) == pytest.approx((found[0].test_acc + found[1].test_acc) / 2)
+    assert two.best() == max(two.scores().values()) and len(two.scores("val")) == 4
 
 
 def test_a_file_that_is_not_a_table_is_refused_with_the_fix(tmp_path):

@@ -454,7 +454,8 @@ def _benchmark_search(args: argparse.Namespace, config) -> int:
           f"(training them took {summary['simulated_seconds']:.0f} s); {outcome.stop_reason}")
     if best is not None:
         print(f"best by validation: {best.arch_id} val {best.val_acc:.4f}, test {summary['best_test_acc']:.4f} "
-              f"(the table's best test {summary['best_possible_test_acc']:.4f}: regret {summary['regret']:.4f})")
+              f"averaged over the table's {len(table.meta.seeds)} seeds (the table's best "
+              f"{summary['best_possible_test_acc']:.4f}: regret {summary['regret']:.4f})")
     return 0
 
 

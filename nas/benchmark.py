@@ -173,7 +173,7 @@ class BenchmarkTable:
         self.space = self.meta.bound_space()
         self.rows = {(r["key"], r["fidelity"], r["seed"]): r for r in rows}
         self.top = max(self.meta.fidelities)
-        self._scores: dict[str, dict[str, float]] = {}
+        self._scores = {on: self._seed_means(f"{on}_acc") for on in ("test", "val")}
 
     def __len__(self) -> int:
         return len(self.rows) // (len(self.meta.fidelities) * len(self.meta.seeds))
@@ -227,16 +227,17 @@ class BenchmarkTable:
         """Each network's test (or validation) accuracy at the largest fidelity, averaged over the
         table's seeds (as NAS-Bench-101 reports): one seed's score carries that seed's luck, and
         a search that picks by it should be judged by what the network does on average."""
-        if on not in ("test", "val"):
-            raise ValueError(f"on={on!r}: accuracy is measured on 'test' or 'val'.")
         if on not in self._scores:
-            measured: dict[str, list[float]] = {}
-            for (key, fidelity, _), row in self.rows.items():
-                if fidelity == self.top and row[f"{on}_acc"] is not None:
-                    measured.setdefault(key, []).append(row[f"{on}_acc"])
-            self._scores[on] = {key: sum(values) / len(values) for key, values in measured.items()
-                                if len(values) == len(self.meta.seeds)}
+            raise ValueError(f"on={on!r}: accuracy is measured on 'test' or 'val'.")
         return self._scores[on]
+
+    def _seed_means(self, column: str) -> dict[str, float]:
+        measured: dict[str, list[float]] = {}
+        for (key, fidelity, _), row in self.rows.items():
+            if fidelity == self.top and row[column] is not None:
+                measured.setdefault(key, []).append(row[column])
+        return {key: sum(values) / len(values) for key, values in measured.items()
+                if len(values) == len(self.meta.seeds)}
 
     def best(self, on: str = "test") -> float:
         """The best seed-averaged test (or validation) accuracy of any network at the largest fidelity."""

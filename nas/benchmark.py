@@ -18,6 +18,8 @@ its encoding, validation and test accuracy, the per-epoch curves, size and train
 A search of seed s sees the rows of one of the table's seeds (s modulo their number), as
 a real search sees one training of each network; regret is measured on scores averaged
 over all the table's seeds (NAS-Bench-101's protocol), so one seed's luck does not decide it.
+A search that finds its seed's validation optimum still has a test regret, `floor`: the
+gap between that network and the test-best, which a small table's searches reach early.
 
 Weight inheritance and transfer are not simulated: a lookup answers as if the network
 trained from scratch. The table records which data and seeds it was built on, so a result
@@ -247,21 +249,42 @@ class BenchmarkTable:
         """The seed-averaged test (or validation) accuracy of the evaluation's network at the largest fidelity."""
         return self.scores(on).get(proposal_key(evaluation.candidate.arch, evaluation.candidate.hparams))
 
-    def regret_curve(self, evaluations: list[Evaluation], on: str = "test") -> list[float]:
+    def regret_curve(self, evaluations: list[Evaluation], on: str = "test", seed: int = 0) -> list[float]:
         """After each trial, the regret of the network with the best validation accuracy so far.
 
-        `on="test"`: the table's best test accuracy minus that network's test accuracy at the
-        largest fidelity (the user's view: they pick by validation and live with the test
-        score). `on="val"`: the table's best validation accuracy minus that network's (the
-        search's own view: how fast it finds the top of what it optimises). Both are averages
-        over the table's seeds, while the search saw one seed's result. Picking the
-        validation argmax is not picking the test argmax: within the test split's noise
-        (about 0.8 points on 1000 examples) the test regret of a perfect search is not zero.
+        `on="test"`: the table's best seed-averaged test accuracy minus that network's (the
+        user's view: they pick by validation and live with the network's expected test
+        score). `on="val"`: the best validation accuracy of the table seed the search of
+        `seed` saw, minus that network's (the search's own view: how fast it finds the top
+        of what it optimises). Picking one seed's validation argmax is not picking the test
+        argmax, so the test regret of a perfect search is not zero but `floor(seed)`.
         """
-        best, curve, chosen = self.best(on), [], None
+        if on not in ("test", "val"):
+            raise ValueError(f"on={on!r}: regret is measured on 'test' or 'val'.")
+        seen = self.seen_val(seed)
+        best = self.best() if on == "test" else max(seen.values())
+        curve, chosen = [], None
         for evaluation in evaluations:
             if evaluation.ok and (chosen is None or evaluation.rank_key > chosen.rank_key):
                 chosen = evaluation
-            score = self.score_of(chosen, on) if chosen is not None else None
+            key = proposal_key(chosen.candidate.arch, chosen.candidate.hparams) if chosen is not None else None
+            score = self.scores().get(key) if on == "test" else seen.get(key)
             curve.append(best - score if score is not None else best)
         return curve
+
+    def seen_val(self, seed: int = 0) -> dict[str, float]:
+        """Each network's validation accuracy at the largest fidelity as a search of `seed` sees it."""
+        return {key: row["val_acc"] for key, row in self._seen_rows(seed).items()}
+
+    def floor(self, seed: int = 0) -> float:
+        """The test regret of a perfect search of `seed`: of the network it would pick among all it
+        can see (by validation accuracy, then loss, as `Evaluation.rank_key`). Below it, a search
+        scores better only by stopping short of what it optimises."""
+        seen = self._seen_rows(seed)
+        pick = max(seen, key=lambda key: (seen[key]["val_acc"], -seen[key]["val_loss"]))
+        return self.best() - self.scores()[pick]
+
+    def _seen_rows(self, seed: int) -> dict[str, dict[str, Any]]:
+        table_seed = self.table_seed(seed)
+        return {key: row for (key, fidelity, row_seed), row in self.rows.items()
+                if fidelity == self.top and row_seed == table_seed and row["val_acc"] is not None}

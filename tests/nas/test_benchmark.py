@@ -108,6 +108,12 @@ def test_a_table_of_two_seeds_answers_each_search_seed_and_scores_their_mean(tab
     assert found[0].test_acc != found[1].test_acc  # else the mean below proves nothing
     assert two.score_of(found[0]) == pytest.approx((found[0].test_acc + found[1].test_acc) / 2)
     assert two.best() == max(two.scores().values()) and len(two.scores("val")) == 4
+    for seed in (0, 1):  # a full grid finds the validation optimum of the seed it sees, and sits on the floor
+        grid = two.search("grid", seed=seed, trials=4).evaluations
+        assert two.regret_curve(grid, "val", seed)[-1] == 0.0
+        assert two.regret_curve(grid, "test", seed)[-1] == pytest.approx(two.floor(seed))
+        assert two.floor(seed) == pytest.approx(two.best() - two.score_of(max(grid, key=lambda e: e.rank_key)))
+    assert two.seen_val(0) != two.seen_val(1)
 
 
 def test_a_file_that_is_not_a_table_is_refused_with_the_fix(tmp_path):
@@ -126,6 +132,7 @@ def test_search_benchmark_from_the_cli(table_path, tmp_path):
                  "--population", "3", "--metrics-out", str(out)]) == 0
     summary = json.loads(out.read_text())
     assert summary["trials"] <= 6 and summary["regret"] >= 0 and summary["best_val_acc"] > 0.1
+    assert summary["regret_floor"] == pytest.approx(BenchmarkTable(table_path).floor(0))
     assert main(["search", "--benchmark", str(tmp_path / "none.parquet")]) == 2
     assert main(["search", "--benchmark", str(table_path), "--strategy", "aging-evolution", "--population", "2",
                  "--metrics-out", str(out)]) == 2  # a tournament of 3 in a population of 2: said, no traceback

@@ -261,14 +261,13 @@ class BenchmarkTable:
         """
         if on not in ("test", "val"):
             raise ValueError(f"on={on!r}: regret is measured on 'test' or 'val'.")
-        seen = self.seen_val(seed)
-        best = self.best() if on == "test" else max(seen.values())
-        curve, chosen = [], None
+        reference = self.scores() if on == "test" else self.seen_val(seed)
+        best, curve, chosen = max(reference.values()), [], None
         for evaluation in evaluations:
             if evaluation.ok and (chosen is None or evaluation.rank_key > chosen.rank_key):
                 chosen = evaluation
             key = proposal_key(chosen.candidate.arch, chosen.candidate.hparams) if chosen is not None else None
-            score = self.scores().get(key) if on == "test" else seen.get(key)
+            score = reference.get(key)
             curve.append(best - score if score is not None else best)
         return curve
 

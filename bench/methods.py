@@ -69,18 +69,17 @@ def run_method(table_path: str, label: str, seed: int, trials: int,
     return label, seed, curves, time.perf_counter() - started
 
 
-def predictor_tau(table_path: str, seeds: int, pairs: int = 100) -> dict[str, float]:
-    """Median Kendall tau on held-out networks after `pairs` training pairs: the ensemble and a GP."""
+def predictor_tau(table, seeds: int, pairs: int = 100) -> dict[str, float]:
+    """Median Kendall tau on held-out networks of the table (a BenchmarkTable) after `pairs`
+    training pairs: the ensemble and a GP."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.gaussian_process import GaussianProcessRegressor
     from sklearn.gaussian_process.kernels import Matern, WhiteKernel
 
-    from nas.benchmark import BenchmarkTable
     from nas.predictor import Predictor, kendall_tau
 
-    table = BenchmarkTable(table_path)
     encodings = {r["key"]: r["encoding"] for r in table.rows.values()}
     val = table.scores("val")  # one target per network: its validation accuracy averaged over the table's seeds
     x, y = np.array([encodings[key] for key in val]), np.array(list(val.values()))
@@ -159,7 +158,7 @@ def main() -> None:
     floor = float(np.median([table.floor(seed) for seed in range(args.seeds)]))
     write_outputs(out, arrays, floor)
 
-    tau = predictor_tau(args.table, args.seeds)
+    tau = predictor_tau(table, args.seeds)
     at = {on: {label: {t: float(np.median(a[:, t - 1])) for t in CHECKPOINTS if t <= args.trials}
                for label, a in by_label.items()} for on, by_label in arrays.items()}
     for on in REGRETS:

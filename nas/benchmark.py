@@ -259,9 +259,7 @@ class BenchmarkTable:
         of what it optimises). Picking one seed's validation argmax is not picking the test
         argmax, so the test regret of a perfect search is not zero but `floor(seed)`.
         """
-        if on not in ("test", "val"):
-            raise ValueError(f"on={on!r}: regret is measured on 'test' or 'val'.")
-        reference = self.scores() if on == "test" else self.seen_val(seed)
+        reference = self.seen_val(seed) if on == "val" else self.scores(on)  # scores() refuses any other `on`
         best, curve, chosen = max(reference.values()), [], None
         for evaluation in evaluations:
             if evaluation.ok and (chosen is None or evaluation.rank_key > chosen.rank_key):

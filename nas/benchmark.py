@@ -13,7 +13,9 @@ its encoding, validation and test accuracy, the per-epoch curves, size and train
   a shorter budget trains a prefix of the longer run (the learning-rate schedule spans
   the largest fidelity), so its validation accuracy after e epochs is exact; its test
   accuracy was not measured, and its time is the longer run's, pro rata;
-- anything else (a network outside the grid, a longer budget) as a failed trial that says so.
+- anything else (a longer budget, a network outside the grid built by hand) as a failed
+  trial that says so. The table's space admits only the grid's networks, so mutations and
+  controllers propose nothing a lookup cannot answer.
 
 A search of seed s sees the rows of one of the table's seeds (s modulo their number), as
 a real search sees one training of each network; regret is measured on scores averaged
@@ -28,6 +30,7 @@ is never looked up for other data.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -172,7 +175,8 @@ class BenchmarkTable:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.meta, rows = read_rows(self.path)
-        self.space = self.meta.bound_space()
+        # Confined to the grid, so mutations propose nothing the table cannot answer.
+        self.space = self.meta.bound_space().admitting(r["arch_id"] for r in rows)
         self.rows = {(r["key"], r["fidelity"], r["seed"]): r for r in rows}
         self.top = max(self.meta.fidelities)
         self._scores = {on: self._seed_means(f"{on}_acc") for on in ("test", "val")}
@@ -216,9 +220,12 @@ class BenchmarkTable:
                asynchronous: bool = False, **options: Any) -> LoopOutcome:
         """A search of `trials` lookups with the named strategy (options as for
         `nas.strategies.make_search`, e.g. scheduler="hyperband"), budget the largest fidelity."""
-        from nas.strategies import make_search
+        from nas.strategies import make_search, strategy_class
 
         try:
+            if "scorer" in inspect.signature(strategy_class(strategy)).parameters:
+                raise ValueError(f"strategy '{strategy}' ranks networks with weights trained on the data, which a "
+                                 "benchmark table does not hold; search the table with another strategy.")
             found = make_search(strategy, self.space, Budget(self.top), seed=seed, trials=trials,
                                 concurrency=concurrency, **options)
         except ValueError as error:  # an unknown strategy, an option out of its range

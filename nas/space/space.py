@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,9 @@ class SearchSpace:
     # Per-method settings, strategy name -> its mapping (e.g. Genetic CNN's stages); each
     # method reads and checks its own, so the language need not know every method.
     methods: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
+    # The only networks (arch_ids) the space admits, when a finite table answers its trials (a
+    # tabular benchmark): mutations and controllers then propose only what can be looked up.
+    admitted: frozenset[str] | None = field(default=None, compare=False)
 
     # ---- loading -------------------------------------------------------------------
 
@@ -151,6 +154,10 @@ class SearchSpace:
         pinned = {k: Domain(choices=(v,)) for k, v in fixed.items() if v is not None}
         return replace(self, hparams={**self.hparams, **pinned})
 
+    def admitting(self, arch_ids: Iterable[str]) -> SearchSpace:
+        """The same space confined to the networks `arch_ids` name (e.g. a benchmark table's)."""
+        return replace(self, admitted=frozenset(arch_ids))
+
     def bound(self) -> tuple[Shape, int]:
         """The input shape and class count this space was bound to; SpaceError if it was not."""
         if self.input_shape is None or self.num_classes is None:
@@ -176,6 +183,9 @@ class SearchSpace:
                 if domain is not None and not domain.contains(value):
                     raise ArchitectureError(f"node {i} ({node.op}): attribute '{name}'={value!r} breaks the "
                                             f"rule '{domain.describe()}' of space '{self.name}'.")
+        if self.admitted is not None and arch.arch_id not in self.admitted:
+            raise ArchitectureError(f"the network is not one of the {len(self.admitted)} networks space "
+                                    f"'{self.name}' admits here (a benchmark table answers only those).")
         plan = infer(arch, shape, classes)
         if plan.params > self.max_params:
             raise ArchitectureError(f"the network has {plan.params:,} parameters, over the space's limit "

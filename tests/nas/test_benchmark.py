@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from nas.benchmark import BenchmarkError, BenchmarkMeta, BenchmarkTable, build_rows, networks, read_rows, write_table
-from nas.space import Architecture
+from nas.space import Architecture, ArchitectureError
 from nas.strategies.base import proposal_key
 from nas.trial import Budget, Candidate, TrialStatus
 from tests.conftest import ROOT
@@ -71,6 +71,16 @@ def test_what_the_table_cannot_answer_fails_and_says_why(table):
         assert found.status == TrialStatus.FAILED and "not in the benchmark table" in found.reason
     untrained = table.lookup(Candidate(arch, replace(hparams, lr=0.5), Budget(2)))
     assert not untrained.ok
+    with pytest.raises(ArchitectureError, match="not one of the 4 networks"):
+        table.space.validate(other)  # so no strategy proposes it
+
+
+def test_mutations_stay_inside_the_table(table):
+    # Mutating a 1-block net may add a block or a dense layer, valid in the language but not in
+    # the grid: the table's space refuses such children, so no trial is spent on a failed lookup.
+    outcome = table.search("aging-evolution", trials=12, population=3)
+    assert all(e.ok for e in outcome.evaluations)
+    assert sum(bool(e.candidate.info.get("mutation")) for e in outcome.evaluations) == 9
 
 
 @pytest.mark.parametrize("options", [{}, {"scheduler": "hyperband", "min_epochs": 1, "eta": 2},
@@ -114,6 +124,13 @@ def test_a_table_of_two_seeds_answers_each_search_seed_and_scores_their_mean(tab
         assert two.regret_curve(grid, "test", seed)[-1] == pytest.approx(two.floor(seed))
         assert two.floor(seed) == pytest.approx(two.best() - two.score_of(max(grid, key=lambda e: e.rank_key)))
     assert two.seen_val(0) != two.seen_val(1)
+
+
+@pytest.mark.parametrize("strategy, says", [("smash", "does not hold"), ("evolution", "simplest network")])
+def test_a_strategy_the_table_cannot_serve_is_refused_before_it_runs(table, strategy, says):
+    # SMASH needs the data; large-scale evolution starts from a network outside the grid.
+    with pytest.raises(BenchmarkError, match=says):
+        table.search(strategy, trials=4)
 
 
 def test_a_file_that_is_not_a_table_is_refused_with_the_fix(tmp_path):

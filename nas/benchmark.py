@@ -175,7 +175,6 @@ class BenchmarkTable:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.meta, rows = read_rows(self.path)
-        # Confined to the grid, so mutations propose nothing the table cannot answer.
         self.space = self.meta.bound_space().admitting(r["arch_id"] for r in rows)
         self.rows = {(r["key"], r["fidelity"], r["seed"]): r for r in rows}
         self.top = max(self.meta.fidelities)

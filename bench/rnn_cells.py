@@ -1,7 +1,7 @@
 """A searched recurrent cell against torch's LSTM and GRU, on the adding problem and MNIST-1D.
 
     python bench/rnn_cells.py [--length 100] [--search-length L] [--trials 24] [--search-epochs N] [--epochs 20]
-                              [--hidden 64] [--seeds 0,1] [--space spaces/rnn-cell-small.yaml]
+                              [--hidden 64] [--seeds 0,1,2,3,4] [--space spaces/rnn-cell-small.yaml]
                               [--only adding|mnist1d] [--out bench/results/rnn_cells.json]
 
 For each data set (the adding problem of length --length, and MNIST-1D read as a 40-step
@@ -176,7 +176,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--seeds", default="0,1,2,3,4",
+                        help="training seeds of each model; the LSTM alone spans 0.26-0.65 on adding:100 over 0-4")
     parser.add_argument("--space", default=str(ROOT / "spaces/rnn-cell-small.yaml"),
                         help="the cell space nas-rl searches")
     parser.add_argument("--only", choices=["adding", "mnist1d"], help="one data set instead of both")

@@ -184,6 +184,24 @@ def test_a_multiplying_leaf_under_a_multiplying_root_never_leaves_zero():
     assert leaves and all(op.startswith("add_") for op in leaves)
 
 
+@torch.no_grad()
+def test_every_cell_of_the_gated_space_gates_its_memory_and_reads_its_input():
+    """spaces/rnn-cell-gated.yaml: c_t = node12(sigmoid gate * c_{t-1}, node9), whatever else is drawn."""
+    from nas.build import build
+    from nas.space import SearchSpace
+
+    space = SearchSpace.load(ROOT_SPACES / "rnn-cell-gated.yaml").bind((2, 12), 10)
+    rng, x = random.Random(0), torch.randn(8, 2, 12)
+    for _ in range(20):
+        arch = space.sample_arch(rng)
+        cell = next(i for i, node in enumerate(arch.nodes) if node.op == "cell")
+        spec = cell_spec(arch.nodes[cell].attr_dict)
+        assert (spec.inject, spec.inject_at, spec.memory_from) == (("mul", "identity"), 8, 12)
+        assert spec.nodes[8][1] == "sigmoid" and spec.nodes[12][0] == "add"
+        h = build(arch, (2, 12), 10, seed=0).nodes[str(cell)](x)
+        assert (h - h[:1]).abs().max() > 1e-6  # not a dead cell: different sequences, different states
+
+
 @pytest.mark.parametrize("base", BASES)
 def test_a_cell_nodes_attributes_spell_its_spec_and_back(base):
     spec = CellSpec.random(random.Random(base), base=base)

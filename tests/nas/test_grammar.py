@@ -18,7 +18,7 @@ from nas.space.grammar import GrammarError, picks_for, write
 from tests.conftest import ROOT
 
 SPACES = {"cnn": (1, 8, 8), "small-cnn": (1, 8, 8), "conv1d": (1, 40), "flat": (40,), "mlp": (64,),
-          "rnn-cell": (2, 30), "rnn-cell-small": (1, 40)}
+          "rnn-cell": (2, 30), "rnn-cell-small": (1, 40), "rnn-cell-gated": (2, 30)}
 BOUND = {name: SearchSpace.load(ROOT / f"spaces/{name}.yaml").bind(shape, 10) for name, shape in SPACES.items()}
 
 

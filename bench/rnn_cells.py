@@ -1,7 +1,7 @@
 """A searched recurrent cell against torch's LSTM and GRU, on the adding problem and MNIST-1D.
 
-    python bench/rnn_cells.py [--length 100] [--search-length L] [--trials 24] [--search-epochs N] [--epochs 20]
-                              [--hidden 64] [--seeds 0,1,2,3,4] [--space spaces/rnn-cell-small.yaml]
+    python bench/rnn_cells.py [--length 100] [--search-length 30] [--trials 24] [--search-epochs N] [--epochs 20]
+                              [--hidden 64] [--seeds 0,1,2,3,4] [--space spaces/rnn-cell-gated.yaml]
                               [--only adding|mnist1d] [--out bench/results/rnn_cells.json]
 
 For each data set (the adding problem of length --length, and MNIST-1D read as a 40-step
@@ -9,13 +9,15 @@ sequence): how many of 200 random cells of spaces/rnn-cell.yaml and of --space i
 input at initialisation (the last hidden state is the same for every sequence); then nas-rl
 searches --space for --trials networks of --search-epochs epochs (by default 20 on the adding
 problem, where cells leave the baseline late, and 8 on MNIST-1D), in process through the
-ordinary training path (--search-length: on shorter adding sequences, a cheaper proxy task, as
-NAS papers search on one). The best cell's tree then gets --hidden units and is trained at
+ordinary training path (on adding sequences of --search-length, a cheaper proxy task, as NAS
+papers search on one). The best cell's tree then gets --hidden units and is trained at
 --length next to torch.nn.LSTM and torch.nn.GRU of the same hidden size with one recipe written
 here for all three (Adam, --lr, cosine decay, gradient clipping 1.0, batch 64, --epochs epochs):
 each reads the sequence and a linear head reads its last hidden state.
 Reported: the test accuracy at the epoch of best validation accuracy, per seed, and the mean.
-Target: the searched cell >= the LSTM on both data sets."""
+Target: the searched cell >= the LSTM on both data sets. With the defaults (37 minutes here),
+mean test accuracy over seeds 0-4, searched cell / LSTM / GRU: adding:100 0.787 / 0.482 / 0.807,
+MNIST-1D 0.886 / 0.518 / 0.585."""
 
 from __future__ import annotations
 
@@ -168,8 +170,8 @@ def compare(name: str, source: str, search_source: str, args: argparse.Namespace
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--length", type=int, default=100, help="adding problem sequence length")
-    parser.add_argument("--search-length", type=int,
-                        help="adding problem sequence length the search trains on (default: --length)")
+    parser.add_argument("--search-length", type=int, default=30,
+                        help="adding problem sequence length the search trains on (0: --length)")
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--search-epochs", type=int,
                         help="epochs per search trial (default: 20 on adding, 8 on MNIST-1D)")
@@ -178,7 +180,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seeds", default="0,1,2,3,4",
                         help="training seeds of each model; the LSTM alone spans 0.26-0.65 on adding:100 over 0-4")
-    parser.add_argument("--space", default=str(ROOT / "spaces/rnn-cell-small.yaml"),
+    parser.add_argument("--space", default=str(ROOT / "spaces/rnn-cell-gated.yaml"),
                         help="the cell space nas-rl searches")
     parser.add_argument("--only", choices=["adding", "mnist1d"], help="one data set instead of both")
     parser.add_argument("--out", default="bench/results/rnn_cells.json")

@@ -186,7 +186,7 @@ def test_a_multiplying_leaf_under_a_multiplying_root_never_leaves_zero():
 
 @torch.no_grad()
 def test_every_cell_of_the_gated_space_gates_its_memory_and_reads_its_input():
-    """spaces/rnn-cell-gated.yaml: c_t = node12(sigmoid gate * c_{t-1}, node9), whatever else is drawn."""
+    """spaces/rnn-cell-gated.yaml: c_t = node12(sigmoid gate * c_{t-1}, node9), h_t bounded, whatever else is drawn."""
     from nas.build import build
     from nas.space import SearchSpace
 
@@ -200,6 +200,7 @@ def test_every_cell_of_the_gated_space_gates_its_memory_and_reads_its_input():
         assert spec.nodes[8][1] == "sigmoid" and spec.nodes[12][0] == "add"
         h = build(arch, (2, 12), 10, seed=0).nodes[str(cell)](x)
         assert (h - h[:1]).abs().max() > 1e-6  # not a dead cell: different sequences, different states
+        assert h.abs().max() <= 1  # the root's activation bounds h_t, so it cannot feed back until it overflows
 
 
 @pytest.mark.parametrize("base", BASES)

@@ -31,7 +31,7 @@ from nas.refine import (as_refinement, final_candidate, refinement_space, refine
 from nas.runner import TrialJob, trial_setting
 from nas.space import SearchSpace
 from nas.train import with_validation
-from nas.trial import Evaluation
+from nas.trial import Evaluation, ranked
 from tasks.train import train_final
 
 
@@ -110,7 +110,7 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
                      on_result=told, schedule=schedule)
             store.abandon_dead_trials(base.run_id)  # a killed attempt's settings this run no longer asks for
 
-    winner = max(results, key=lambda e: e.rank_key)  # full ties: the search's own run, listed first
+    winner = ranked(results)[0]  # full ties: the search's own run, listed first
     final = final_candidate(winner, source)
     logger.info("winner: %s with %s; training it on train+val for %d epochs", winner.arch_id,
                 winner.candidate.hparams.to_json(), final.budget.epochs)

@@ -31,13 +31,13 @@ from nas.data import DataMeta, feature_columns, prepare
 from nas.hyper import STEPS, OneShotScorer
 from nas.lineage import LineageStore, resolve_tracking_uri
 from nas.loop import LoopOutcome, Schedule, Submit, run_loop, schedules_from_json, schedules_to_json, time_limit
-from nas.runner import ThreadRunner, TrialJob, trial_setting
+from nas.runner import ThreadRunner, TrialJob, trial_setting, with_epochs
 from nas.space import SearchSpace, resolve_space
 from nas.space.architecture import learned_run
 from nas.strategies import Strategy, make_search
 from nas.strategies.smash import SCORES_FILE, read_scores
 from nas.transfer import transfer_source, transferring
-from nas.trial import Budget, Evaluation
+from nas.trial import Budget, Evaluation, ranked
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,7 +71,7 @@ class Search:
         # "auto" becomes a file before anything records or loads the space; the note says why that one
         columns = feature_columns(data.source, data.label_column)
         space, self.space_note = resolve_space(config.space, self.meta.shape, columns)
-        self.config = config = replace(config, space=space)
+        self.config = config = with_epochs(replace(config, space=space), self.meta)
         self.space = bound_space(config, self.meta)
         for optimizer in self.space.hparam_domain("optimizer").values():
             if learned := learned_run(optimizer):
@@ -194,10 +194,10 @@ class Search:
 
     @property
     def best_trial(self) -> Evaluation | None:
-        """The successful trial of highest validation accuracy, then lowest validation loss (the
-        earlier one on ties, as in the leaderboard), of this search only: a warm start's runs
-        belong to their own experiment."""
-        return max((e for e in self.evaluations if e.ok), key=lambda e: e.rank_key, default=None)
+        """The first of `nas.trial.ranked`: highest validation accuracy, then lowest validation loss
+        (among cross-validated scores within a standard error of the best), of this search only: a
+        warm start's runs belong to their own experiment."""
+        return next(iter(ranked(self.evaluations)), None)
 
     def trials(self) -> list[Evaluation]:
         """This search's trials as recorded in the store, oldest first (earlier sessions' included)."""

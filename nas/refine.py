@@ -25,7 +25,7 @@ from nas.space import Architecture, HParams, SearchSpace
 from nas.space.domain import Domain, SpaceError
 from nas.strategies import BayesianOptimization, GridSearch, Strategy
 from nas.transfer import transferred
-from nas.trial import Budget, Candidate, Evaluation
+from nas.trial import Budget, Candidate, Evaluation, ranked
 
 REFINED = ("lr", "weight_decay", "batch_size", "epochs")
 
@@ -64,12 +64,12 @@ def refinement_space(space: SearchSpace, arch: Architecture, hparams: HParams,
 
 
 def top_architectures(history: list[Evaluation], k: int) -> list[Evaluation]:
-    """The best finished run of each of the k best distinct architectures (ties: the earlier run)."""
+    """The best finished run of each of the k best distinct architectures, as `ranked` orders
+    them (ties: the earlier run)."""
     best: dict[str, Evaluation] = {}
-    for e in history:
-        if e.ok and (e.arch_id not in best or e.rank_key > best[e.arch_id].rank_key):
-            best[e.arch_id] = e
-    return sorted(best.values(), key=lambda e: e.rank_key, reverse=True)[:k]
+    for e in ranked(history):
+        best.setdefault(e.arch_id, e)
+    return list(best.values())[:k]
 
 
 def refinement_strategy(method: str, space: OneArchitecture, base: Evaluation, seed: int,

@@ -7,6 +7,7 @@ store and the MLflow lineage store unchanged, and strategies never need torch or
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any
@@ -193,6 +194,12 @@ class Evaluation:
         """
         return self.score, -(self.val_loss if self.val_loss is not None else math.inf)
 
+    @property
+    def standard_error(self) -> float:
+        """The standard error of a cross-validated score (its folds' spread); 0 for a hold-out score."""
+        folds = self.fold_val_accs
+        return statistics.stdev(folds) / math.sqrt(len(folds)) if len(folds) > 1 else 0.0
+
     def curves(self) -> list[tuple[str, int, float]]:
         """Every per-step metric as (name, step, value): per epoch (step = epoch - 1) and per fold."""
         series = {"train_loss": self.train_loss, "val_acc": self.val_accs, "fold_val_acc": self.fold_val_accs,
@@ -213,3 +220,24 @@ class Evaluation:
         fields_ = dict(data)
         fields_["candidate"] = Candidate.from_json(data["candidate"])
         return Evaluation(**fields_)
+
+
+def ranked(evaluations: list[Evaluation]) -> list[Evaluation]:
+    """The successful evaluations, best first, by the one-standard-error rule.
+
+    Scores within one standard error of the best are indistinguishable (cross-validated,
+    that spread is the folds'); among them the lower mean validation loss ranks first, as
+    the better-calibrated network. On a hold-out score (no spread) this is `rank_key`:
+    accuracy, then loss. Full ties keep the given order.
+    """
+    done = [e for e in evaluations if e.ok]
+    if not done:
+        return []
+    top = max(done, key=lambda e: e.rank_key)
+    bar = top.score - top.standard_error
+
+    def key(e: Evaluation) -> tuple[bool, float, float]:
+        level = e.score >= bar
+        return level, e.rank_key[1] if level else e.score, e.rank_key[1]
+
+    return sorted(done, key=key, reverse=True)

@@ -16,10 +16,11 @@ from mlflow.tracking import MlflowClient
 from nas.config import SearchConfig
 from nas.data import read_meta
 from nas.lineage import LineageStore
-from nas.runner import CV_FOLDS, CV_MAX_ROWS, TrialJob, run_trial, trial_setting
+from nas.runner import (CV_FOLDS, CV_MAX_ROWS, EPOCHS, SMALL_DATA_EPOCHS, TrialJob, run_trial, trial_setting,
+                        with_epochs)
 from nas.space import Architecture, HParams, Node, SearchSpace
 from nas.train import TrainData, load_data, train
-from nas.trial import Budget, Candidate, Evaluation, TrialSetting, TrialStatus
+from nas.trial import Budget, Candidate, Evaluation, TrialSetting, TrialStatus, ranked
 from tests.conftest import ROOT
 
 FOLDS = 3
@@ -92,6 +93,10 @@ def test_folds_resolve_from_the_config_and_the_row_count(digits_dir: Path) -> No
 
     assert (folds(meta, None), folds(small_meta, None)) == (1, CV_FOLDS)
     assert (folds(small_meta, 1), folds(meta, 3)) == (1, 3)
+    # without --epochs, a small table trains longer; given epochs are kept
+    assert (with_epochs(SearchConfig(), meta).epochs, with_epochs(SearchConfig(), small_meta).epochs) == (
+        EPOCHS, SMALL_DATA_EPOCHS)
+    assert with_epochs(SearchConfig(epochs=3), small_meta).epochs == 3
 
 
 # -- in the lineage store ------------------------------------------------------------------
@@ -157,6 +162,22 @@ def test_ties_on_accuracy_go_to_the_lower_validation_loss() -> None:
     assert max([unknown, lucky], key=lambda e: e.rank_key) is lucky
     assert max([scored(0.9, 0.01), lucky], key=lambda e: e.rank_key) is lucky  # accuracy first
     assert scored(1.0, 0.1, "x").rank_key > dataclasses.replace(scored(1.0, 0.01), status=TrialStatus.FAILED).rank_key
+
+
+def test_cross_validated_scores_within_a_standard_error_go_to_the_lower_loss() -> None:
+    def folds(accs: list[float], val_loss: float) -> Evaluation:
+        return dataclasses.replace(scored(statistics.fmean(accs), val_loss), fold_val_accs=accs)
+
+    best = folds([1.0, 0.97, 0.99, 0.98, 1.0], 0.074)  # 0.988, standard error 0.0058
+    calibrated = folds([0.98, 0.99, 0.98, 0.99, 0.98], 0.065)  # 0.984: a tie with it
+    below = folds([0.97] * 5, 0.01)  # 0.97: out of reach, whatever its loss
+    failed = dataclasses.replace(folds([1.0] * 5, 0.001), status=TrialStatus.FAILED)
+    assert ranked([best, below, failed, calibrated]) == [calibrated, best, below]
+    assert best.standard_error == pytest.approx(0.0058, abs=1e-4) and scored(1.0, 0.1).standard_error == 0.0
+    # a hold-out score has no spread: accuracy first, then loss, as rank_key
+    lucky, confident, worse = scored(1.0, 0.3), scored(1.0, 0.05), scored(0.99, 0.01)
+    assert ranked([worse, lucky, confident]) == [confident, lucky, worse]
+    assert ranked([lucky, scored(1.0, 0.3, "later")])[0] is lucky  # full ties keep the given order
 
 
 def test_the_leaderboard_breaks_ties_by_validation_loss(tracking_uri: str) -> None:

@@ -6,8 +6,8 @@ evaluate: the one look at the test split) on a Parquet file with default options
 
 Targets (issue 9): MNIST-1D as a flat table (columns x0..x39) >= 98% test; the same with its 40
 columns shuffled (position carries nothing, dense networks win) >= 72%; scikit-learn's breast
-cancer table >= 98% (scored by cross-validation: 569 rows). Baselines: an MLP and a 1-D CNN on
-MNIST-1D, logistic regression and an SVC on breast cancer.
+cancer table >= 98% (569 rows: cross-validated, 100 epochs, as every table under 1000 rows).
+Baselines: an MLP and a 1-D CNN on MNIST-1D, logistic regression and an SVC on breast cancer.
 """
 
 from __future__ import annotations

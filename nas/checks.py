@@ -18,6 +18,7 @@ from nas.api import bound_space
 from nas.config import ConfigError, SearchConfig
 from nas.data import feature_columns, prepare
 from nas.lineage import LineageStore
+from nas.runner import CV_FOLDS, SMALL_DATA_EPOCHS, small_data, with_epochs
 from nas.space import resolve_space
 from nas.strategies import strategy_class
 from nas.strategies.hyperband import SCHEDULERS
@@ -41,7 +42,14 @@ def check_search(config: SearchConfig, root: Path | None = None) -> Checked:
     meta = prepare(data.source, data.resolved_dir(root), label_column=data.label_column, shape=data.shape,
                    seed=data.split_seed)
     path, note = resolve_space(config.space, meta.shape, feature_columns(data.source, data.label_column))
-    config = replace(config, space=path)
+    if small_data(meta) and config.cv != 1:
+        note += (f"\n{meta.counts['train'] + meta.counts['val']} rows to learn from: each trial is scored by "
+                 f"{config.cv or CV_FOLDS}-fold cross-validation"
+                 + ("" if config.epochs else f" and trains {SMALL_DATA_EPOCHS} epochs"))
+    config = with_epochs(replace(config, space=path), meta)
+    if config.scheduler and config.min_epochs > config.epochs:
+        raise ConfigError(f"--min-epochs {config.min_epochs} exceeds --epochs {config.epochs}: the scheduler's "
+                          "first rung must be no longer than its last.")
     space = bound_space(config, meta)
     # A space in which no network fits this data (or --max-params) says so now, not after a search of failures.
     limit = min(space.max_params, config.max_params or space.max_params)
@@ -71,7 +79,7 @@ def check_pathnet(config: SearchConfig, root: Path | None = None) -> Checked:
     data = config.data
     meta = prepare(data.source, data.resolved_dir(root), label_column=data.label_column, shape=data.shape,
                    seed=data.split_seed)
-    config = with_space(config)
+    config = with_epochs(with_space(config), meta)
     spec, _ = pathnet_settings(SearchSpace.load(config.space))
     try:
         Fabric(spec, meta.shape)
@@ -115,9 +123,6 @@ def _check_options(config: SearchConfig) -> None:
     if config.scheduler and config.scheduler not in SCHEDULERS:
         raise ConfigError(f"unknown scheduler '{config.scheduler}'; choose one of {list(SCHEDULERS)} with "
                           "--scheduler, or leave it out to train every candidate for --epochs.")
-    if config.scheduler and config.min_epochs > config.epochs:
-        raise ConfigError(f"--min-epochs {config.min_epochs} exceeds --epochs {config.epochs}: the scheduler's "
-                          "first rung must be no longer than its last.")
     if config.population and "population_size" not in inspect.signature(cls).parameters:
         raise ConfigError(f"--population applies to population-based strategies; '{config.strategy}' has none.")
     if config.device == "cuda":

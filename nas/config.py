@@ -54,7 +54,7 @@ class SearchConfig:
     space: str = "auto"  # "auto": chosen from the data's shape (nas.space.auto), else a YAML file
     strategy: str = "random"
     trials: int = 20
-    epochs: int = 20
+    epochs: int | None = None  # None: 20, or more on a small table (nas.runner.with_epochs)
     seed: int = 0
     concurrency: int | None = None  # trials at once; None: 2 on a CPU, as many as a GPU's free memory holds
     experiment: str | None = None  # default: the data source's name
@@ -82,10 +82,10 @@ class SearchConfig:
     dask_workers: int | None = None  # trials on a local Dask cluster of this many worker processes
 
     def __post_init__(self) -> None:
-        _require_positive(self, ("trials", "epochs", "min_epochs", "top_k"))
+        _require_positive(self, ("trials", "min_epochs", "top_k"))
         _require_positive(self, ("eta",), minimum=2)  # keeping 1/1 of a rung would never stop
         _require_positive(self, ("population",), minimum=2, optional=True)  # a tournament needs two
-        _require_positive(self, ("max_params", "cv", "concurrency", "smash_steps", "smash_candidates",
+        _require_positive(self, ("epochs", "max_params", "cv", "concurrency", "smash_steps", "smash_candidates",
                                  "dask_workers"), optional=True)
         _require_positive(self, ("seed",), minimum=0)
         seconds = self.max_seconds
@@ -159,8 +159,8 @@ class SearchConfig:
 
 
 REFINE_METHODS = ("grid", "bayes")
-DEFAULT_REFINE_HPARAMS = {"lr": [2.0e-3, 5.0e-3], "weight_decay": [0.0, 1.0e-4], "batch_size": [32],
-                          "epochs": [30]}
+# Epochs are left at the search's: shortening the training a small table needed undoes it.
+DEFAULT_REFINE_HPARAMS = {"lr": [2.0e-3, 5.0e-3], "weight_decay": [0.0, 1.0e-4], "batch_size": [32]}
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,7 @@ class SearchConfig:
 
 
 REFINE_METHODS = ("grid", "bayes")
-# Epochs are left at the search's: shortening the training a small table needed undoes it.
+# Without epochs, settings train 30 epochs or the search's, if more (nas.refine.refinement_space).
 DEFAULT_REFINE_HPARAMS = {"lr": [2.0e-3, 5.0e-3], "weight_decay": [0.0, 1.0e-4], "batch_size": [32]}
 
 

@@ -28,6 +28,7 @@ from nas.transfer import transferred
 from nas.trial import Budget, Candidate, Evaluation, ranked
 
 REFINED = ("lr", "weight_decay", "batch_size", "epochs")
+EPOCHS = 30  # each setting's training when the domains leave epochs out, unless the search trained longer
 
 
 @dataclass(frozen=True)
@@ -52,12 +53,16 @@ def refinement_space(space: SearchSpace, arch: Architecture, hparams: HParams,
     """`space` reduced to `arch`, with the refined hyper-parameters' domains from `domains`.
 
     The rest (optimizer, initialisation) stays as the search chose it for this network.
+    Without an `epochs` domain a setting trains EPOCHS, or the search's epochs if more: a
+    search's short training is its proxy, and refinement must not cut what a small table
+    needed (it trains 100 epochs: nas.runner.with_epochs).
     """
     unknown = set(domains) - set(REFINED)
     if unknown:
         raise SpaceError(f"refine.hparams names {sorted(unknown)}; refinement tunes {list(REFINED)}. "
                          "Remove the others from params.yaml.")
     pinned = {name: Domain(choices=(value,)) for name, value in asdict(hparams).items()}
+    domains = {"epochs": [max(EPOCHS, hparams.epochs)], **domains}
     parsed = {name: Domain.parse(raw, f"params.yaml refine.hparams.{name}") for name, raw in domains.items()}
     fields_ = {f: getattr(space, f) for f in space.__dataclass_fields__}
     return OneArchitecture(**{**fields_, "hparams": {**pinned, **parsed}, "arch": arch})

@@ -1,6 +1,7 @@
 """Refinement: the best distinct architectures, and searches that only ever change the training recipe."""
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -62,6 +63,10 @@ def test_refinement_errors_name_the_fix(tmp_path):
     arch, hparams = SPACE.sample(random.Random(0))
     with pytest.raises(SpaceError, match="refinement tunes"):
         refinement_space(SPACE, arch, hparams, {"dropout": [0.1]})
+    # no epochs domain: 30, or the search's if it trained longer (a small table's 100)
+    for searched, refined in ((20, 30), (100, 100)):
+        space = refinement_space(SPACE, arch, replace(hparams, epochs=searched), {"lr": [1e-3]})
+        assert {h.epochs for _, h in space.enumerate()} == {refined}
     with pytest.raises(ConfigError, match="method"):
         RefineConfig(method="annealing")
     params = tmp_path / "params.yaml"

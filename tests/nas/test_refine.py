@@ -59,14 +59,18 @@ def test_the_final_training_has_no_time_limit():
     assert (final.arch, final.hparams, final.parents) == (arch, hparams, ("w",))
 
 
+def test_without_an_epochs_domain_settings_train_30_epochs_or_the_searchs_if_more():
+    arch, hparams = SPACE.sample(random.Random(0))
+    for searched, refined in ((20, 30), (100, 100)):  # 100: a small table's search
+        space = refinement_space(SPACE, arch, replace(hparams, epochs=searched), {"lr": [1e-3, 2e-3]})
+        assert {h.epochs for _, h in space.enumerate()} == {refined}
+    assert {h.epochs for _, h in refinement_space(SPACE, arch, hparams, {"epochs": [5]}).enumerate()} == {5}
+
+
 def test_refinement_errors_name_the_fix(tmp_path):
     arch, hparams = SPACE.sample(random.Random(0))
     with pytest.raises(SpaceError, match="refinement tunes"):
         refinement_space(SPACE, arch, hparams, {"dropout": [0.1]})
-    # no epochs domain: 30, or the search's if it trained longer (a small table's 100)
-    for searched, refined in ((20, 30), (100, 100)):
-        space = refinement_space(SPACE, arch, replace(hparams, epochs=searched), {"lr": [1e-3]})
-        assert {h.epochs for _, h in space.enumerate()} == {refined}
     with pytest.raises(ConfigError, match="method"):
         RefineConfig(method="annealing")
     params = tmp_path / "params.yaml"

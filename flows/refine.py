@@ -4,8 +4,9 @@ For each of the top-k architectures of a search, a grid or Bayesian search over 
 learning rate, weight decay, batch size and epochs; every setting is a run nested under
 that architecture's own search run. The best setting on validation accuracy (the search's
 own result included, so refinement never makes things worse; a result earned with
-inherited weights is re-scored from scratch first) is trained on train+val
-with its full budget and logged as an MLflow model. The test split is left to `evaluate`.
+inherited weights is re-scored from scratch first) is trained on train+val with its full
+budget and `refine.ensemble` seeds, each logged as an MLflow model, and their average as
+the final model. The test split is left to `evaluate`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from prefect.runtime import flow_run
 
 from flows.common import describe, prefect_group_runner, prefect_runner, prepared_data, run_flow
 from nas.config import ConfigError, RefineConfig, SearchConfig
+from nas.data import load_split
 from nas.lineage import KIND_FINAL, LineageStore, resolve_tracking_uri
 from nas.ids import digest
 from nas.loop import Schedule, Submit, run_loop, schedules_from_json, schedules_to_json
@@ -32,7 +34,6 @@ from nas.runner import TrialJob, trial_setting
 from nas.space import SearchSpace
 from nas.train import with_validation
 from nas.trial import Evaluation, ranked
-from tasks.train import train_final
 
 
 def _comparable(base: Evaluation, submit: Submit, logger: logging.Logger, source: str | None) -> Evaluation:
@@ -111,25 +112,30 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
             store.abandon_dead_trials(base.run_id)  # a killed attempt's settings this run no longer asks for
 
     winner = ranked(results)[0]  # full ties: the search's own run, listed first
-    final = final_candidate(winner, source)
-    logger.info("winner: %s with %s; training it on train+val for %d epochs", winner.arch_id,
-                winner.candidate.hparams.to_json(), final.budget.epochs)
+    finals = [final_candidate(winner, source, member) for member in range(rcfg.ensemble)]
+    logger.info("winner: %s with %s; training it on train+val for %d epochs with %d seed%s", winner.arch_id,
+                winner.candidate.hparams.to_json(), winner.candidate.hparams.epochs, len(finals),
+                "s, averaged as the final model" if len(finals) > 1 else "")
     final_setting = replace(setting, data_fingerprint=with_validation(meta.fingerprint), folds=1)  # trained once
     final_job = TrialJob(final_setting, cfg.experiment_name,
                          tracking_uri, winner.run_id, "final", tags=tags, kind=KIND_FINAL, measure_test=False,
                          log_model=True, cuda_graphs=cfg.cuda_graphs)
-    trained = Evaluation.from_json(train_final(final.to_json(), final.trial_key(final_job.setting),
-                                               job=final_job.to_json(), data_dir=str(data_dir)))
-    if not trained.ok:
-        raise RuntimeError(f"the final training of {winner.arch_id} failed: {trained.reason}")
+    submit = prefect_runner(final_job, data_dir, cfg.workers)
+    trained = [future.result() for future in [submit(final) for final in finals]]
+    failed = [t.reason for t in trained if not t.ok]
+    if failed:
+        raise RuntimeError(f"the final training of {winner.arch_id} failed: {failed[0]}")
+    final_runs = [t.run_id for t in trained]
+    example, _ = load_split(data_dir, "val")
+    model_uri = store.log_ensemble(final_runs, example[:4])
     return {
         "experiment": cfg.experiment_name, "tracking_uri": tracking_uri, "data_dir": str(data_dir),
         "search_run_id": search_run_id,
         "refined_architectures": len(bases), "refine_trials": len(results) - len(bases),
         "rescored": sum(bool(b.candidate.inherit_from) for b in bases),
         "winner_run_id": winner.run_id, "winner_val_acc": winner.val_acc, "arch_id": winner.arch_id,
-        "hparams": winner.candidate.hparams.to_json(), "final_run_id": trained.run_id,
-        "model_uri": store.run_summary(trained.run_id)["tags"]["nas.model_uri"],
+        "hparams": winner.candidate.hparams.to_json(), "final_run_id": final_runs[0], "final_run_ids": final_runs,
+        "model_uri": model_uri,
     }
 
 

@@ -30,7 +30,7 @@ from nas.space.architecture import INITS, Architecture, ArchitectureError
 from nas.space.cell import cell_spec
 from nas.space.shapes import HYPER_BLOCK, HYPER_Z, NodePlan, Plan, Projection, Shape, hyper_blocks, infer
 
-__all__ = ["Network", "build", "inherited_weights", "remap_state"]
+__all__ = ["Ensemble", "Network", "build", "inherited_weights", "remap_state"]
 
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU,
@@ -332,6 +332,33 @@ class Network(nn.Module):
             elif isinstance(module, Recurrent):  # gain 1 keeps the recurrent weights near unit scale
                 yield module.rnn.cell.w, "linear"
                 yield module.rnn.cell.u, "linear"
+
+
+class Ensemble(nn.Module):
+    """Networks of one architecture trained with different seeds, as one model.
+
+    Its output is the log of the members' mean class probabilities: softmax of it is that
+    mean, and its argmax the ensemble's prediction. Averaging seeds removes the part of a
+    network's test errors that is the luck of its initialisation and batch order.
+    """
+
+    def __init__(self, members: Sequence[Network]) -> None:
+        super().__init__()
+        if len({m.arch.arch_id for m in members}) != 1:
+            raise ValueError("an Ensemble holds networks of one architecture, trained with different seeds")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def arch(self) -> Architecture:
+        return self.members[0].arch
+
+    @property
+    def plan(self) -> Plan:
+        return self.members[0].plan
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.stack([torch.softmax(m(x).float(), dim=1) for m in self.members]).mean(dim=0)
+        return probabilities.log()
 
 
 def _init_layer(layer: nn.Module, scheme: str, nonlinearity: str, generator: torch.Generator) -> None:

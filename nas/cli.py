@@ -49,6 +49,8 @@ def _configure_environment(root: Path) -> None:
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     # Against a tracking server MLflow prints a "View run" line per run; the log names every run already.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # Logging or loading a model downloads a few small files, each with a progress bar of its own.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -172,6 +174,9 @@ def _add_refine_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
                    help="how many of the search's best architectures to refine (default: 2)")
     p.add_argument(f"--{prefix}trials", dest="refine_trials", type=int,
                    help="training settings tried per architecture (default: 4)")
+    p.add_argument(f"--{prefix}ensemble", dest="refine_ensemble", type=int,
+                   help="seeds of the winner trained on train+val and averaged as the final model (default: 3; "
+                        "1: one network)")
     p.add_argument(f"--{prefix}batched", dest="refine_batched", action="store_true", default=None,
                    help="train a round's settings that share batch size and epochs as one vmapped network; "
                         "faster only when more settings share a shape than --concurrency trains at once")
@@ -201,8 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("refine", help="tune the training settings of a search's best architectures",
                        description="Take the top-k architectures of a search, search their learning rate, weight "
-                       "decay, batch size and epochs (params.yaml `refine`), train the winner on train+val and log "
-                       "it as an MLflow model. Runs are children of each architecture's search run.")
+                       "decay, batch size and epochs (params.yaml `refine`), train the winner on train+val with a few "
+                       "seeds and log their average as an MLflow model. Runs are children of each architecture's "
+                       "search run.")
     _add_data_options(p)
     p.add_argument("--search-run", help="the search to refine (default: --from-summary, else the experiment's "
                                         "latest search)")
@@ -384,7 +390,8 @@ def _refine_config(args: argparse.Namespace):
     from nas.config import load_refine_params
 
     given = dict(method=getattr(args, "refine_method", None), top_k=getattr(args, "refine_top_k", None),
-                 trials=getattr(args, "refine_trials", None), batched=getattr(args, "refine_batched", None))
+                 trials=getattr(args, "refine_trials", None), batched=getattr(args, "refine_batched", None),
+                 ensemble=getattr(args, "refine_ensemble", None))
     return replace(load_refine_params(args.params), **{k: v for k, v in given.items() if v is not None})
 
 
@@ -481,7 +488,8 @@ def _search_run(args: argparse.Namespace, store) -> str:
 def _print_refined(refined: dict) -> None:
     print(f"refined {refined['refined_architectures']} architectures with {refined['refine_trials']} settings; "
           f"winner {refined['arch_id']} (val {refined['winner_val_acc']:.4f}) with {refined['hparams']}, "
-          f"trained on train+val as run {refined['final_run_id']}")
+          f"trained on train+val as run{'s' * (len(refined['final_run_ids']) > 1)} "
+          f"{', '.join(refined['final_run_ids'])}")
 
 
 def _print_final(final: dict) -> None:

@@ -171,12 +171,15 @@ class RefineConfig:
     trials: int = 4  # training settings tried per architecture
     method: str = "grid"  # grid | bayes
     hparams: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_REFINE_HPARAMS))
+    # The final model averages the winner trained on train+val with this many seeds (1: one network).
+    # On MNIST-1D three seeds of one network scored 0.985 test where the seeds alone scored 0.979-0.985.
+    ensemble: int = 3
     # Settings of a round that share batch size and epochs train as one vmapped network (nas.batched).
     # Off by default: on 2 cores two settings at once took 19 s where one batched pair took 31 s.
     batched: bool = False
 
     def __post_init__(self) -> None:
-        _require_positive(self, ("top_k", "trials"), section="refine.")
+        _require_positive(self, ("top_k", "trials", "ensemble"), section="refine.")
         if self.method not in REFINE_METHODS:
             raise ConfigError(f"refine.method '{self.method}' is unknown; use one of {list(REFINE_METHODS)}.")
 

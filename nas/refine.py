@@ -3,7 +3,8 @@
 A search compares architectures under one short, shared recipe. Refinement takes the
 top k distinct architectures and searches their learning rate, weight decay, batch size
 and epochs (grid or Bayesian), judged on validation accuracy alone. The flow then trains
-the winner on train+val, and evaluation touches the test split once.
+the winner on train+val with a few seeds, averaged as the final model, and evaluation
+touches the test split once.
 
     >>> import random
     >>> from nas.space import SearchSpace
@@ -97,12 +98,12 @@ def as_refinement(candidate: Candidate, base: Evaluation, max_seconds: float | N
     return transferred(refined, source) if source else refined
 
 
-def final_candidate(winner: Evaluation, source: str | None = None) -> Candidate:
+def final_candidate(winner: Evaluation, source: str | None = None, member: int = 0) -> Candidate:
     """The winner's network and recipe, to train on train+val, with no per-trial time limit:
     the winner met the limit on fewer rows, and stopping its final training would throw the
-    refinement away."""
+    refinement away. Each `member` of the final ensemble has a training seed of its own."""
     final = Candidate(winner.candidate.arch, winner.candidate.hparams, Budget(winner.candidate.hparams.epochs),
-                      parents=(winner.run_id,))
+                      parents=(winner.run_id,), nonce=member or None)
     return transferred(final, source) if source else final
 
 

@@ -67,14 +67,13 @@ def _data_on_this_machine(data_dir: str, fingerprint: str, tracking_uri: str, ex
     return LineageStore(tracking_uri, experiment).fetch_data(fingerprint, cache)
 
 
-def _run(candidates: list[dict[str, Any]], job: dict[str, Any], data_dir: str,
-         final: bool = False) -> list[dict[str, Any]]:
+def _run(candidates: list[dict[str, Any]], job: dict[str, Any], data_dir: str) -> list[dict[str, Any]]:
     pin_local_worker_gpu()
     trial_job = TrialJob.from_json(job)
     setting = trial_job.setting
     data = _loaded(data_dir, setting.device, setting.data_fingerprint.removesuffix(with_validation("")),
                    trial_job.tracking_uri, trial_job.experiment)
-    if final:
+    if trial_job.kind == KIND_FINAL:  # the chosen recipe on train+val; its setting carries that fingerprint
         data = data.with_validation_in_training()
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.task_run_id": str(task_run.id)}
     evaluations = run_group([Candidate.from_json(c) for c in candidates], data, trial_job, tags)
@@ -103,15 +102,3 @@ def train_group(candidates: list[dict[str, Any]], trial_keys: list[str], *, job:
     with using_threads(threads):
         return _run(candidates, job, data_dir)
 
-
-@task(name="train-final", task_run_name="final-{trial_key}", cache_key_fn=_trial_cache_key,
-      persist_result=True, result_serializer="json", retries=2, retry_delay_seconds=2,
-      retry_condition_fn=_infrastructure_error_only)
-def train_final(candidate: dict[str, Any], trial_key: str, *, job: dict[str, Any], data_dir: str) -> dict[str, Any]:
-    """The chosen network and recipe trained on train+val, logged as an MLflow model; test stays untouched.
-
-    The job's setting must carry the train+val fingerprint (nas.train.with_validation),
-    and its kind must be KIND_FINAL.
-    """
-    assert job["kind"] == KIND_FINAL
-    return _run([candidate], job, data_dir, final=True)[0]

@@ -20,7 +20,7 @@ def project_copy(dest: Path) -> Path:
             shutil.copy2(ROOT / name, dest / name)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["search"].update(trials=2, epochs=1, concurrency=1)
-    params["refine"].update(top_k=1, trials=1, hparams={"lr": [3.0e-3], "epochs": [2]})
+    params["refine"].update(top_k=1, trials=1, hparams={"lr": [3.0e-3], "epochs": [2]}, ensemble=1)
     (dest / "params.yaml").write_text(yaml.safe_dump(params))
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
                     ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):

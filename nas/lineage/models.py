@@ -25,13 +25,17 @@ from nas.lineage.layout import WEIGHTS_FILE
 if TYPE_CHECKING:
     import numpy as np
 
-    from nas.build import Network
+    from nas.build import Ensemble, Network
 
 MODEL_NAME = "model"
+ENSEMBLE_NAME = "ensemble"  # an Ensemble's name in the run that also holds the first member's `model`
 NETWORK_FILE = "network.json"  # a logged model's architecture, input shape and number of classes
 SERVING_CODE = Path(__file__).with_name("serving.py")  # the model's code: MLflow runs it by path
 CODE_MODEL_LOADER = "mlflow.pyfunc.loaders.code_model"  # how MLflow loads a pyfunc model from code
 CHAMPION = "champion"  # the registry alias of the model the latest pipeline chose
+MODEL_TAG = "nas.model_uri"  # a run's tag naming the model logged from its network
+ENSEMBLE_TAG = "nas.ensemble_uri"  # the first final run's tag naming the ensemble of the final runs
+ENSEMBLE_OF_TAG = "nas.ensemble_of"  # the final runs (ids, comma-separated) that ensemble averages
 
 
 class StoreModels(StoreConnection):
@@ -41,9 +45,12 @@ class StoreModels(StoreConnection):
         """The trial whose network `log_model` stored in this run, if any (tag nas.model_of)."""
         return self._get_run(run_id).data.tags.get("nas.model_of")
 
-    def log_model(self, run_id: str, model: Network, input_example: np.ndarray,
+    def log_model(self, run_id: str, model: Network | Ensemble, input_example: np.ndarray,
                   source_run_id: str | None = None) -> str:
         """Log a servable copy of model (a network of nas.build) into run_id; returns its models:/ URI.
+
+        The run's tag nas.model_uri names it; an Ensemble is logged as `ensemble` beside the
+        run's own `model`, and its tag is nas.ensemble_uri.
 
         A pyfunc model from code (serving.py) whose artifacts are data: the architecture as
         JSON and the weights as safetensors. Nothing in it is a pickle: the only code that
@@ -54,9 +61,9 @@ class StoreModels(StoreConnection):
         from mlflow.models import Model, infer_signature
         from safetensors.torch import save_file
 
-        from nas.build import Network
+        from nas.build import Ensemble, Network
 
-        if not isinstance(model, Network):
+        if not isinstance(model, (Network, Ensemble)):
             raise TypeError(f"log_model takes a network of nas.build.build, not a {type(model).__name__}: its "
                             "architecture is what the logged model rebuilds.")
         self._get_run(run_id)
@@ -65,6 +72,10 @@ class StoreModels(StoreConnection):
         signature = infer_signature(input_example, probabilities)  # what serving.NetworkModel.predict returns
         spec = {"architecture": model.arch.to_json(), "input_shape": list(model.plan.input_shape),
                 "num_classes": model.plan.num_classes}
+        name, tag = MODEL_NAME, MODEL_TAG
+        if isinstance(model, Ensemble):
+            spec["members"] = len(model.members)
+            name, tag = ENSEMBLE_NAME, ENSEMBLE_TAG
         with tempfile.TemporaryDirectory(prefix="nas-model-") as folder:
             network, weights = Path(folder) / NETWORK_FILE, Path(folder) / WEIGHTS_FILE
             network.write_text(json.dumps(spec))
@@ -75,12 +86,12 @@ class StoreModels(StoreConnection):
             with self._writing() as client, _global_tracking_uri(self.tracking_uri):
                 # Created here so that the model lands in this experiment: Model.log would
                 # otherwise file it under whatever experiment the process-global state names.
-                logged = client.create_logged_model(self.experiment_id, name=MODEL_NAME, source_run_id=run_id)
+                logged = client.create_logged_model(self.experiment_id, name=name, source_run_id=run_id)
                 # Model.log rather than mlflow.pyfunc.log_model: only it takes the run to log into
                 # (threads have no active run).
                 info = Model.log(
                     artifact_path=None,
-                    name=MODEL_NAME,
+                    name=name,
                     flavor=mlflow.pyfunc,
                     model_id=logged.model_id,
                     run_id=run_id,
@@ -93,14 +104,33 @@ class StoreModels(StoreConnection):
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                                       f"safetensors=={version('safetensors')}"],
                 )
-        tags = {"nas.model_uri": info.model_uri}
+        tags = {tag: info.model_uri}
         if source_run_id is not None:
             tags["nas.model_of"] = source_run_id
         self._set_tags(run_id, tags)
         return info.model_uri
 
-    def load_model(self, model_uri: str) -> Network:
-        """The network of a model that log_model logged, on the CPU in eval mode.
+    def log_ensemble(self, run_ids: list[str], input_example: np.ndarray) -> str:
+        """The models logged in run_ids (seeds of one architecture) averaged as one model, logged
+        into the first run under the tag nas.ensemble_uri; its models:/ URI (one run: its own model).
+
+        Logged once: a rerun over the same runs finds it by the tag nas.ensemble_of.
+        """
+        from nas.build import Ensemble
+
+        tags = self._get_run(run_ids[0]).data.tags
+        if len(run_ids) == 1:
+            return tags[MODEL_TAG]
+        members = ",".join(run_ids)
+        if tags.get(ENSEMBLE_OF_TAG) == members and ENSEMBLE_TAG in tags:
+            return tags[ENSEMBLE_TAG]
+        ensemble = Ensemble([self.load_model(self._get_run(r).data.tags[MODEL_TAG]) for r in run_ids])
+        uri = self.log_model(run_ids[0], ensemble, input_example, source_run_id=run_ids[0])
+        self._set_tags(run_ids[0], {ENSEMBLE_OF_TAG: members})
+        return uri
+
+    def load_model(self, model_uri: str) -> Network | Ensemble:
+        """The network (or ensemble) of a model that log_model logged, on the CPU in eval mode.
 
         Loaded as a user would, with mlflow.pyfunc.load_model, from one download that is checked
         first: a model stored as a pickle (a cloudpickled python_model, or mlflow.pytorch's
@@ -126,11 +156,11 @@ class StoreModels(StoreConnection):
                  alias: str = CHAMPION) -> str:
         """Put a logged model in the Model Registry under `name` and point `alias` at it; its version number.
 
-        Registering the same run's model again returns the existing version, so a repeated
+        Registering the same model again returns the existing version, so a repeated
         pipeline does not pile up identical versions. Users load `models:/NAME@champion`,
         which follows the latest pipeline's model without naming a version.
         """
-        number = self._registered_version(name, source_run_id)
+        number = self._registered_version(name, model_uri)
         if number is None:
             version_tags = {**tags, "nas.source_run": source_run_id}
             with self._writing(), _global_tracking_uri(self.tracking_uri), _quiet_logger("mlflow"):
@@ -139,10 +169,10 @@ class StoreModels(StoreConnection):
             client.set_registered_model_alias(name, alias, number)
         return number
 
-    def _registered_version(self, name: str, source_run_id: str) -> str | None:
+    def _registered_version(self, name: str, model_uri: str) -> str | None:
         with self._writing() as client:
             for found in client.search_model_versions(f"name = '{name}'"):
-                if found.tags.get("nas.source_run") == source_run_id:
+                if found.source == model_uri:
                     return str(found.version)
         return None
 

@@ -2,13 +2,14 @@
 
 `StoreModels.log_model` logs this file as the model's code, and `mlflow.pyfunc.load_model`
 runs it by path (so the package never imports it): `set_model` below names the model.
-Its artifacts are data: `network.json` (architecture, input shape, number of classes) and
-the weights as safetensors. `load_context` rebuilds the network with `nas.build.build`, so
-loading needs this project installed, as a pytorch model needs torch.
+Its artifacts are data: `network.json` (architecture, input shape, number of classes and,
+for an ensemble of seeds, its number of members) and the weights as safetensors.
+`load_context` rebuilds the network with `nas.build.build`, so loading needs this project
+installed, as a pytorch model needs torch.
 
     model = mlflow.pyfunc.load_model("models:/nas-digits@champion")
     probabilities = model.predict(x)                  # x: float32, (N, *input_shape)
-    network = model.unwrap_python_model().model       # the torch module, on the CPU, in eval mode
+    network = model.unwrap_python_model().model       # the torch module (Network or Ensemble), CPU, eval mode
 
 `predict` takes a batch of examples prepared as `nas prepare` prepares them (standardised,
 shaped like the model's input example) and returns class probabilities: float32 of shape
@@ -28,7 +29,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.pyfunc.model import PythonModelContext
 from safetensors.torch import load_file
 
-from nas.build import build
+from nas.build import Ensemble, build
 from nas.lineage.layout import WEIGHTS_FILE
 from nas.lineage.models import NETWORK_FILE
 from nas.space.architecture import Architecture
@@ -39,7 +40,9 @@ class NetworkModel(PythonModel):
 
     def load_context(self, context: PythonModelContext) -> None:
         spec = json.loads(Path(context.artifacts[NETWORK_FILE]).read_text())
-        self.model = build(Architecture.from_json(spec["architecture"]), spec["input_shape"], spec["num_classes"])
+        arch = Architecture.from_json(spec["architecture"])
+        members = [build(arch, spec["input_shape"], spec["num_classes"]) for _ in range(spec.get("members", 1))]
+        self.model = Ensemble(members) if "members" in spec else members[0]
         self.model.load_state_dict(load_file(context.artifacts[WEIGHTS_FILE], device="cpu"))
         self.model.eval()
 

@@ -52,7 +52,8 @@ def test_bayesian_refinement_rerun_at_another_concurrency_trains_nothing_new(tmp
     space = str(ROOT / "spaces/small-cnn.yaml")
     cfg = config(tmp_path, digits_dir, trials=2, epochs=1, experiment="bayes-refine", space=space, concurrency=2)
     search = run_search(cfg)
-    refine = RefineConfig(top_k=1, trials=6, method="bayes", hparams={"lr": {"log": [1e-3, 1e-2]}, "epochs": [1]})
+    refine = RefineConfig(top_k=1, trials=6, method="bayes", hparams={"lr": {"log": [1e-3, 1e-2]}, "epochs": [1]},
+                          ensemble=1)
     refined = run_refine(cfg, refine, search["parent_run_id"])
     trained = len(trial_runs(cfg))
     # Bayesian proposals depend on the results heard before each ask: the rerun asks in the first run's rounds.
@@ -66,7 +67,7 @@ def test_batched_refinement_trains_a_round_as_one_task_and_records_each_setting(
     space.write_text((ROOT / "spaces/cnn.yaml").read_text().replace("dropout: [0.0, 0.1, 0.3]", "dropout: [0.0]"))
     cfg = config(tmp_path, digits_dir, trials=2, epochs=1, experiment="batched-refine", space=str(space))
     search = run_search(cfg)
-    refine = RefineConfig(top_k=1, trials=2, hparams={"lr": [2e-3, 5e-3], "epochs": [2]}, batched=True)
+    refine = RefineConfig(top_k=1, trials=2, hparams={"lr": [2e-3, 5e-3], "epochs": [2]}, batched=True, ensemble=1)
     refined = run_refine(cfg, refine, search["parent_run_id"])
     runs = [r for r in trial_runs(cfg) if r.data.tags["nas.strategy"] == "refine-grid"]
     assert refined["refine_trials"] == 2 and len(runs) == 2
@@ -98,6 +99,10 @@ def test_pipeline_registers_a_model_that_reproduces_its_test_accuracy(tmp_path, 
     final_run = client.get_run(final["final_run_id"])
     assert final_run.data.tags["nas.kind"] == "final" and final_run.info.run_id not in trials
     assert final_run.data.metrics["test_acc"] == final["test_acc"]  # measured once, by evaluate
+    seeds = [client.get_run(r) for r in refined["final_run_ids"]]  # the winner's recipe, three seeds
+    assert len(seeds) == TINY_REFINE.ensemble == 3 and seeds[0].info.run_id == final_run.info.run_id
+    assert all(r.data.tags["nas.kind"] == "final" and r.data.tags["nas.arch_id"] == refined["arch_id"] for r in seeds)
+    assert len({r.data.tags["nas.trial_key"] for r in seeds}) == 3
 
     version = client.get_model_version("digits-net", final["model_version"])
     assert version.tags["nas.arch_id"] == refined["arch_id"] and version.tags["nas.source_run"] == final_run.info.run_id
@@ -107,10 +112,15 @@ def test_pipeline_registers_a_model_that_reproduces_its_test_accuracy(tmp_path, 
     assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
     x, y = load_split(digits_dir, "test")
     assert np.mean(model.predict(x).argmax(1) == y) == final["test_acc"] > 0.5  # the recorded accuracy, reproduced
+    # The registered model averages the seeds' own logged models.
+    members = [mlflow.pyfunc.load_model(r.data.tags["nas.model_uri"]).predict(x) for r in seeds]
+    assert np.allclose(model.predict(x), np.mean(members, axis=0), atol=1e-6)
 
     again = run_pipeline(cfg, TINY_REFINE, model_name="digits-net")  # everything cached: one version, same numbers
     assert again["final"] == final
     assert len(client.search_model_versions("name = 'digits-net'")) == 1
+    one = run_pipeline(cfg, replace(TINY_REFINE, ensemble=1), model_name="digits-net")  # the first seed alone
+    assert one["refine"]["model_uri"] == seeds[0].data.tags["nas.model_uri"] and one["final"]["model_version"] == "2"
 
     assert nas(["report", "pipeline", "--tracking-uri", cfg.tracking_uri, "--out-dir", str(tmp_path / "r")]) == 0
     pngs = sorted(p.name for p in (tmp_path / "r").iterdir())

@@ -8,7 +8,7 @@ import pytest
 import torch
 from mlflow.artifacts import download_artifacts
 
-from nas.build import Network, build
+from nas.build import Ensemble, Network, build
 from nas.lineage import LineageError, LineageStore
 from nas.space.architecture import Architecture, Node
 
@@ -26,6 +26,24 @@ def logged(tmp_path_factory):
                          Node.make("dense", [1], units=8, activation="relu", dropout=0.5), Node.make("head", [2])))
     network = build(arch, (1, 4, 4), 3, seed=0).eval()
     return store, run_id, network, store.log_model(run_id, network, EXAMPLES[:2])
+
+
+def test_an_ensemble_of_logged_seeds_loads_as_their_mean_and_is_logged_once(logged, monkeypatch):
+    store, first_run, first, _ = logged
+    second = build(first.arch, (1, 4, 4), 3, seed=1).eval()
+    second_run = store.start_search({"strategy": "random", "seed": 1}, None, "data-fp")
+    store.log_model(second_run, second, EXAMPLES[:2])
+    uri = store.log_ensemble([first_run, second_run], EXAMPLES[:2])
+    assert store.log_ensemble([first_run, second_run], EXAMPLES[:2]) == uri  # found again, not logged twice
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri)
+    model = mlflow.pyfunc.load_model(uri)
+    assert isinstance(model.unwrap_python_model().model, Ensemble)
+    with torch.no_grad():
+        mean = torch.stack([torch.softmax(n(torch.from_numpy(EXAMPLES)), 1) for n in (first, second)]).mean(0)
+    assert np.allclose(model.predict(EXAMPLES), mean.numpy(), atol=1e-6)
+    other = build(Architecture((Node.make("input"), Node.make("flatten", [0]), Node.make("head", [1]))), (1, 4, 4), 3)
+    with pytest.raises(ValueError, match="one architecture"):
+        Ensemble([first, other])
 
 
 def test_the_logged_model_holds_data_and_code_but_no_pickle(logged, tmp_path):

@@ -101,4 +101,3 @@ def train_group(candidates: list[dict[str, Any]], trial_keys: list[str], *, job:
     """Candidates of one shape (nas.batched.groups) trained as one batched network, each its own run."""
     with using_threads(threads):
         return _run(candidates, job, data_dir)
-

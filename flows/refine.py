@@ -30,7 +30,7 @@ from nas.progress import progress
 from nas.provenance import provenance_tags
 from nas.refine import (as_refinement, final_candidate, refinement_space, refinement_strategy, rescoring,
                         top_architectures)
-from nas.runner import TrialJob, trial_setting
+from nas.runner import TrialJob, small_data, trial_setting
 from nas.space import SearchSpace
 from nas.train import with_validation
 from nas.trial import Evaluation, ranked
@@ -112,9 +112,9 @@ def refine(config: dict[str, Any], refine_config: dict[str, Any], search_run_id:
             store.abandon_dead_trials(base.run_id)  # a killed attempt's settings this run no longer asks for
 
     winner = ranked(results)[0]  # full ties: the search's own run, listed first
-    finals = [final_candidate(winner, source, member) for member in range(rcfg.ensemble)]
+    finals = [final_candidate(winner, source, member, small_data(meta)) for member in range(rcfg.ensemble)]
     logger.info("winner: %s with %s; training it on train+val for %d epochs with %d seed%s", winner.arch_id,
-                winner.candidate.hparams.to_json(), winner.candidate.hparams.epochs, len(finals),
+                winner.candidate.hparams.to_json(), finals[0].budget.epochs, len(finals),
                 "s, averaged as the final model" if len(finals) > 1 else "")
     final_setting = replace(setting, data_fingerprint=with_validation(meta.fingerprint), folds=1)  # trained once
     final_job = TrialJob(final_setting, cfg.experiment_name,

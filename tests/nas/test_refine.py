@@ -8,10 +8,11 @@ import pytest
 from nas.config import ConfigError, RefineConfig, load_refine_params
 from nas.refine import as_refinement, final_candidate, refinement_space, refinement_strategy, top_architectures
 from nas.space import SearchSpace, SpaceError
-from nas.trial import Budget, Candidate, Evaluation
+from nas.trial import Budget, Candidate, Evaluation, TrialSetting
 from tests.conftest import ROOT
 
 SPACE = SearchSpace.load(ROOT / "spaces/small-cnn.yaml").bind((1, 8, 8), 10).with_hparams(epochs=20)
+SETTING = TrialSetting("data-fp", seed=0, device="cpu")
 DOMAINS = {"lr": {"log": [1e-3, 1e-2]}, "weight_decay": [0.0, 1e-4], "batch_size": [32, 64], "epochs": [30]}
 
 
@@ -57,6 +58,10 @@ def test_the_final_training_has_no_time_limit():
     final = final_candidate(winner)
     assert final.budget == Budget(hparams.epochs) and final.budget.max_seconds is None
     assert (final.arch, final.hparams, final.parents) == (arch, hparams, ("w",))
+    seeds = [final_candidate(winner, member=m) for m in range(3)]  # an ensemble's members: a training seed each
+    assert [c.nonce for c in seeds] == [None, 1, 2] and len({c.trial_seed(SETTING) for c in seeds}) == 3
+    longer = final_candidate(winner, small_data=True)  # a small table's final trains three times longer
+    assert longer.budget.epochs == longer.hparams.epochs == 3 * hparams.epochs
 
 
 def test_without_an_epochs_domain_settings_train_30_epochs_or_the_searchs_if_more():

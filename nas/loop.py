@@ -11,7 +11,10 @@ generations, parents) are never another search's.
 Two modes:
 
 - batch (default): ask `concurrency` candidates, run them at once, tell all results in
-  candidate order.
+  candidate order. A strategy whose proposals do not depend on results (`adaptive` False:
+  random, grid) is asked ahead instead: a worker that finishes takes the next candidate at
+  once, and results are still told in ask order, so the search is the same without
+  waiting for the slowest trial of every round (a fifth of random search's time on digits).
 - asynchronous: each finished trial is told at once and its worker gets the next
   candidate. No worker waits for the slowest of a round, but the order (and so the
   search) depends on timing.
@@ -52,6 +55,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field, replace
@@ -119,6 +123,8 @@ def run_loop(strategy: Strategy, submit: Submit, *, trials: int, concurrency: in
                  schedule or Schedule())
     if asynchronous:
         loop.run_async(concurrency)
+    elif not strategy.adaptive and submit_group is None:  # a group runner trains whole rounds
+        loop.run_ahead(concurrency)
     else:
         loop.run_batches(concurrency)
     return LoopOutcome(loop.told, loop.stop_reason or f"the trial budget of {trials} is spent")
@@ -170,6 +176,24 @@ class _Loop:
                 raise ProtocolError(f"{self.strategy.name} says WAIT with no result pending.")
             first = self.asked - len(batch) + 1
             self._tell(list(zip(range(first, self.asked + 1), batch, self.submit_group(batch), strict=True)))
+
+    def run_ahead(self, concurrency: int) -> None:
+        running: deque[tuple[int, Candidate, Future[Evaluation]]] = deque()  # in ask order
+        while True:
+            while (not self.stop_reason and self.asked < self.trials
+                   and sum(not future.done() for _, _, future in running) < concurrency):
+                more = self._ask(1)
+                if not more:
+                    break
+                running.append((self.asked, more[0], self.submit(more[0])))
+            if not running:
+                if not self.stop_reason and self.asked < self.trials:
+                    raise ProtocolError(f"{self.strategy.name} says WAIT with no result pending.")
+                return
+            if running[0][2].done():
+                self._tell([running.popleft()])
+            else:
+                wait([future for _, _, future in running if not future.done()], return_when=FIRST_COMPLETED)
 
     def run_async(self, concurrency: int) -> None:
         running: dict[Future[Evaluation], tuple[int, Candidate]] = {}  # with the number of its ask

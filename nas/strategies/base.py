@@ -92,6 +92,7 @@ class Strategy(ABC):
     """Base class: subclasses implement `_propose`, and `_learn` when they learn from results."""
 
     name: ClassVar[str]
+    adaptive: ClassVar[bool] = True  # proposals depend on the results told (False lets the loop ask ahead)
 
     def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0) -> None:
         self.space = space

@@ -22,6 +22,7 @@ from nas.trial import Candidate
 
 class GridSearch(Strategy):
     name = "grid"
+    adaptive = False
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -17,6 +17,7 @@ from nas.trial import Candidate
 
 class RandomSearch(Strategy):
     name = "random"
+    adaptive = False
 
     def _propose(self, n: int) -> list[Candidate]:
         return self._sample_fresh(n)

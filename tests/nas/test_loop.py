@@ -22,7 +22,7 @@ import pytest
 from nas.ids import derive_seed
 from nas.loop import Schedule, run_loop, time_limit
 from nas.space import SearchSpace
-from nas.strategies import STRATEGIES, Hyperband, make_strategy
+from nas.strategies import STRATEGIES, Hyperband, RandomSearch, make_strategy
 from nas.strategies.base import ProtocolError, Strategy
 from nas.trial import Budget, Candidate, Evaluation, TrialSetting, TrialStatus
 from tests.conftest import ROOT
@@ -161,3 +161,32 @@ def test_telling_what_was_never_asked_is_refused() -> None:
     strategy.tell([Evaluation(candidate, "k", val_acc=0.5)])
     with pytest.raises(ProtocolError, match="tell only what ask returned"):
         strategy.tell([Evaluation(candidate, "k", val_acc=0.5)])
+
+
+def test_a_search_that_does_not_learn_is_asked_ahead_and_told_in_order() -> None:
+    """Random search: while its first trial trains, the other worker goes through the rest;
+    results are told in ask order, so the search is the one batch mode runs."""
+    first_done, submitted, told = threading.Event(), [], []
+
+    def runner(candidate: Candidate) -> Future[Evaluation]:
+        future: Future[Evaluation] = Future()
+        submitted.append(candidate.arch.arch_id)
+        result = Evaluation(candidate, candidate.trial_key(SETTING), val_acc=0.5)
+        if len(submitted) == 1:  # a slow trial: it ends once every other one has been submitted
+            threading.Thread(target=lambda: (first_done.wait(10), future.set_result(result))).start()
+        else:
+            future.set_result(result)
+            if len(submitted) == 6:
+                assert not told, "a result was told before the first one asked"
+                first_done.set()
+        return future
+
+    outcome = run_loop(search("random", None), runner, trials=6, concurrency=2,
+                       on_result=lambda e: told.append(e.candidate.arch.arch_id))
+    assert first_done.is_set() and told == submitted
+
+    class Learning(RandomSearch):  # the same proposals, in rounds
+        adaptive = True
+
+    rounds = run_loop(Learning(SPACE, Budget(9), seed=5), FakeStore().submit, trials=6, concurrency=2)
+    assert [e.candidate.arch.arch_id for e in rounds.evaluations] == told == [e.arch_id for e in outcome.evaluations]

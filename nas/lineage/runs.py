@@ -30,7 +30,7 @@ from nas.lineage.connection import (MAX_CONFIG_PARAM_CHARS, MAX_PARAMS_PER_BATCH
 from nas.lineage.datasets import dataset_input
 from nas.lineage.layout import (ARCHITECTURE_FILE, CELL_DRAWING_FILE, CHECKPOINT_FILE, CONFIG_FILE, DATA_FOLDER,
                                 EVALUATION_FILE, KIND_DATA, KIND_PREDICTOR, KIND_SEARCH, KIND_TRIAL, PREDICTOR_FILE,
-                                STRATEGY_REPORT_FILE, WEIGHTS_FILE)
+                                STRATEGY_REPORT_FILE, TOLD_FILE, WEIGHTS_FILE)
 from nas.lineage.queries import StoreQueries
 from nas.space.cell import cell_spec
 from nas.trial import Candidate, Evaluation, TrialStatus
@@ -116,6 +116,10 @@ class StoreRuns(StoreQueries):
         with tempfile.TemporaryDirectory() as tmp, self._writing() as client:
             (Path(tmp) / file).write_bytes(data)
             client.log_artifact(run_id, str(Path(tmp) / file), folder or None)
+
+    def log_told(self, search_run_id: str, run_ids: list[str]) -> None:
+        """The runs of a search's results, found under another search included (see `trials_of`)."""
+        self.log_bytes(search_run_id, TOLD_FILE, json.dumps(run_ids).encode())
 
     def start_run_of(self, kind: str, name: str, tags: dict[str, str]) -> str:
         """A running run of a kind other than search or trial (a predictor, a learned optimiser)."""
@@ -287,6 +291,7 @@ class StoreRuns(StoreQueries):
             "nas.status": TrialStatus.RUNNING.value,
             "nas.kind": kind,
             "nas.owner": f"{socket.gethostname()}:{os.getpid()}",
+            "nas.owner_started": _started(os.getpid()) or "",
             "nas.heartbeat": f"{time.time():.0f}",
         })
         if candidate.inherit_from:
@@ -399,7 +404,8 @@ class Claim:
 def _dead_owner(tags: dict[str, str]) -> str | None:
     """Why a running claim's owner is dead, or None while it lives."""
     host, _, pid = tags.get("nas.owner", ":").rpartition(":")
-    if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid)):
+    if host == socket.gethostname() and pid.isdigit() and (
+            not _process_alive(int(pid)) or tags.get("nas.owner_started", "") not in ("", _started(int(pid)))):
         return f"its process {pid} on {host} is gone (killed or crashed); a new attempt took the trial over"
     age = time.time() - float(tags.get("nas.heartbeat") or 0)
     if age > CLAIM_LEASE_SECONDS:
@@ -416,6 +422,18 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # someone else's process: alive
         return True
     return True
+
+
+def _started(pid: int) -> str | None:
+    """When process `pid` started (Linux: clock ticks after boot), or None where it cannot be read.
+
+    Pids are reused, soon where many threads are started (each takes one): a killed owner's
+    pid may name another process, or another's thread, a minute later. With its start time it does not.
+    """
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:

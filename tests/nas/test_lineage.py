@@ -193,12 +193,15 @@ def test_a_dead_owners_claim_is_abandoned_explained_and_taken_over(store, search
 
 
 def test_a_search_abandons_the_trials_a_dead_attempt_left_running_and_nobody_asks_for_again(store, search):
-    orphan, live = (claim(store, candidate(units), search).run_id for units in (10, 11))
+    orphan, reused, live = (claim(store, candidate(units), search).run_id for units in (10, 12, 11))
     MlflowClient(store.tracking_uri).set_tag(orphan, "nas.owner", f"{socket.gethostname()}:{2**22 + 7}")
+    # Its owner's pid now names a live process, this one, that started at another time.
+    MlflowClient(store.tracking_uri).set_tag(reused, "nas.owner_started", "1")
     store.abandon_dead_trials(search)
     client = MlflowClient(store.tracking_uri)
-    assert client.get_run(orphan).info.lifecycle_stage == "deleted"
-    assert client.get_run(orphan).data.tags["nas.status"] == "abandoned"
+    for dead in (orphan, reused):
+        assert client.get_run(dead).info.lifecycle_stage == "deleted"
+        assert client.get_run(dead).data.tags["nas.status"] == "abandoned"
     assert client.get_run(live).info.status == "RUNNING"  # its owner, this process, lives
     assert client.get_run(search).info.status == "RUNNING"  # not a trial
 

@@ -149,6 +149,7 @@ class Search:
                                on_result=told, schedule=schedule)
         self.stop_reason = outcome.stop_reason
         self.store.abandon_dead_trials(self.run_id)
+        self.store.log_told(self.run_id, [e.run_id for e in self.evaluations if e.run_id])
         self.store.finish_search(self.run_id, self.summary())
         return outcome
 

@@ -20,4 +20,5 @@ CELL_DRAWING_FILE = "cell.png"  # the tree of a network's recurrent cell (nas.re
 PREDICTOR_FILE = "predictor/predictor.safetensors"  # nas.predictor.Predictor.to_bytes
 LEARNED_OPTIMIZER_FILE = "learned_optimizer/optimizer.safetensors"  # nas.learned_opt.to_bytes
 DATA_FOLDER = "data"  # the files of a KIND_DATA run: train/val/test Parquet and meta.json
+TOLD_FILE = "loop/told.json"  # a search's results by run id: those found under another search too
 STRATEGY_REPORT_FILE = "strategy-report.json"  # a search's strategy state for people (Strategy.report)

@@ -19,7 +19,7 @@ from mlflow.entities import Run
 
 from nas.lineage.connection import LineageError, StoreConnection, _local_dir
 from nas.lineage.layout import (ARCHITECTURE_FILE, CHECKPOINT_FILE, CONFIG_FILE, DATA_FOLDER, EVALUATION_FILE,
-                                KIND_DATA, KIND_SEARCH, KIND_TRIAL, LEARNED_OPTIMIZER_FILE, WEIGHTS_FILE)
+                                KIND_DATA, KIND_SEARCH, KIND_TRIAL, LEARNED_OPTIMIZER_FILE, TOLD_FILE, WEIGHTS_FILE)
 from nas.trial import Evaluation, TrialStatus
 
 # Validation accuracies the leaderboard asks for first through a tracking server (_best_runs):
@@ -48,11 +48,19 @@ class StoreQueries(StoreConnection):
         return [self._evaluation(run) for run in runs]
 
     def trials_of(self, search_run_id: str) -> list[Evaluation]:
-        """The evaluated candidates of one search (or the children of any run), oldest first."""
-        self._get_run(search_run_id)  # a clear error for a wrong id, not an empty list
+        """The evaluated candidates of one search (or the children of any run), oldest first.
+
+        Besides its children, a search's results include trials it found recorded by another
+        search (the same candidate, data and seed), which it lists in TOLD_FILE.
+        """
+        search = self._get_run(search_run_id)  # a clear error for a wrong id, not an empty list
         runs = self._search(f"tags.`nas.kind` = '{KIND_TRIAL}' and attributes.status = 'FINISHED' and "
                             f"tags.`mlflow.parentRunId` = '{search_run_id}'", order_by=["attributes.start_time ASC"])
-        return [self._evaluation(run) for run in runs]
+        children = {run.info.run_id for run in runs}
+        found = [self._get_run(run_id) for run_id in json.loads(self._read(search, TOLD_FILE) or b"[]")
+                 if run_id not in children]
+        runs += [run for run in found if run.data.tags.get("nas.kind") == KIND_TRIAL and run.info.status == "FINISHED"]
+        return [self._evaluation(run) for run in sorted(runs, key=lambda run: run.info.start_time)]
 
     def trained_on(self, data_fingerprint: str, besides: str | None = None) -> list[Evaluation]:
         """Every successful trial of every experiment on this data (by fingerprint), whatever

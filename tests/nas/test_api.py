@@ -63,7 +63,12 @@ def test_create_optimize_read_and_reload_without_retraining(project):
                           max_seconds=None, tracking_uri=uri)
     assert other.run_id == search.run_id
     assert load_search("notebook", tracking_uri=uri, root=project).run_id == search.run_id
-
+    # One more trial makes another search: the three it finds under the first are its results too.
+    longer = create_search("notebook", data="digits", root=project, trials=4, epochs=1, concurrency=2,
+                           max_seconds=None, tracking_uri=uri)
+    told = [e.run_id for e in longer.optimize().evaluations]
+    assert longer.run_id != search.run_id and told[:3] == [e.run_id for e in outcome.evaluations]
+    assert sorted(e.run_id for e in longer.trials()) == sorted(told)
 
 
 def test_an_asynchronous_rerun_tells_its_cache_hits_in_the_order_the_first_run_told_its_results(project):

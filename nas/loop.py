@@ -14,7 +14,7 @@ Two modes:
   candidate order. A strategy whose proposals do not depend on results (`adaptive` False:
   random, grid) is asked ahead instead: a worker that finishes takes the next candidate at
   once, and results are still told in ask order, so the search is the same without
-  waiting for the slowest trial of every round (a fifth of random search's time on digits).
+  waiting for the slowest trial of every round (`make run`'s search: 77 s instead of 110).
 - asynchronous: each finished trial is told at once and its worker gets the next
   candidate. No worker waits for the slowest of a round, but the order (and so the
   search) depends on timing.
@@ -178,6 +178,7 @@ class _Loop:
             self._tell(list(zip(range(first, self.asked + 1), batch, self.submit_group(batch), strict=True)))
 
     def run_ahead(self, concurrency: int) -> None:
+        """`concurrency` trials always running; results told in ask order (for strategies that do not learn)."""
         running: deque[tuple[int, Candidate, Future[Evaluation]]] = deque()  # in ask order
         while True:
             while (not self.stop_reason and self.asked < self.trials

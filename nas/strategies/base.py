@@ -92,7 +92,9 @@ class Strategy(ABC):
     """Base class: subclasses implement `_propose`, and `_learn` when they learn from results."""
 
     name: ClassVar[str]
-    adaptive: ClassVar[bool] = True  # proposals depend on the results told (False lets the loop ask ahead)
+    # Whether proposals depend on the results told; False (random, grid) lets the loop ask ahead,
+    # so a subclass of those that learns from results sets it back to True.
+    adaptive: ClassVar[bool] = True
 
     def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0) -> None:
         self.space = space

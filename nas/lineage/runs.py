@@ -404,8 +404,7 @@ class Claim:
 def _dead_owner(tags: dict[str, str]) -> str | None:
     """Why a running claim's owner is dead, or None while it lives."""
     host, _, pid = tags.get("nas.owner", ":").rpartition(":")
-    if host == socket.gethostname() and pid.isdigit() and (
-            not _process_alive(int(pid)) or tags.get("nas.owner_started", "") not in ("", _started(int(pid)))):
+    if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid), tags.get("nas.owner_started")):
         return f"its process {pid} on {host} is gone (killed or crashed); a new attempt took the trial over"
     age = time.time() - float(tags.get("nas.heartbeat") or 0)
     if age > CLAIM_LEASE_SECONDS:
@@ -414,14 +413,15 @@ def _dead_owner(tags: dict[str, str]) -> str | None:
     return None
 
 
-def _process_alive(pid: int) -> bool:
+def _process_alive(pid: int, started: str | None = None) -> bool:
+    """Whether process `pid` lives and, where its start time was recorded, is the one that started then."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process: alive
-        return True
-    return True
+        pass
+    return not started or started == _started(pid)
 
 
 def _started(pid: int) -> str | None:

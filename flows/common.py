@@ -9,7 +9,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from prefect import Flow
+from prefect import Flow, Task
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -94,10 +94,12 @@ def trial_runner(cfg: SearchConfig) -> TaskRunner:
 def prefect_runner(job: TrialJob, data_dir: Path, concurrency: int) -> Submit:
     """A runner for `nas.loop.run_loop`: each candidate becomes a cached `train_candidate` task."""
     threads = torch_threads(concurrency)
+    store = LineageStore(job.tracking_uri, job.experiment)
 
     def submit(candidate: Candidate) -> Future[Evaluation]:
-        return _as_future(train_candidate.submit(candidate.to_json(), candidate.trial_key(job.setting),
-                                                 job=job.to_json(), data_dir=str(data_dir), threads=threads))
+        key = candidate.trial_key(job.setting)
+        return _as_future(_answering_to(store, [key], train_candidate).submit(
+            candidate.to_json(), key, job=job.to_json(), data_dir=str(data_dir), threads=threads))
     return submit
 
 
@@ -105,6 +107,7 @@ def prefect_group_runner(job: TrialJob, data_dir: Path, concurrency: int) -> Sub
     """A round's candidates as Prefect tasks: those of one shape (nas.batched.groups) as one
     `train_group` task that trains them as one batched network, the rest one task each."""
     submit = prefect_runner(job, data_dir, concurrency)
+    store = LineageStore(job.tracking_uri, job.experiment)
 
     def submit_group(candidates: list[Candidate]) -> list[Future[Evaluation]]:
         futures: dict[int, Future[Evaluation]] = {}
@@ -112,14 +115,25 @@ def prefect_group_runner(job: TrialJob, data_dir: Path, concurrency: int) -> Sub
             if len(group) == 1:
                 futures[id(group[0])] = submit(group[0])
                 continue
+            keys = [c.trial_key(job.setting) for c in group]
             # The group stands for len(group) trials at once: it gets their threads.
-            done = train_group.submit([c.to_json() for c in group], [c.trial_key(job.setting) for c in group],
-                                      job=job.to_json(), data_dir=str(data_dir),
-                                      threads=min(os.cpu_count() or 1, torch_threads(concurrency) * len(group)))
+            done = _answering_to(store, keys, train_group).submit(
+                [c.to_json() for c in group], keys, job=job.to_json(), data_dir=str(data_dir),
+                threads=min(os.cpu_count() or 1, torch_threads(concurrency) * len(group)))
             for position, candidate in enumerate(group):
                 futures[id(candidate)] = _as_future(done, lambda results, i=position: results[i])
         return [futures[id(c)] for c in candidates]
     return submit_group
+
+
+def _answering_to(store: LineageStore, trial_keys: list[str], task: Task) -> Task:
+    """`task`, reading Prefect's cache only where the store holds a finished run of every trial: a
+    cached result whose run was deleted (the store folder, `nas gc`, the UI) would name a run that
+    is not there, so then the task runs (the store's claim trains or finds the trial) and its
+    result replaces the cached one."""
+    if all(store.has_result(key) for key in trial_keys):
+        return task
+    return task.with_options(refresh_cache=True)
 
 
 def _as_future(prefect_future: Any, pick: Callable[[Any], Any] = lambda result: result) -> Future[Evaluation]:

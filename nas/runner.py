@@ -25,7 +25,7 @@ from nas.lineage import KIND_TRIAL, Claim, LineageError, LineageStore
 from nas.space import HParams, SearchSpace
 from nas.space.architecture import learned_run
 from nas.threads import torch_threads, using_threads
-from nas.train import TrainData, load_data, pick_device, train
+from nas.train import TrainData, load_data, pick_device, test_accuracy, train
 from nas.trial import Candidate, Evaluation, TrialSetting
 
 CV_MAX_ROWS = 1000  # below this many train+val rows, the val split is too small to rank networks ...
@@ -101,7 +101,7 @@ def run_trial(candidate: Candidate, data: TrainData, job: TrialJob, tags: dict[s
     """The recorded result of `candidate`: found in the store, waited for, or trained now."""
     store, claim = _claim(candidate, data, job, tags)
     if claim.result is not None:
-        return claim.result
+        return _with_test(store, claim.result, data, job)
     run_id = claim.run_id
     assert run_id is not None
     streamed: set[tuple[str, int]] = set()
@@ -153,7 +153,7 @@ def run_group(candidates: list[Candidate], data: TrainData, job: TrialJob,
         return [run_trial(c, data, job, tags) for c in candidates]
     claims = [_claim(c, data, job, tags) for c in candidates]
     store = claims[0][0]
-    results = [claim.result for _, claim in claims]
+    results = [claim.result and _with_test(store, claim.result, data, job) for _, claim in claims]
     todo = [i for i, result in enumerate(results) if result is None]
     try:
         with ExitStack() as beats:
@@ -172,6 +172,17 @@ def run_group(candidates: list[Candidate], data: TrainData, job: TrialJob,
                 store.fail_trial(claims[i][1].run_id, f"{type(exc).__name__}: {exc}")
         raise
     return results
+
+
+def _with_test(store: LineageStore, evaluation: Evaluation, data: TrainData, job: TrialJob) -> Evaluation:
+    """A stored result, measured on the test split now if this job asks for it (--report-test after the
+    same search without it) and it was not: the test changes no training, so it is not in the trial key."""
+    if not job.measure_test or evaluation.test_acc is not None or not evaluation.ok or job.setting.folds > 1:
+        return evaluation
+    assert evaluation.run_id is not None
+    evaluation.test_acc = test_accuracy(evaluation.candidate.arch, store.weights(evaluation.run_id), data)
+    store.add_test_accuracy(evaluation)
+    return evaluation
 
 
 def _inherited(store: LineageStore, candidate: Candidate, run_id: str) -> dict[str, torch.Tensor] | None:

@@ -221,6 +221,13 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.
     return _evaluate(model, x, y, device)[0]
 
 
+def test_accuracy(arch: Architecture, weights: dict[str, torch.Tensor], data: TrainData) -> float:
+    """The test-split accuracy of a trained network, rebuilt from its architecture and weights."""
+    model = build(arch, data.shape, data.num_classes)
+    model.load_state_dict(weights)
+    return _accuracy(model.to(data.device), data.x_test, data.y_test, data.device)
+
+
 def predict_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     """Accuracy of a (loaded) model on host arrays, on the CPU: how a served model is judged."""
     return _accuracy(model.cpu(), torch.from_numpy(x), torch.from_numpy(y), torch.device("cpu"))

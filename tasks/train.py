@@ -5,7 +5,9 @@ The cache key is the trial key (a group's: its members') (everything that decide
 `Candidate.trial_key`) plus the store it is recorded in, and results persist as JSON. A
 repeated or interrupted search therefore never retrains a finished candidate; should
 Prefect's cache be gone, the lineage store still knows the trial and it is not trained
-twice either. A failure of the environment (time limit, out of memory) raises, so that
+twice either. The cache answers to the store: a trial the store holds no finished run of is
+submitted with the cache refreshed (flows.common.prefect_runner), so a deleted store or run
+trains again instead of being read back from Prefect. A failure of the environment (time limit, out of memory) raises, so that
 Prefect caches nothing and a rerun trains the trial again.
 """
 
@@ -33,7 +35,8 @@ from nas.trial import Candidate, TrialInterrupted
 
 
 def _store_digest(job: dict[str, Any]) -> str:
-    return digest([job["tracking_uri"], job["experiment"]], 8)
+    """The store a result is recorded in, and whether it holds a test measurement (--report-test)."""
+    return digest([job["tracking_uri"], job["experiment"], *(["test"] if job["measure_test"] else [])], 8)
 
 
 def _trial_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:

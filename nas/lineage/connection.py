@@ -11,6 +11,7 @@ import fcntl
 import os
 import sys
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -142,8 +143,9 @@ class StoreConnection:
         database = _sqlite_file(self.tracking_uri)
         if database is None or database.exists():
             return
-        scratch = database.with_name(f".{database.name}.{os.getpid()}.new")
-        scratch.unlink(missing_ok=True)
+        # Named anew each time: MLflow keeps one store per URI for the process, and a second store
+        # made here (the first deleted meanwhile) must not find the first one's scratch URI cached.
+        scratch = database.with_name(f".{database.name}.{uuid.uuid4().hex}.new")
         _, query = _split_query(self.tracking_uri.removeprefix("sqlite:///"))
         MlflowClient(tracking_uri=f"sqlite:///{scratch}{query}").search_experiments(max_results=1)
         os.replace(scratch, database)

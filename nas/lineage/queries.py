@@ -37,9 +37,16 @@ class StoreQueries(StoreConnection):
 
     def find(self, trial_key: str) -> Evaluation | None:
         """The Evaluation of a finished run of this candidate, else None."""
-        found = self._search(f"tags.`nas.trial_key` = '{trial_key}' and attributes.status = 'FINISHED'",
-                             max_results=1)
+        found = self._search(self._finished_of(trial_key), max_results=1)
         return self._evaluation(found[0]) if found else None
+
+    def has_result(self, trial_key: str) -> bool:
+        """Whether a finished run of this candidate exists (without reading it)."""
+        return bool(self._search(self._finished_of(trial_key), max_results=1))
+
+    @staticmethod
+    def _finished_of(trial_key: str) -> str:
+        return f"tags.`nas.trial_key` = '{trial_key}' and attributes.status = 'FINISHED'"
 
     def history(self) -> list[Evaluation]:
         """Every evaluated candidate of the experiment (failures included), oldest first."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import socket
 import tempfile
 import threading
@@ -26,7 +25,7 @@ from mlflow.entities import Metric, Param, Run
 from nas.data import DataMeta
 from nas.ids import digest
 from nas.lineage.connection import (MAX_CONFIG_PARAM_CHARS, MAX_PARAMS_PER_BATCH, LineageError, _chunks,
-                                    _local_dir, _short, _tag_values)
+                                    _short, _tag_values)
 from nas.lineage.datasets import dataset_input
 from nas.lineage.layout import (ARCHITECTURE_FILE, CELL_DRAWING_FILE, CHECKPOINT_FILE, CONFIG_FILE, DATA_FOLDER,
                                 EVALUATION_FILE, KIND_DATA, KIND_PREDICTOR, KIND_SEARCH, KIND_TRIAL, PREDICTOR_FILE,
@@ -39,7 +38,9 @@ if TYPE_CHECKING:
     import torch
 
 HEARTBEAT_SECONDS = 10.0  # how often a training run says it is alive ...
-CLAIM_LEASE_SECONDS = 60.0  # ... and how long without a word before another process takes it over
+CLAIM_LEASE_SECONDS = 60.0  # ... and how long without a word before another host's process takes it over
+# Through a tracking server: how long a claim waits for claims written at the same moment (_standing).
+SETTLE_SECONDS = 1.0
 
 
 class StoreRuns(StoreQueries):
@@ -61,22 +62,29 @@ class StoreRuns(StoreQueries):
             **(tags or {}),
         }
         params = _flatten(config)
-        # Under the store's exclusive lock: two processes starting one search find one run.
-        with self._exclusive(), self._writing() as client:
-            found = self._search(f"tags.`nas.search_key` = '{key}' and tags.`nas.kind` = '{KIND_SEARCH}'",
-                                 max_results=1)
-            if found:
-                run_id = found[0].info.run_id
-                client.update_run(run_id, status="RUNNING")
-                # A param never changes in MLflow: what is not part of the identity (--concurrency,
-                # the tracking URI) keeps the value of the first run; config.json has the latest.
-                params = {k: v for k, v in params.items() if k not in found[0].data.params}
-            else:
-                name = f"search-{config.get('strategy', 'nas')}-{key[:8]}"
-                # Tagged as it is created: a process killed right after must leave a run that
-                # the next attempt finds by its key, not a stray second search.
-                run_id = client.create_run(self.experiment_id, run_name=name,
-                                           tags=_tag_values(search_tags)).info.run_id
+        of_key = f"tags.`nas.search_key` = '{key}' and tags.`nas.kind` = '{KIND_SEARCH}'"
+        while True:
+            # Under the store's exclusive lock: two processes starting one search find one run
+            # (through a tracking server, the one that `_standing` settles on).
+            with self._exclusive(), self._writing() as client:
+                asked = time.monotonic()
+                found = self._search(of_key, max_results=1)
+                if found:
+                    run_id = found[0].info.run_id
+                    client.update_run(run_id, status="RUNNING")
+                    # A param never changes in MLflow: what is not part of the identity (--concurrency,
+                    # the tracking URI) keeps the value of the first run; config.json has the latest.
+                    params = {k: v for k, v in params.items() if k not in found[0].data.params}
+                else:
+                    name = f"search-{config.get('strategy', 'nas')}-{key[:8]}"
+                    # Tagged as it is created: a process killed right after must leave a run that
+                    # the next attempt finds by its key, not a stray second search.
+                    run_id = client.create_run(self.experiment_id, run_name=name,
+                                               tags=_tag_values(search_tags)).info.run_id
+                    took = time.monotonic() - asked
+            if found or self._standing(of_key, run_id, took) == run_id:
+                break
+        with self._writing() as client:
             # A resumed search that crashed mid-way still ends up with all of them.
             for chunk in _chunks(sorted(params.items()), MAX_PARAMS_PER_BATCH):
                 client.log_batch(run_id, params=[Param(k, v) for k, v in chunk])
@@ -183,74 +191,101 @@ class StoreRuns(StoreQueries):
                     kind: str = KIND_TRIAL, dataset: DataMeta | None = None, poll_seconds: float = 0.5) -> Claim:
         """The finished result of `trial_key`, or a new run of it that the caller now owns and must train.
 
-        Two threads or two processes asking for one key never both train it: checking for
-        a result or a live claim and creating the run happen under one lock (a file lock
-        beside a local database; through a tracking server, see `_claim_stands`), and whoever
-        finds a live claim waits for its result. A
-        claim whose owner died (its process is gone, or its heartbeat is older than
-        CLAIM_LEASE_SECONDS) is abandoned, explained in its tags, deleted with its
-        artifacts, and taken over.
+        Two threads or two processes asking for one key never both train it. Checking for a
+        result or a live claim and creating the run happen under one lock (a file lock beside a
+        local database); through a tracking server no lock spans two processes, and `_standing`
+        settles claims written at the same moment. Whoever finds a live claim waits for its
+        result. A claim whose owner died is abandoned, explained in its tags, and taken over: on
+        this host when its process is gone; elsewhere when its heartbeat has not changed for
+        CLAIM_LEASE_SECONDS of this claimant's own watching (no two machines' clocks are compared).
         """
+        watch = _HeartbeatWatch()
         while True:
+            run_id = None
             with self._exclusive():
+                asked = time.monotonic()
                 # One query, read as one snapshot: an owner finishing between a query for
                 # results and a query for claims would be seen by neither.
                 runs = self._search(f"tags.`nas.trial_key` = '{trial_key}'")
                 finished = [run for run in runs if run.info.status == "FINISHED"]
                 if finished:
                     return Claim(result=self._evaluation(finished[0]))
-                if not self._live_claims([run for run in runs if run.info.status == "RUNNING"]):
-                    run_id = self._start_trial(candidate, trial_key, parent_run_id=parent_run_id, strategy=strategy,
-                                               data_fingerprint=data_fingerprint, tags=tags, kind=kind,
-                                               dataset=dataset)
-                    if self._claim_stands(trial_key, run_id):
-                        return Claim(run_id=run_id)
+                if not self._live_claims([run for run in runs if run.info.status == "RUNNING"], watch):
+                    run_id, landed = self._start_trial(candidate, trial_key, parent_run_id=parent_run_id,
+                                                       strategy=strategy, data_fingerprint=data_fingerprint, tags=tags,
+                                                       kind=kind, dataset=dataset)
+                    took = landed - asked
+            # Outside the lock: settling waits, and the other threads' claims need not.
+            if run_id is not None and self._standing(f"tags.`nas.trial_key` = '{trial_key}'", run_id, took) == run_id:
+                return Claim(run_id=run_id)
             time.sleep(poll_seconds)
 
-    def _claim_stands(self, trial_key: str, run_id: str) -> bool:
-        """Whether a new claim is the trial's only one. Through a tracking server no lock spans two
-        processes, so two may claim at the same moment: each then looks again, and the first claim
-        (by start time, then run id) stands, while the others step aside and wait for its result."""
-        if self.artifact_dir is not None:  # the file lock made the claim exclusive
-            return True
-        claims = [run for run in self._search(f"tags.`nas.trial_key` = '{trial_key}'")
-                  if run.info.status in ("RUNNING", "FINISHED")]
-        first = min(claims, key=lambda run: (run.info.status != "FINISHED", run.info.start_time, run.info.run_id))
-        if first.info.run_id == run_id:
-            return True
-        ours = next(run for run in claims if run.info.run_id == run_id)
-        self._abandon(ours, f"run {first.info.run_id} claimed this trial at the same moment; this attempt stepped "
-                            "aside for it")
-        return False
+    def _standing(self, filter_string: str, run_id: str, took: float) -> str | None:
+        """Of the runs matching `filter_string`, the one that stands, now that this process created
+        `run_id` among them `took` seconds after it looked and found none; the others withdraw.
 
-    def abandon_dead_trials(self, parent_run_id: str) -> None:
-        """Abandon the running trials under a run (a search, or an architecture being refined) whose
-        owner died: a killed attempt's trial that its resumed search no longer asks for (it asks
-        in other rounds past what it replays)."""
-        with self._exclusive():
-            self._live_claims(self._search(f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`nas.kind` = "
-                                           f"'{KIND_TRIAL}' and attributes.status = 'RUNNING'"))
+        With the file lock `run_id` stands. Through a tracking server two processes may each look,
+        find nothing, and write. So a new run decides only after SETTLE_SECONDS, and only if its
+        own look-then-write took less than that (on this process's monotonic clock): then any run
+        it did not see when it looked landed before its decision, and is seen now; a run written
+        later looked after this one landed, and found it. Of the runs seen now, a finished one,
+        else the lowest run id stands: an order every process computes alike, with no clock in
+        it. A write slower than the settle time withdraws (None): look again.
+        """
+        if self.artifact_dir is not None:
+            return run_id
+        if took >= SETTLE_SECONDS:
+            self._withdraw(run_id, f"its write took {took:.1f} s to land, longer than the {SETTLE_SECONDS:.0f} s "
+                                   "it waits for others written at the same moment; it looked again")
+            return None
+        time.sleep(SETTLE_SECONDS)
+        # Earlier attempts that failed or were abandoned are history, not rivals.
+        runs = [run for run in self._search(filter_string) if run.info.status in ("RUNNING", "FINISHED")]
+        if not runs:  # ours was withdrawn by someone else meanwhile: look again
+            return None
+        first = min(runs, key=lambda run: (run.info.status != "FINISHED", run.info.run_id)).info.run_id
+        if first != run_id:
+            self._withdraw(run_id, f"run {first} was created for the same purpose at the same moment; this one "
+                                   "stepped aside for it")
+        return first
 
-    def _live_claims(self, running: list[Run]) -> list[Run]:
-        """The running runs whose owner lives; dead owners' runs are abandoned on the way."""
-        live = []
-        for run in running:
-            why_dead = _dead_owner(run.data.tags)
-            if why_dead is None:
-                live.append(run)
-            else:
-                self._abandon(run, why_dead)
-        return live
-
-    def _abandon(self, run: Run, reason: str) -> None:
-        run_id = run.info.run_id
+    def _withdraw(self, run_id: str, reason: str) -> None:
+        """End a run that holds no result, KILLED with the reason, and delete it (restorable until `nas gc`)."""
         self._set_tags(run_id, {"nas.status": TrialStatus.ABANDONED.value, "nas.reason": reason})
         self._terminate(run_id, "KILLED")
         with self._writing() as client:
             client.delete_run(run_id)
-        local = _local_dir(run.info.artifact_uri)
-        if local is not None:  # the partial attempt's files go with it; `mlflow gc` purges the row later
-            shutil.rmtree(local.parent if local.name == "artifacts" else local, ignore_errors=True)
+
+    def abandon_dead_trials(self, parent_run_id: str) -> None:
+        """Abandon the running trials under a run (a search, or an architecture being refined) whose
+        owner died on this host: a killed attempt's trial that its resumed search no longer asks
+        for (it asks in other rounds past what it replays). Another host's claims are left to
+        the lease of whoever asks for their trial."""
+        with self._exclusive():
+            self._live_claims(self._search(f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`nas.kind` = "
+                                           f"'{KIND_TRIAL}' and attributes.status = 'RUNNING'"), _HeartbeatWatch())
+
+    def _live_claims(self, running: list[Run], watch: _HeartbeatWatch) -> list[Run]:
+        """The running runs whose owner lives; dead owners' runs are abandoned on the way."""
+        live = []
+        for run in running:
+            why_dead = _dead_owner(run, watch)
+            if why_dead is None or not self._abandon(run.info.run_id, why_dead):
+                live.append(run)
+        return live
+
+    def _abandon(self, run_id: str, reason: str) -> bool:
+        """Mark a dead owner's run abandoned and delete it (MLflow keeps it restorable until
+        `nas gc`), unless it finished meanwhile; returns whether it was abandoned.
+
+        Called under `_exclusive`, which `finish_trial` takes to end a run: on a local store
+        finishing and abandoning exclude each other. Files are left for `nas gc`: nothing here
+        removes a folder that a run's record names.
+        """
+        if self._reader().get_run(run_id).info.status != "RUNNING":
+            return False  # it ended since it was looked at: a result, or someone else's doing
+        self._withdraw(run_id, reason)
+        return True
 
     @contextmanager
     def heartbeat(self, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
@@ -276,7 +311,8 @@ class StoreRuns(StoreQueries):
 
     def _start_trial(self, candidate: Candidate, trial_key: str, *, parent_run_id: str | None,
                      strategy: str, data_fingerprint: str, tags: dict[str, str] | None = None,
-                     kind: str = KIND_TRIAL, dataset: DataMeta | None = None) -> str:
+                     kind: str = KIND_TRIAL, dataset: DataMeta | None = None) -> tuple[str, float]:
+        """A new run of the trial, and when (on the monotonic clock) the claim it makes landed."""
         arch_id = candidate.arch.arch_id
         # Strategy notes first, so that they can never overwrite the tags below.
         run_tags = {f"nas.{k}": _text(v) for k, v in candidate.info.items()}
@@ -308,12 +344,13 @@ class StoreRuns(StoreQueries):
             run_id = client.create_run(
                 self.experiment_id, run_name=f"{strategy}-{arch_id[:8]}",
                 tags=_tag_values(run_tags)).info.run_id
+            landed = time.monotonic()
             client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
             if dataset is not None:
                 client.log_inputs(run_id, [dataset_input(dataset)])
         self.client.log_dict(run_id, {"arch": candidate.arch.to_json(),
                                       "hparams": candidate.hparams.to_json()}, ARCHITECTURE_FILE)
-        return run_id
+        return run_id, landed
 
     def log_step(self, run_id: str, step: int, metrics: dict[str, float]) -> None:
         """Log one epoch's (or fold's) metrics as it ends, so the UI's curves grow while a trial trains."""
@@ -328,6 +365,8 @@ class StoreRuns(StoreQueries):
         log_step; the rest (a resumed run's earlier epochs, the means of cross-validation, a
         point whose streaming failed) are logged now.
         """
+        if self._taken_over(run_id):
+            return
         now = _now_ms()
         metrics = [Metric(name, float(v), now, step) for name, step, v in evaluation.curves()
                    if (name, step) not in streamed]
@@ -360,7 +399,30 @@ class StoreRuns(StoreQueries):
                 self.log_bytes(run_id, CELL_DRAWING_FILE, draw_cell(cell_spec(node.attr_dict)))
         # Last: find() trusts a FINISHED run to hold everything above. A failure of the
         # environment ends FAILED instead, so that no later search takes it for a result.
-        self._terminate(run_id, "FAILED" if evaluation.retryable else "FINISHED")
+        self._end_owned(run_id, "FAILED" if evaluation.retryable else "FINISHED")
+
+    def _end_owned(self, run_id: str, status: str) -> None:
+        """End a run this process owns, unless another process took it over meanwhile."""
+        with self._exclusive():
+            if not self._taken_over(run_id):
+                self._terminate(run_id, status)
+
+    def _taken_over(self, run_id: str) -> bool:
+        """Whether another process abandoned this process's run (it saw no heartbeat for the lease):
+        then the new owner's result is the trial's, and this one's is dropped, said in the log."""
+        run = self._reader().get_run(run_id)
+        if run.info.lifecycle_stage != "deleted" and run.info.status == "RUNNING":
+            return False
+        logging.getLogger(__name__).warning(
+            "run %s was taken over by another process while this one trained it (%s); its result is left to the "
+            "new owner", run_id, run.data.tags.get("nas.reason", "no reason recorded"))
+        return True
+
+    def add_test_accuracy(self, evaluation: Evaluation) -> None:
+        """A finished trial's test accuracy, measured after it finished (see nas.runner._with_test)."""
+        assert evaluation.run_id is not None and evaluation.test_acc is not None
+        self.log_result(evaluation.run_id, {"test_acc": evaluation.test_acc}, {})
+        self.client.log_dict(evaluation.run_id, evaluation.to_json(), EVALUATION_FILE)
 
     def fail_trial(self, run_id: str, reason: str) -> None:
         """An infrastructure error, not a result: the run ends FAILED and a rerun trains the trial again."""
@@ -401,15 +463,41 @@ class Claim:
     run_id: str | None = None
 
 
-def _dead_owner(tags: dict[str, str]) -> str | None:
-    """Why a running claim's owner is dead, or None while it lives."""
-    host, _, pid = tags.get("nas.owner", ":").rpartition(":")
-    if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid), tags.get("nas.owner_started")):
+class _HeartbeatWatch:
+    """What one claimant has seen of other owners' heartbeats: a run's heartbeat tag and, on this
+    process's monotonic clock, when it was first seen with that value."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[str, float]] = {}
+
+    def silent_for(self, run_id: str, heartbeat: str) -> float:
+        """Seconds this claimant has watched `run_id`'s heartbeat stay at `heartbeat`."""
+        now = time.monotonic()
+        value, since = self._seen.get(run_id, (None, now))
+        if value != heartbeat:
+            self._seen[run_id] = (heartbeat, now)
+            return 0.0
+        return now - since
+
+
+def _dead_owner(run: Run, watch: _HeartbeatWatch) -> str | None:
+    """Why a running claim's owner is dead, or None while it lives.
+
+    An owner on this host lives while its process does, whatever its heartbeat says (it may be
+    stopped with Ctrl-Z, or its laptop asleep). Another host's owner is dead once its heartbeat
+    has stayed the same for CLAIM_LEASE_SECONDS of watching: the heartbeat's value is never
+    compared with this machine's clock, which may be minutes off the owner's.
+    """
+    tags = run.data.tags
+    owner = tags.get("nas.owner", ":")
+    host, _, pid = owner.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        if _process_alive(int(pid), tags.get("nas.owner_started")):
+            return None
         return f"its process {pid} on {host} is gone (killed or crashed); a new attempt took the trial over"
-    age = time.time() - float(tags.get("nas.heartbeat") or 0)
-    if age > CLAIM_LEASE_SECONDS:
-        return (f"no heartbeat from {tags.get('nas.owner', 'its owner')} for {age:.0f} s; a new attempt took "
-                "the trial over")
+    silent = watch.silent_for(run.info.run_id, tags.get("nas.heartbeat", ""))
+    if silent >= CLAIM_LEASE_SECONDS:
+        return f"no heartbeat from {owner} for {silent:.0f} s of watching; a new attempt took the trial over"
     return None
 
 

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import mlflow
 import pytest
@@ -62,6 +63,19 @@ def test_search_records_every_trial_and_a_repeat_retrains_nothing(tmp_path, digi
     finally:
         mlflow.set_tracking_uri(None)
     assert sum(p.numel() for p in model.parameters()) == first["best_params"]
+
+
+def test_report_test_after_the_same_search_without_it_measures_the_stored_trials(tmp_path, digits_dir,
+                                                                                 prefect_api):
+    cfg = config(tmp_path, digits_dir, trials=2, epochs=1, experiment="test-later")
+    run_search(cfg)
+    trained = {r.info.run_id for r in trial_runs(cfg)}
+    assert all("test_acc" not in r.data.metrics for r in trial_runs(cfg))
+    measured = run_search(replace(cfg, report_test=True))
+    assert {r.info.run_id for r in trial_runs(cfg)} == trained  # measured, not trained again
+    assert all(0 < r.data.metrics["test_acc"] <= 1 for r in trial_runs(cfg))
+    assert measured["best_test_acc"] == mlflow.MlflowClient(cfg.tracking_uri).get_run(
+        measured["best_run_id"]).data.metrics["test_acc"]
 
 
 def test_failed_candidates_do_not_stop_the_search(tmp_path, digits_dir, prefect_api):

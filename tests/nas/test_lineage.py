@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -358,3 +360,96 @@ def test_the_indexed_leaderboard_orders_runs_exactly_as_mlflow_does(store):
     indexed = store.sorted_run_ids({"nas.kind": "trial", "nas.status": "ok"}, ("val_acc", "val_loss"), 100)
     assert indexed == [r.info.run_id for r in as_mlflow_sorts] and len(indexed) > 10
     assert [r["run_id"] for r in store.leaderboard(5)] == indexed[:5]
+
+
+# -- one owner per trial, on every backend ---------------------------------------------------
+
+
+# Two claimants' (delays between deciding and writing, clock skews in seconds) per case.
+CLAIM_CASES = {
+    "together": ((0.0, 0.0), (0, 0)),
+    "skewed": ((0.0, 0.6), (-300, 300)),  # the later writer decided first and stamps its runs five minutes earlier
+    "slow-write": ((3.0, 0.0), (300, -300)),  # a write slower than the settle time
+}
+
+
+def test_claimants_without_a_file_lock_start_one_search_and_train_one_trial(tmp_path, migrated_db):
+    shutil.copy(migrated_db, tmp_path / "mlflow.db")
+    processes = [subprocess.Popen([sys.executable, "-m", "tests.nas.claimant", str(tmp_path / "mlflow.db"),
+                                   str(tmp_path), str(index)], cwd=Path(__file__).parents[2], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for index in range(2)]
+    for case in range(len(CLAIM_CASES)):
+        while len(list(tmp_path.glob(f"ready.{case}.*"))) < len(processes):
+            assert all(process.poll() is None for process in processes)
+            time.sleep(0.05)
+        (tmp_path / f"go.{case}").touch()
+    said = []
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
+        said.append([json.loads(line) for line in out.strip().splitlines()[-len(CLAIM_CASES):]])
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for case, name in enumerate(CLAIM_CASES):
+        first, second = said[0][case], said[1][case]
+        assert first["search"] == second["search"], name
+        assert sorted([first["trained"], second["trained"]]) == [False, True], name
+        experiment = client.get_experiment_by_name(f"claims{case}").experiment_id
+        assert len(client.search_runs([experiment], "tags.`nas.kind` = 'search'")) == 1, name
+        trials = client.search_runs([experiment], "tags.`nas.kind` = 'trial'")
+        assert [run.info.status for run in trials] == ["FINISHED"], name
+
+
+def test_a_live_owner_on_this_host_is_never_taken_over_whatever_its_heartbeat(store, search):
+    cand = candidate(23)
+    owner = claim(store, cand, search).run_id
+    # Stopped with Ctrl-Z, or its laptop asleep: no heartbeat for 90 s, yet its process lives.
+    MlflowClient(store.tracking_uri).set_tag(owner, "nas.heartbeat", f"{time.time() - 90:.0f}")
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(claim, store, cand, search)
+        time.sleep(0.5)
+        assert not waiting.done()
+        store.finish_trial(owner, evaluation(cand))
+        assert waiting.result(timeout=10).result.run_id == owner
+    run = MlflowClient(store.tracking_uri).get_run(owner)
+    assert run.info.status == "FINISHED" and run.info.lifecycle_stage == "active"
+    assert store.find(cand.trial_key(SETTING)).run_id == owner
+
+
+def test_another_hosts_owner_is_judged_by_how_long_its_heartbeat_stays_still_not_by_clocks(store, search,
+                                                                                          monkeypatch):
+    from nas.lineage import runs
+
+    monkeypatch.setattr(runs, "CLAIM_LEASE_SECONDS", 1.0)
+    cand = candidate(24)
+    owner = claim(store, cand, search).run_id
+    client = MlflowClient(store.tracking_uri)
+    # Its clock runs an hour behind this one's: by timestamps it would look dead at once.
+    client.set_tag(owner, "nas.owner", "elsewhere:4242")
+    beats = threading.Event()
+
+    def beat():
+        for second in range(8):
+            client.set_tag(owner, "nas.heartbeat", f"{time.time() - 3600 + second:.0f}")
+            time.sleep(0.25)
+        beats.set()
+
+    threading.Thread(target=beat, daemon=True).start()
+    taken = claim(store, cand, search)
+    assert beats.is_set()  # not before the beats stopped, and then a lease of watching
+    assert taken.run_id is not None and taken.run_id != owner
+    gone = client.get_run(owner)
+    assert gone.data.tags["nas.status"] == "abandoned" and "of watching" in gone.data.tags["nas.reason"]
+
+
+def test_finishing_and_abandoning_exclude_each_other(store, search, caplog):
+    cand, late = candidate(25), candidate(26)
+    finished = claim(store, cand, search).run_id
+    store.finish_trial(finished, evaluation(cand))
+    assert not store._abandon(finished, "looked dead a moment ago")  # it finished meanwhile: a result stays
+    run = MlflowClient(store.tracking_uri).get_run(finished)
+    assert run.info.status == "FINISHED" and run.info.lifecycle_stage == "active"
+    taken = claim(store, late, search).run_id
+    assert store._abandon(taken, "no heartbeat")
+    store.finish_trial(taken, evaluation(late))  # the owner wakes up after the takeover: its result is dropped
+    assert MlflowClient(store.tracking_uri).get_run(taken).info.status == "KILLED"
+    assert store.find(late.trial_key(SETTING)) is None and "taken over" in caplog.text

@@ -132,25 +132,28 @@ class StoreModels(StoreConnection):
     def load_model(self, model_uri: str) -> Network | Ensemble:
         """The network (or ensemble) of a model that log_model logged, on the CPU in eval mode.
 
-        Loaded as a user would, with mlflow.pyfunc.load_model, from one download that is checked
-        first: a model stored as a pickle (a cloudpickled python_model, or mlflow.pytorch's
-        format, which this project logged before) is refused, whatever
-        MLFLOW_ALLOW_PICKLE_DESERIALIZATION says, because unpickling it could run any code.
+        Rebuilt by this installed package from the model's data alone, `network.json` and the
+        safetensors weights: the model's stored loader (serving.py) is never run here, nor is
+        anything unpickled, so a tampered store can change numbers but run no code. A model of
+        another kind (a pickle, mlflow.pytorch's format, which this project logged before) is
+        refused. `mlflow.pyfunc.load_model` loads the same model by running its serving.py:
+        that is for users who trust the store.
         """
-        import mlflow.pyfunc
         from mlflow.models import Model
 
         with tempfile.TemporaryDirectory(prefix="nas-model-") as folder, \
                 _global_tracking_uri(self.tracking_uri):
-            local = mlflow.artifacts.download_artifacts(model_uri, dst_path=folder)
-            pyfunc = Model.load(local).flavors.get(mlflow.pyfunc.FLAVOR_NAME, {})
-            # This loader with a code path runs the code file; any other may unpickle.
-            if pyfunc.get("loader_module") != CODE_MODEL_LOADER or "model_code_path" not in pyfunc:
+            local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=folder)).resolve()
+            pyfunc = Model.load(str(local)).flavors.get(mlflow.pyfunc.FLAVOR_NAME, {})
+            stored = pyfunc.get("artifacts", {})
+            if pyfunc.get("loader_module") != CODE_MODEL_LOADER or not {NETWORK_FILE, WEIGHTS_FILE} <= set(stored):
                 raise LineageError(f"the model {model_uri} is not one that `LineageStore.log_model` logs (a "
                                    "pyfunc model from code with safetensors weights) and may hold a pickle, "
                                    "which this project never loads; log the network again: re-run `nas "
                                    "refine` (or the search) with this version of nas.")
-            return mlflow.pyfunc.load_model(local).unwrap_python_model().model
+            network, weights = (_inside(local, stored[name].get("path", ""), model_uri)
+                                for name in (NETWORK_FILE, WEIGHTS_FILE))
+            return rebuild(network, weights)
 
     def register(self, model_uri: str, name: str, source_run_id: str, tags: dict[str, str],
                  alias: str = CHAMPION) -> str:
@@ -175,6 +178,30 @@ class StoreModels(StoreConnection):
                 if found.source == model_uri:
                     return str(found.version)
         return None
+
+
+def rebuild(network_file: Path, weights_file: Path) -> Network | Ensemble:
+    """A logged model's network, from its `network.json` and safetensors weights, on the CPU in eval mode."""
+    from safetensors.torch import load_file
+
+    from nas.build import Ensemble, build
+    from nas.space.architecture import Architecture
+
+    spec = json.loads(network_file.read_text())
+    arch = Architecture.from_json(spec["architecture"])  # validated: an invalid graph is refused, never run
+    members = [build(arch, spec["input_shape"], spec["num_classes"]) for _ in range(spec.get("members", 1))]
+    model = Ensemble(members) if "members" in spec else members[0]
+    model.load_state_dict(load_file(str(weights_file), device="cpu"))
+    return model.eval()
+
+
+def _inside(folder: Path, relative: str, model_uri: str) -> Path:
+    """A file the model's record names, refused unless it lies inside the model's own folder."""
+    path = (folder / relative).resolve()
+    if not path.is_relative_to(folder) or not path.is_file():
+        raise LineageError(f"the model {model_uri} names the file '{relative}', which is not a file of the "
+                           "model; the store was edited by hand. Log the network again (re-run `nas refine`).")
+    return path
 
 
 @contextmanager

@@ -4,8 +4,9 @@
 runs it by path (so the package never imports it): `set_model` below names the model.
 Its artifacts are data: `network.json` (architecture, input shape, number of classes and,
 for an ensemble of seeds, its number of members) and the weights as safetensors.
-`load_context` rebuilds the network with `nas.build.build`, so loading needs this project
-installed, as a pytorch model needs torch.
+`load_context` rebuilds the network with `nas.lineage.models.rebuild`, so loading needs this
+project installed, as a pytorch model needs torch. MLflow runs this file from the store when it
+loads the model; this project's own loading path (`LineageStore.load_model`) never does.
 
     model = mlflow.pyfunc.load_model("models:/nas-digits@champion")
     probabilities = model.predict(x)                  # x: float32, (N, *input_shape)
@@ -18,7 +19,6 @@ shaped like the model's input example) and returns class probabilities: float32 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +27,16 @@ import torch
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 from mlflow.pyfunc.model import PythonModelContext
-from safetensors.torch import load_file
 
-from nas.build import Ensemble, build
 from nas.lineage.layout import WEIGHTS_FILE
-from nas.lineage.models import NETWORK_FILE
-from nas.space.architecture import Architecture
+from nas.lineage.models import NETWORK_FILE, rebuild
 
 
 class NetworkModel(PythonModel):
     """A network of `nas.build`, rebuilt from its architecture and weights."""
 
     def load_context(self, context: PythonModelContext) -> None:
-        spec = json.loads(Path(context.artifacts[NETWORK_FILE]).read_text())
-        arch = Architecture.from_json(spec["architecture"])
-        members = [build(arch, spec["input_shape"], spec["num_classes"]) for _ in range(spec.get("members", 1))]
-        self.model = Ensemble(members) if "members" in spec else members[0]
-        self.model.load_state_dict(load_file(context.artifacts[WEIGHTS_FILE], device="cpu"))
-        self.model.eval()
+        self.model = rebuild(Path(context.artifacts[NETWORK_FILE]), Path(context.artifacts[WEIGHTS_FILE]))
 
     def predict(self, context: PythonModelContext, model_input: np.ndarray,
                 params: dict[str, Any] | None = None) -> np.ndarray:

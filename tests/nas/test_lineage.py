@@ -308,6 +308,29 @@ def test_logged_model_loads_back_as_the_same_network(store, search):
         store.log_model(search, torch.nn.Linear(16, 3), example)
 
 
+def test_loading_a_model_runs_nothing_from_the_store(store, search, tmp_path):
+    arch = Architecture((Node.make("input"), Node.make("flatten", [0]), Node.make("head", [1])))
+    model = build(arch, (1, 4, 4), 3, seed=0).eval()
+    example = np.random.default_rng(0).random((2, 1, 4, 4), dtype=np.float32)
+    uri = store.log_model(search, model, example)
+    stored = [path for path in (tmp_path / "artifacts").rglob("serving.py")]
+    assert len(stored) == 1
+    marker = tmp_path / "stored-code-ran"
+    with stored[0].open("a") as code:  # a tampered store
+        code.write(f"\nopen({str(marker)!r}, 'w').close()\n")
+    loaded = store.load_model(uri)
+    assert not marker.exists()
+    assert torch.equal(loaded(torch.from_numpy(example)), model(torch.from_numpy(example)))
+    import mlflow.pyfunc
+
+    mlflow.set_tracking_uri(store.tracking_uri)
+    try:
+        mlflow.pyfunc.load_model(uri)  # MLflow's own loader runs the stored file: for stores one trusts
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert marker.exists()
+
+
 def test_unreachable_server_is_a_lineage_error(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")

@@ -795,6 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     from nas.config import ConfigError
     from nas.data import DataError
     from nas.space import ArchitectureError, SpaceError
+    from nas.secrets import redact
     from nas.trial import TrialInterrupted
 
     user_errors: tuple[type[Exception], ...] = (ConfigError, DataError, SpaceError, ArchitectureError)
@@ -810,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except user_errors as exc:
-        print(f"nas {args.command}: {exc}", file=sys.stderr)
+        print(f"nas {args.command}: {redact(str(exc))}", file=sys.stderr)
         return 2
     except TrialInterrupted as exc:  # the environment stopped a training the flow cannot do without (the final)
         print(f"nas {args.command}: {exc} Finished trials are saved; run the same command again to resume.",

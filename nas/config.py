@@ -15,6 +15,7 @@ import yaml
 
 from nas.data import parse_shape, source_name
 from nas.ids import digest
+from nas.secrets import without_password
 from nas.space.architecture import ArchitectureError, HParams
 from nas.yaml_errors import yaml_problem
 
@@ -82,6 +83,8 @@ class SearchConfig:
     dask_workers: int | None = None  # trials on a local Dask cluster of this many worker processes
 
     def __post_init__(self) -> None:
+        if self.tracking_uri:  # the password travels in the environment, never in a record or flow parameter
+            object.__setattr__(self, "tracking_uri", without_password(self.tracking_uri))
         _require_positive(self, ("trials", "min_epochs", "top_k"))
         _require_positive(self, ("eta",), minimum=2)  # keeping 1/1 of a rung would never stop
         _require_positive(self, ("population",), minimum=2, optional=True)  # a tournament needs two

@@ -153,3 +153,24 @@ def test_two_searches_at_once_through_the_server_train_each_trial_once(postgres,
         assert process.wait(timeout=600) == 0, process.stderr.read()[-3000:]
     finished = finished_in(postgres[0], "pg-two")
     assert len(finished) == 6 and set(finished.values()) == {1}, finished
+
+
+def test_a_password_in_the_tracking_uri_reaches_no_record_log_or_flow_parameter(postgres, digits_dir, tmp_path,
+                                                                               prefect_server, tmp_path_factory):
+    secret = "s3cret-pw"
+    uri = postgres[0].replace("nas@", f"nas:{secret}@")
+    result = subprocess.run([sys.executable, "-m", "nas.cli", "search", "--data-dir", str(digits_dir), "--trials",
+                             "2", "--epochs", "1", "--experiment", "secret", "--tracking-uri", uri, "--metrics-out",
+                             str(tmp_path / "metrics.json")], cwd=tmp_path, env=prefect_server, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(trials(postgres[0], "secret")) == 2  # it connected
+    assert secret not in result.stdout + result.stderr
+    with psycopg.connect(postgres[0]) as db:
+        for table in ("params", "tags", "experiment_tags", "latest_metrics"):
+            column = "key" if table == "latest_metrics" else "value"
+            assert not db.execute(f"SELECT 1 FROM {table} WHERE {column} LIKE %s", (f"%{secret}%",)).fetchone()
+    files = [path for path in tmp_path.rglob("*") if path.is_file()]  # artifacts, config.json, the metrics file
+    assert len(files) > 5 and not [path for path in files if secret.encode() in path.read_bytes()]
+    prefect = [path for path in tmp_path_factory.getbasetemp().glob("prefect-server*/*") if path.is_file()]
+    assert prefect and not [path for path in prefect if secret.encode() in path.read_bytes()]  # flow-run parameters

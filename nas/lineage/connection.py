@@ -22,6 +22,8 @@ from mlflow.entities import Metric, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from nas.secrets import redact, without_password
+
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
@@ -56,12 +58,13 @@ def resolve_tracking_uri(uri: str | None = None, root: Path | None = None) -> st
 
     A relative SQLite path is made absolute against root (default: the current directory),
     because DVC stages and temporary clones run in other directories and would otherwise
-    each grow their own empty database.
+    each grow their own empty database. A password in the URI moves to the environment
+    (`without_password`), so that no record, log line or flow parameter holds it.
     """
     root = (root or Path.cwd()).absolute()
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
-        return _absolute_sqlite(uri, root)
+        return _absolute_sqlite(without_password(uri), root)
     store_dir = root / DEFAULT_STORE_DIR
     try:
         store_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +134,7 @@ class StoreConnection:
                 except Exception as error:  # any failure of first contact leaves the store unusable
                     raise LineageError(
                         f"cannot use the MLflow tracking store at {self.tracking_uri}: "
-                        f"{type(error).__name__}: {_short(str(error), 500)}. Fix: {FIX_HINT}."
+                        f"{type(error).__name__}: {_short(redact(str(error)), 500)}. Fix: {FIX_HINT}."
                     ) from error
                 self._client, self._experiment_id = client, experiment_id
             return self._experiment_id

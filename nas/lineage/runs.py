@@ -31,6 +31,7 @@ from nas.lineage.layout import (ARCHITECTURE_FILE, CELL_DRAWING_FILE, CHECKPOINT
                                 EVALUATION_FILE, KIND_DATA, KIND_PREDICTOR, KIND_SEARCH, KIND_TRIAL, PREDICTOR_FILE,
                                 STRATEGY_REPORT_FILE, TOLD_FILE, WEIGHTS_FILE)
 from nas.lineage.queries import StoreQueries
+from nas.secrets import redact
 from nas.space.cell import cell_spec
 from nas.trial import Candidate, Evaluation, TrialStatus
 
@@ -54,6 +55,7 @@ class StoreRuns(StoreQueries):
         """The parent run of one search; a repeated search (same identity, default the whole
         config, and same data) reuses it."""
         key = digest({"config": identity if identity is not None else config, "data": data_fingerprint})
+        config = json.loads(redact(json.dumps(config)))  # what is recorded holds no password (a URI's)
         search_tags = {
             "nas.search_key": key,
             "nas.kind": KIND_SEARCH,

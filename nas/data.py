@@ -37,6 +37,8 @@ ADDING_LENGTH = 100  # `adding` is `adding:100`; `adding:L` sets the sequence le
 ADDING_ROWS = 4000
 MNIST1D_SEED = 42  # the generator's own default: `mnist1d` is the published data set
 META_FILE = "meta.json"
+# What `prepare` writes into its folder, and all that is shared with a cluster's workers through the store.
+PREPARED_FILES: tuple[str, ...] = (META_FILE, *(f"{split}.parquet" for split in SPLITS))
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]  # split name -> (x, y)
 

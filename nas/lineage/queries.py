@@ -20,6 +20,7 @@ from mlflow.entities import Run
 from nas.lineage.connection import LineageError, StoreConnection, _local_dir
 from nas.lineage.layout import (ARCHITECTURE_FILE, CHECKPOINT_FILE, CONFIG_FILE, DATA_FOLDER, EVALUATION_FILE,
                                 KIND_DATA, KIND_SEARCH, KIND_TRIAL, LEARNED_OPTIMIZER_FILE, TOLD_FILE, WEIGHTS_FILE)
+from nas.data import PREPARED_FILES
 from nas.trial import Evaluation, TrialStatus
 
 # Validation accuracies the leaderboard asks for first through a tracking server (_best_runs):
@@ -149,8 +150,8 @@ class StoreQueries(StoreConnection):
                                "so run the search again (it resumes).")
         into.mkdir(parents=True, exist_ok=True)
         partial, run = Path(tempfile.mkdtemp(prefix=f"{fingerprint}-", dir=into)), self._get_run(run_id)
-        for path in self._artifact_paths(run_id, DATA_FOLDER):
-            (partial / Path(path).name).write_bytes(self._require(run, path, ""))
+        for name in PREPARED_FILES:  # named here, not by the store
+            (partial / name).write_bytes(self._require(run, f"{DATA_FOLDER}/{name}", ""))
         with contextlib.suppress(OSError):  # another worker's copy landed first: the same files
             partial.rename(folder)
         shutil.rmtree(partial, ignore_errors=True)

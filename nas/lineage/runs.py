@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, Param, Run
 
-from nas.data import DataMeta
+from nas.data import PREPARED_FILES, DataMeta
 from nas.ids import digest
 from nas.lineage.connection import (MAX_CONFIG_PARAM_CHARS, MAX_PARAMS_PER_BATCH, LineageError, _chunks,
                                     _short, _tag_values)
@@ -151,7 +151,8 @@ class StoreRuns(StoreQueries):
             return run_id
         self.abandon_runs_of(KIND_DATA, meta.fingerprint, "an earlier upload of this data was interrupted")
         run_id = self.start_run_of(KIND_DATA, f"data {meta.name}", {"nas.run_key": meta.fingerprint})
-        files = {f"{DATA_FOLDER}/{f.name}": f.read_bytes() for f in sorted(data_dir.iterdir()) if f.is_file()}
+        # The files `prepare` wrote, and nothing else the user keeps in that folder.
+        files = {f"{DATA_FOLDER}/{name}": (data_dir / name).read_bytes() for name in PREPARED_FILES}
         self.finish_run_of(run_id, files, {})
         return run_id
 

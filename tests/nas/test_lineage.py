@@ -331,6 +331,21 @@ def test_loading_a_model_runs_nothing_from_the_store(store, search, tmp_path):
     assert marker.exists()
 
 
+def test_shared_data_is_the_prepared_files_and_nothing_else_in_their_folder(store, digits_dir, tmp_path):
+    from nas.data import PREPARED_FILES, read_meta
+
+    folder = tmp_path / "digits"
+    shutil.copytree(digits_dir, folder)
+    (folder / "notes-with-a-token.txt").write_text("not for the store")
+    meta = read_meta(folder)
+    run_id = store.share_data(meta, folder)
+    shared = {info.path.rpartition("/")[2] for info in MlflowClient(store.tracking_uri).list_artifacts(run_id, "data")}
+    assert shared == set(PREPARED_FILES)
+    fetched = store.fetch_data(meta.fingerprint, tmp_path / "cache")
+    assert sorted(path.name for path in fetched.iterdir()) == sorted(PREPARED_FILES)
+    assert read_meta(fetched).fingerprint == meta.fingerprint
+
+
 def test_unreachable_server_is_a_lineage_error(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")

@@ -20,6 +20,7 @@ A strategy of your own is any `nas.strategies.Strategy` subclass: pass the class
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
@@ -139,19 +140,32 @@ class Search:
 
         self._log_strategy_state()
 
-        with ExitStack() as stack:
-            if runner is None:
-                runner = stack.enter_context(ThreadRunner(self.data_dir, self.job, cfg.workers))
-            if self.transfer_from:
-                runner = transferring(runner, self.transfer_from)
-            outcome = run_loop(self.strategy, runner, trials=n_trials or cfg.trials, concurrency=cfg.workers,
-                               asynchronous=cfg.asynchronous, stop=time_limit(timeout) if timeout else None,
-                               on_result=told, schedule=schedule)
+        try:
+            with ExitStack() as stack:
+                if runner is None:
+                    runner = stack.enter_context(ThreadRunner(self.data_dir, self.job, cfg.workers))
+                if self.transfer_from:
+                    runner = transferring(runner, self.transfer_from)
+                outcome = run_loop(self.strategy, runner, trials=n_trials or cfg.trials, concurrency=cfg.workers,
+                                   asynchronous=cfg.asynchronous, stop=time_limit(timeout) if timeout else None,
+                                   on_result=told, schedule=schedule)
+        except BaseException as error:  # what was told is still the search's, for refinement and a rerun
+            self.stop_reason = f"{type(error).__name__}: {error}"
+            try:
+                self._record("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+            except Exception as unrecorded:  # the store itself may be what failed: the first error matters
+                logging.getLogger(__name__).warning("the search run %s could not be closed: %s", self.run_id,
+                                                    unrecorded)
+            raise
         self.stop_reason = outcome.stop_reason
+        self._record("FINISHED")
+        return outcome
+
+    def _record(self, status: str) -> None:
+        """The search run's results (the runs of what it told) and summary; then it ends with `status`."""
         self.store.abandon_dead_trials(self.run_id)
         self.store.log_told(self.run_id, [e.run_id for e in self.evaluations if e.run_id])
-        self.store.finish_search(self.run_id, self.summary())
-        return outcome
+        self.store.finish_search(self.run_id, self.summary(), status)
 
     def _log_strategy_state(self) -> None:
         """The strategy's state on the search run, as it changes: its report (e.g. MetaQNN's

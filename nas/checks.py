@@ -20,6 +20,7 @@ from nas.data import feature_columns, prepare
 from nas.lineage import LineageStore
 from nas.runner import CV_FOLDS, SMALL_DATA_EPOCHS, small_data, with_epochs
 from nas.space import resolve_space
+from nas.space.architecture import learned_run
 from nas.strategies import strategy_class
 from nas.strategies.hyperband import SCHEDULERS
 from nas.transfer import transfer_source
@@ -60,6 +61,8 @@ def check_search(config: SearchConfig, root: Path | None = None) -> Checked:
                           "check the name with `nas runs --experiment NAME` or `nas ui`.")
     if config.init_from:
         transfer_source(config.init_from, config.tracking_uri, root)  # a typo is named before any flow starts
+    if (run_id := learned_run(config.optimizer or "")) is not None:
+        LineageStore(config.tracking_uri, config.experiment_name, root).learned_optimizer(run_id)
     return Checked(config, note)
 
 

@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nas", description="Search neural architectures and their hyper-parameters; every trial is "
         "an MLflow run, every step a cached Prefect task.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", help="defaults file (default: params.yaml)")
+    parser.add_argument("--params", help="defaults file (default: ./params.yaml where it exists, else built-in "
+                        "defaults); a file named here must exist")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="split a data source into train/val/test Parquet files",

@@ -91,6 +91,7 @@ class SearchConfig:
         _require_positive(self, ("epochs", "max_params", "cv", "concurrency", "smash_steps", "smash_candidates",
                                  "dask_workers"), optional=True)
         _require_positive(self, ("seed",), minimum=0)
+        _require_positive(self.data, ("split_seed",), "data.", minimum=0)
         seconds = self.max_seconds
         if seconds is not None and not (type(seconds) in (int, float) and 0 < seconds < math.inf):
             raise ConfigError(f"max_seconds={seconds!r} (--max-seconds) must be a positive number of seconds, "
@@ -198,7 +199,13 @@ class RefineConfig:
                               f"got {sorted(raw)}.") from None
 
 
-def _read_params(path: Path) -> dict[str, Any]:
+def _read_params(given: str | Path | None) -> dict[str, Any]:
+    """The defaults file: the one named (which must exist), else params.yaml where there is one."""
+    path = Path(given or PARAMS_FILE)
+    if given is not None and not path.is_file():
+        raise ConfigError(f"--params {path}: no such file. Name an existing YAML file (the project's params.yaml "
+                          "shows its sections), or leave --params out to use ./params.yaml (or the built-in "
+                          "defaults where there is none).")
     try:
         raw = yaml.safe_load(path.read_text()) if path.is_file() else {}
     except yaml.YAMLError as exc:
@@ -208,24 +215,24 @@ def _read_params(path: Path) -> dict[str, Any]:
     return raw or {}
 
 
-def load_refine_params(path: str | Path = PARAMS_FILE) -> RefineConfig:
-    """The `refine` section of params.yaml, or the defaults."""
-    section = _read_params(Path(path)).get("refine") or {}
+def load_refine_params(path: str | Path | None = None) -> RefineConfig:
+    """The `refine` section of params.yaml (or the file `path`), or the defaults."""
+    section = _read_params(path).get("refine") or {}
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: the refine section must be a mapping of {[f.name for f in fields(RefineConfig)]}.")
     return RefineConfig.from_json(section)
 
 
-def load_model_name(path: str | Path = PARAMS_FILE) -> str | None:
-    """The Model Registry name of params.yaml's `evaluate` section, if it sets one."""
-    name = (_read_params(Path(path)).get("evaluate") or {}).get("model_name")
+def load_model_name(path: str | Path | None = None) -> str | None:
+    """The Model Registry name of params.yaml's (or `path`'s) `evaluate` section, if it sets one."""
+    name = (_read_params(path).get("evaluate") or {}).get("model_name")
     return None if name is None else str(name)
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> SearchConfig:
-    """The search configuration of params.yaml (sections `data` and `search`), or the defaults."""
-    path = Path(path)
+def load_params(path: str | Path | None = None) -> SearchConfig:
+    """The search configuration of params.yaml or the file `path` (sections `data` and `search`), or the defaults."""
     raw = _read_params(path)
+    path = path or PARAMS_FILE
     try:
         data = dict(raw.get("data") or {})
         if isinstance(data.get("shape"), str):

@@ -589,11 +589,25 @@ def _split_indices(
 def _check_class_sizes(y: np.ndarray, classes: tuple[str, ...], minimum: int, cuts: str) -> None:
     counts = np.bincount(y, minlength=len(classes))
     small = int(np.argmin(counts))
+    if counts[small] < minimum and len(classes) > len(y) / 2 and sum(map(_fractional, classes)) > len(classes) / 2:
+        raise DataError(
+            f"The labels take {len(classes)} distinct values in {len(y)} rows (such as {classes[0]!r} and "
+            f"{classes[-1]!r}): that looks like a regression target, and this project classifies. Name a column "
+            "of class labels with --label-column, or bin the target into classes first."
+        )
     if counts[small] < minimum:
         raise DataError(
             f"Class {classes[small]!r} has only {counts[small]} row(s); a stratified {cuts} split "
             f"needs at least {minimum} rows of every class. Add rows of that class or drop it."
         )
+
+
+def _fractional(label: str) -> bool:
+    """Whether a class label reads as a number with a fractional part (a measurement, not a class)."""
+    try:
+        return not float(label).is_integer()
+    except ValueError:
+        return False
 
 
 def _stratified_cut(

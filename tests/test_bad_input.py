@@ -6,6 +6,10 @@ The CLI runs in this process (the same `main` as the `nas` script), so forty cas
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
+import sys
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -70,6 +74,17 @@ def world(tmp_path_factory):
     for name, text in spaces.items():
         (root / f"{name}.yaml").write_text(text)
     (root / "params-bad.yaml").write_text("search: [1, 2]\n")
+    (root / "batch_zero.yaml").write_text(MLP + "hparams: {batch_size: [0, 32]}\n")
+    pq.write_table(pa.table({"f0": np.arange(rows, dtype=float),
+                             "label": np.random.default_rng(1).normal(size=rows)}), root / "regression.parquet")
+    files["regression"] = str(root / "regression.parquet")
+    old = root / "old" / "mlflow.db"  # a store of an older MLflow: its schema at another revision
+    old.parent.mkdir()
+    # Made in another process: MLflow keeps a store per URI for the process, checked once.
+    subprocess.run([sys.executable, "-c", f"import mlflow; mlflow.MlflowClient('sqlite:///{old}').search_experiments()"],
+                   check=True, capture_output=True, timeout=120)
+    with sqlite3.connect(old) as db:
+        db.execute("UPDATE alembic_version SET version_num = 'a0b1c2d3e4f5'")
     uri = f"sqlite:///{root}/mlflow.db"
     create_search("earlier", data=files["ok"], tracking_uri=uri, root=root, space=SPACE, trials=1,
                   epochs=1).optimize()
@@ -130,6 +145,11 @@ CASES = {
     "transfer from an unknown run": (["--init-from", "nope"], "--init-from nope names neither"),
     "a controller learning rate of two": (["--strategy", "nas-rl", "--controller-lr", "2"], "controller_lr=2"),
     "malformed params file": (["--params", "{root}/params-bad.yaml"], "params-bad.yaml"),
+    "a params file that does not exist": (["--params", "{root}/params-mien.yaml"], "params-mien.yaml: no such file"),
+    "a batch size of zero in the space": (["--space", "{root}/batch_zero.yaml"], "hparams.batch_size allows 0"),
+    "a learned optimizer that names no run": (["--optimizer", "learned:abc123"], "names no run"),
+    "a negative split seed": (["--split-seed", "-1"], "split_seed=-1"),
+    "a regression target": (["--data", "{regression}"], "regression target"),
     # where trials run
     "a cluster that is not an address": (["--cluster", "my-cluster"], "tcp://127.0.0.1:8786"),
     "a cluster and local workers at once": (["--cluster", "tcp://127.0.0.1:1", "--workers", "2"], "both say"),
@@ -138,6 +158,7 @@ CASES = {
     "PathNet on Dask workers": (["--strategy", "pathnet", "--workers", "2"], "cannot train on Dask workers"),
     # the store
     "a store where no folder can be made": (["--tracking-uri", "sqlite:///{root}/a-file/mlflow.db"], "a-file"),
+    "a store of an older MLflow": (["--tracking-uri", "sqlite:///{root}/old/mlflow.db"], "-m mlflow db upgrade"),
 }
 
 
@@ -161,3 +182,11 @@ def test_bad_input_ends_before_any_flow_with_one_short_paragraph(case, world, mo
     assert says in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, err
     assert _runs(uri) == before  # no run created, none touched
+
+
+def test_every_command_on_a_store_of_an_older_mlflow_says_how_to_upgrade_it(world, capfd):
+    root, _, _ = world
+    for command in (["runs"], ["report", "earlier"], ["lineage", "earlier"], ["search", "--data", "digits", "--trials", "1"]):
+        code = main([*command, "--tracking-uri", f"sqlite:///{root}/old/mlflow.db"])
+        err = capfd.readouterr().err
+        assert code == 2 and "-m mlflow db upgrade" in err and "Traceback" not in err, (command, err)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import sys
 import threading
 import uuid
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
+from mlflow import __version__ as mlflow_version
 from mlflow.entities import Metric, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -72,6 +74,25 @@ def resolve_tracking_uri(uri: str | None = None, root: Path | None = None) -> st
         raise LineageError(f"cannot create the MLflow store folder {store_dir}: {error}. Make the "
                            "project folder writable, or " + FIX_HINT + ".") from error
     return f"sqlite:///{store_dir / DATABASE_FILE}"
+
+
+def _open_client(uri: str) -> MlflowClient:
+    """A client of the store; opening a local database checks its schema, which an older MLflow may have made."""
+    try:
+        return MlflowClient(tracking_uri=uri)
+    except MlflowException as error:
+        _raise_if_outdated(uri, error)
+        raise
+
+
+def _raise_if_outdated(uri: str, error: Exception) -> None:
+    """A store whose schema an older MLflow made, said in one paragraph with the command that upgrades it."""
+    found = re.search(r"out-of-date database schema \(found version (\w+), but expected (\w+)\)", str(error))
+    if found:
+        raise LineageError(
+            f"the MLflow store at {uri} was written by an older MLflow (schema {found[1]}; this MLflow, "
+            f"{mlflow_version}, reads {found[2]}). Back the database up, then upgrade it in place: "
+            f"{sys.executable} -m mlflow db upgrade '{uri}'") from None
 
 
 def _absolute_sqlite(uri: str, root: Path) -> str:
@@ -132,6 +153,7 @@ class StoreConnection:
                 except LineageError:
                     raise
                 except Exception as error:  # any failure of first contact leaves the store unusable
+                    _raise_if_outdated(self.tracking_uri, error)
                     raise LineageError(
                         f"cannot use the MLflow tracking store at {self.tracking_uri}: "
                         f"{type(error).__name__}: {_short(redact(str(error)), 500)}. Fix: {FIX_HINT}."
@@ -237,7 +259,7 @@ class StoreConnection:
             database = _sqlite_file(self.tracking_uri)
             if database is not None and not database.exists():
                 return None
-            client = MlflowClient(tracking_uri=self.tracking_uri)
+            client = _open_client(self.tracking_uri)
             found = client.get_experiment_by_name(self.experiment)
             if found is None or found.lifecycle_stage != "active":
                 return None
@@ -246,7 +268,7 @@ class StoreConnection:
 
     def _reader(self) -> MlflowClient:
         """A client for reads by run id, which need no experiment of this store's (run ids are global)."""
-        return self._client or MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client or _open_client(self.tracking_uri)
 
     @property
     def experiment_id(self) -> str:

@@ -109,6 +109,13 @@ class SearchSpace:
         if unknown:
             raise SpaceError(f"{source}: unknown hparams {sorted(unknown)}; known are {sorted(hp_names)}.")
         hparams = {k: Domain.parse(v, f"{source}: hparams.{k}") for k, v in hp_raw.items()}
+        for name, domain in hparams.items():  # every value a trial could be given, checked before any trains
+            for value in (domain.values()[0], domain.values()[-1]) if domain.rule else domain.values():
+                try:
+                    HParams(**{name: value})
+                except ArchitectureError as error:
+                    raise SpaceError(f"{source}: hparams.{name} allows {value!r}, which no trial can train with "
+                                     f"({error}); change the domain in the space file.") from None
         limits = _mapping(raw.get("limits"), f"{source}: limits", "max_nodes and max_params to integers")
         methods = _mapping(raw.get("methods"), f"{source}: methods", "strategy names to their settings")
         for method, settings in methods.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import signal
 import sqlite3
@@ -17,6 +18,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from nas.api import create_search, load_search
+from nas.lineage.layout import TOLD_FILE
 from nas.strategies import RandomSearch
 from nas.trial import Candidate
 from tests.conftest import ROOT
@@ -101,6 +103,24 @@ def test_report_test_measures_every_trial_on_the_test_split(project):
     search.optimize()
     assert search.best_trial.test_acc is not None
     assert search.store.run_summary(search.run_id)["metrics"]["best_test_acc"] == search.best_trial.test_acc
+
+
+def test_a_search_that_fails_mid_loop_ends_failed_and_keeps_what_it_told(project):
+    search = create_search("midway", data="digits", tracking_uri=f"sqlite:///{project}/mlflow.db", root=project,
+                           space=str(ROOT / "spaces/small-cnn.yaml"), trials=4, epochs=1, concurrency=1)
+
+    def reporting(evaluation):
+        if len(search.evaluations) == 2:
+            raise RuntimeError("the progress display broke")
+
+    with pytest.raises(RuntimeError, match="display broke"):
+        search.optimize(on_result=reporting)
+    run = MlflowClient(search.tracking_uri).get_run(search.run_id)
+    assert run.info.status == "FAILED"
+    assert "display broke" in run.data.tags["nas.best.stop_reason"]
+    told = json.loads(search.store.read_bytes(search.run_id, TOLD_FILE))
+    assert told == [e.run_id for e in search.evaluations] and len(told) == 2
+    assert set(told) <= {e.run_id for e in search.store.trials_of(search.run_id)}
 
 
 def test_metaqnn_logs_its_q_table_to_the_search_run_as_it_learns(project):

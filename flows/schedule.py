@@ -10,6 +10,7 @@ beat the store's best before the firing, the winner is refined and registered (t
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -19,13 +20,30 @@ from flows.common import trial_runner
 from flows.pipeline import evaluate
 from flows.refine import refine
 from flows.search import search
-from nas.config import SearchConfig
+from nas.config import ConfigError, SearchConfig
+from nas.ids import digest
 from nas.lineage import LineageStore
+
+
+# Set by `nas serve` in the serving process, whose flow runs inherit it: the digest of the parameters
+# the deployment was created with.
+SERVED_PARAMETERS = "NAS_SERVED_PARAMETERS"
+
+
+def served_digest(parameters: dict[str, Any]) -> str:
+    return digest(parameters)
 
 
 @flow(name="nas-scheduled-search", log_prints=True)
 def scheduled_search(config: dict[str, Any], refine_config: dict[str, Any], model_name: str | None = None,
                      more_trials: int = 50) -> dict[str, Any]:
+    # A flow run of the deployment can be created with any parameters through the Prefect API; they choose
+    # the store, the cluster and the folders this process writes, so only the served ones are run.
+    served = os.environ.get(SERVED_PARAMETERS)
+    given = {"config": config, "refine_config": refine_config, "model_name": model_name, "more_trials": more_trials}
+    if served is not None and served != served_digest(given):
+        raise ConfigError("this deployment runs only the parameters `nas serve` created it with; to change them, "
+                          "stop `nas serve` and start it again with other options.")
     logger = get_run_logger()
     cfg = SearchConfig.from_json(config)
     store = LineageStore(cfg.tracking_uri, cfg.experiment_name)

@@ -638,7 +638,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def cmd_server(args: argparse.Namespace) -> int:
     from nas.lineage import ARTIFACTS_DIR, DEFAULT_STORE_DIR
-    from nas.servers import serve, services
+    from nas.servers import client_exports, serve, server_secret, services
 
     store = _store(args)
     if store.artifact_dir is not None:  # a SQLite file: migrate it once, before a server and a client race for it
@@ -646,18 +646,18 @@ def cmd_server(args: argparse.Namespace) -> int:
     # A database server (PostgreSQL) is migrated by the MLflow server itself; artifacts go where they would
     # beside a SQLite store, and clients send them through the server.
     artifacts = store.artifact_dir or Path.cwd() / DEFAULT_STORE_DIR / ARTIFACTS_DIR
-    wanted = services(store.tracking_uri, artifacts, args.prefect_port, args.mlflow_port,
-                      Path(os.environ["PREFECT_HOME"]))
+    home = Path(os.environ["PREFECT_HOME"])
+    secret = server_secret(home)
+    wanted = services(store.tracking_uri, artifacts, args.prefect_port, args.mlflow_port, home, secret)
     # Clients reach the database through the server only, so the lookups' indexes are made here, on its tables.
-    return serve(wanted, {"PREFECT_API_URL": f"http://127.0.0.1:{args.prefect_port}/api",
-                          "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{args.mlflow_port}"}, on_ready=store.add_indexes)
+    return serve(wanted, client_exports(args.prefect_port, args.mlflow_port, secret), on_ready=store.add_indexes)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
-    from flows.schedule import scheduled_search
+    from flows.schedule import SERVED_PARAMETERS, scheduled_search, served_digest
     from flows.search import checked
     from nas.config import ConfigError
 
@@ -677,10 +677,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"'{config.experiment_name}' " + (f"every {args.every:g} s" if args.every else f"at cron '{args.cron}'")
           + "; Ctrl-C stops serving and pauses the schedule")
     # limit=1: a firing continues from the one before, so a late firing waits rather than overlapping it.
+    parameters = {"config": config.to_json(), "refine_config": _refine_config(args).to_json(),
+                  "model_name": _model_name(args), "more_trials": args.more_trials}
+    os.environ[SERVED_PARAMETERS] = served_digest(parameters)  # the flow runs this process starts refuse others
     scheduled_search.serve(name=name, interval=args.every, cron=args.cron, limit=1,
-                           tags=["nas", config.experiment_name],
-                           parameters={"config": config.to_json(), "refine_config": _refine_config(args).to_json(),
-                                       "model_name": _model_name(args), "more_trials": args.more_trials})
+                           tags=["nas", config.experiment_name], parameters=parameters)
     return 0
 
 

@@ -1,5 +1,9 @@
 """`nas server`: a Prefect API server and an MLflow tracking server on loopback, for repeated commands.
 
+Both need a password: whoever reaches a port on this machine (another user, a web page in a
+browser) could otherwise create flow runs or read and write the store. The password is random,
+kept in a file only the user can read, and the lines to export read it from there.
+
 Without them every `nas search` starts a temporary Prefect server (about 20 s on a fresh Prefect
 home) and opens the SQLite store itself. With them running, a command only connects. Both run
 as children in their own sessions (a Ctrl-C reaches them once, through us) and stop together.
@@ -8,17 +12,22 @@ as children in their own sessions (a Ctrl-C reaches them once, through us) and s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import secrets
+import shlex
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+AUTH_USER = "nas"  # the user both servers know, with the password of SECRET_FILE
+SECRET_FILE = "server-secret"
 OWNER = "NAS_OWNER_PID"  # in the environment of every process a command starts, for its watchdog
 HOST = "127.0.0.1"
 READY_SECONDS = 180.0  # a fresh Prefect home first creates its database: 20 s here, more on a busy machine
@@ -31,22 +40,58 @@ class Service:
     command: list[str]
     health_url: str
     log: Path
+    env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
+
+
+def server_secret(folder: Path) -> Path:
+    """The file holding the servers' password: random, made once, readable by the user alone."""
+    path = folder / SECRET_FILE
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+            file.write(secrets.token_urlsafe(24))
+    return path
 
 
 def services(tracking_uri: str, artifact_dir: Path | None, prefect_port: int, mlflow_port: int,
-             log_dir: Path) -> list[Service]:
-    """The two servers: Prefect's API (and UI), and MLflow's tracking server in front of the store."""
+             log_dir: Path, secret: Path) -> list[Service]:
+    """The two servers, each behind the password in `secret` (user AUTH_USER): Prefect's API (and UI)
+    with CSRF protection and its own origin only, and MLflow's tracking server in front of the store,
+    with MLflow's basic-auth app (its users in a database beside the logs)."""
+    password = secret.read_text().strip()
     scripts = Path(sys.executable).parent  # this environment's own prefect and mlflow
     mlflow = [str(scripts / "mlflow"), "server", "--backend-store-uri", tracking_uri, "--host", HOST,
-              "--port", str(mlflow_port), "--workers", "1"]
+              "--port", str(mlflow_port), "--workers", "1", "--app-name", "basic-auth"]
     if artifact_dir is not None:  # new experiments' artifacts land beside the store, as without the server
         mlflow += ["--artifacts-destination", artifact_dir.as_uri()]
+    auth_config = log_dir / "mlflow-auth.ini"
+    auth_config.write_text(f"[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+                           f"database_uri = sqlite:///{log_dir / 'mlflow-auth.db'}\nadmin_username = {AUTH_USER}\n"
+                           "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                           # A password check costs a PBKDF2 hash; a search makes hundreds of requests.
+                           "auth_cache_ttl_seconds = 300\n")
     return [
         Service("Prefect API", [str(scripts / "prefect"), "server", "start", "--host", HOST, "--port",
                                 str(prefect_port), "--analytics-off"],
-                f"http://{HOST}:{prefect_port}/api/health", log_dir / "prefect-server.log"),
-        Service("MLflow tracking", mlflow, f"http://{HOST}:{mlflow_port}/health", log_dir / "mlflow-server.log"),
+                f"http://{HOST}:{prefect_port}/api/health", log_dir / "prefect-server.log",
+                {"PREFECT_SERVER_API_AUTH_STRING": f"{AUTH_USER}:{password}",
+                 "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true",
+                 "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": f"http://{HOST}:{prefect_port}"}),
+        Service("MLflow tracking", mlflow, f"http://{HOST}:{mlflow_port}/health", log_dir / "mlflow-server.log",
+                {"MLFLOW_AUTH_CONFIG_PATH": str(auth_config), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+                 # Signs the auth app's CSRF tokens; derived, so that it stays the same across restarts.
+                 "MLFLOW_FLASK_SERVER_SECRET_KEY": hashlib.sha256(f"csrf:{password}".encode()).hexdigest()}),
     ]
+
+
+def client_exports(prefect_port: int, mlflow_port: int, secret: Path) -> dict[str, str]:
+    """What a shell exports to use the servers: their addresses, and the password read from its file
+    when the line runs, so that it is never printed."""
+    password = f'"$(cat {shlex.quote(str(secret))})"'
+    return {"PREFECT_API_URL": f"http://{HOST}:{prefect_port}/api",
+            "PREFECT_API_AUTH_STRING": f'{AUTH_USER}:{password}',
+            "MLFLOW_TRACKING_URI": f"http://{HOST}:{mlflow_port}",
+            "MLFLOW_TRACKING_USERNAME": AUTH_USER, "MLFLOW_TRACKING_PASSWORD": password}
 
 
 def serve(wanted: list[Service], exports: dict[str, str], on_ready: Callable[[], None] = lambda: None) -> int:
@@ -59,7 +104,8 @@ def serve(wanted: list[Service], exports: dict[str, str], on_ready: Callable[[],
             service.log.parent.mkdir(parents=True, exist_ok=True)
             with open(service.log, "ab") as log:
                 running.append((service, subprocess.Popen(service.command, stdout=log, stderr=subprocess.STDOUT,
-                                                          stdin=subprocess.DEVNULL, start_new_session=True)))
+                                                          stdin=subprocess.DEVNULL, start_new_session=True,
+                                                          env={**os.environ, **service.env})))
         print("starting " + " and ".join(s.name for s in wanted) + " ...", flush=True)
         for service, process in running:
             if not _wait_ready(service, process):

@@ -1,6 +1,7 @@
 """`nas server` as a user runs it: both servers come up on a fresh Prefect home, a search runs
 through them, and Ctrl-C stops both (nothing left listening)."""
 
+import base64
 import os
 import signal
 import socket
@@ -8,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 from mlflow.tracking import MlflowClient
 
@@ -39,8 +42,12 @@ def start_nas_server(cwd, env, prefect_port: int, mlflow_port: int, tracking_uri
             break
     # Keep reading what the servers print, so that a full pipe never blocks them (and their shutdown).
     threading.Thread(target=lambda: said.extend(server.stdout), daemon=True).start()
-    exports = dict(line.split()[1].split("=", 1) for line in said if line.strip().startswith("export "))
-    return server, exports, said
+    lines = [line.strip() for line in said if line.strip().startswith("export ")]
+    names = [line.split()[1].split("=", 1)[0] for line in lines]
+    # As a user's shell runs them: the password is read from its file when the line runs.
+    shell = subprocess.run(["bash", "-c", "\n".join(lines) + "\nenv -0"], capture_output=True, text=True, check=True)
+    values = dict(entry.split("=", 1) for entry in shell.stdout.split("\0") if "=" in entry)
+    return server, {name: values[name] for name in names}, said
 
 
 def test_a_search_runs_through_nas_server_and_ctrl_c_stops_both(tmp_path, digits_dir):
@@ -49,8 +56,14 @@ def test_a_search_runs_through_nas_server_and_ctrl_c_stops_both(tmp_path, digits
     store = f"sqlite:///{tmp_path}/mlflow.db"
     server, exports, said = start_nas_server(tmp_path, env, prefect_port, mlflow_port, store)
     try:
+        secret = (tmp_path / "prefect-home" / "server-secret")
+        password = secret.read_text().strip()
+        assert oct(secret.stat().st_mode & 0o777) == "0o600" and password not in "".join(said)  # never printed
         assert exports == {"PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
-                           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}, said
+                           "PREFECT_API_AUTH_STRING": f"nas:{password}",
+                           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+                           "MLFLOW_TRACKING_USERNAME": "nas", "MLFLOW_TRACKING_PASSWORD": password}, said
+        _refused_without_the_password(prefect_port, mlflow_port, password)
         search = subprocess.run([sys.executable, "-m", "nas.cli", "search", "--data-dir", str(digits_dir), "--trials",
                                  "1", "--epochs", "1", "--experiment", "served"],
                                 cwd=tmp_path, env={**env, **exports}, capture_output=True, text=True, timeout=300)
@@ -68,3 +81,30 @@ def test_a_search_runs_through_nas_server_and_ctrl_c_stops_both(tmp_path, digits
     while (_listening(prefect_port) or _listening(mlflow_port)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _listening(prefect_port) and not _listening(mlflow_port)
+
+
+def _answer(url: str, method: str = "GET", headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=b"{}" if method == "POST" else None, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers)
+
+
+def _refused_without_the_password(prefect_port: int, mlflow_port: int, password: str) -> None:
+    """What another local process, or a web page in the user's browser, gets from the servers."""
+    prefect = f"http://127.0.0.1:{prefect_port}/api"
+    assert _answer(f"{prefect}/admin/version")[0] == 401
+    assert _answer(f"{prefect}/flows/filter", "POST")[0] in (401, 403)
+    assert _answer(f"{prefect}/deployments/filter", "POST", {"Origin": "http://evil.example"})[0] in (401, 403)
+    preflight = _answer(f"{prefect}/flow_runs/", "OPTIONS", {"Origin": "http://evil.example",
+                                                              "Access-Control-Request-Method": "POST"})
+    assert preflight[1].get("access-control-allow-origin") in (None, f"http://127.0.0.1:{prefect_port}")
+    basic = "Basic " + base64.b64encode(f"nas:{password}".encode()).decode()
+    assert _answer(f"{prefect}/admin/version", headers={"Authorization": basic})[0] == 200
+    assert _answer(f"{prefect}/flows/filter", "POST", {"Authorization": basic})[0] == 403  # no CSRF token
+    mlflow = f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert _answer(mlflow)[0] == 401
+    assert _answer(mlflow, headers={"Authorization": basic})[0] == 200

@@ -8,6 +8,7 @@ import sys
 import time
 from collections import Counter
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, free_port, start_server, stop_server
@@ -80,3 +81,17 @@ def test_a_served_schedule_fires_twice_and_each_firing_adds_trials(tmp_path, dig
     listed = subprocess.run([sys.executable, "-m", "nas.cli", "runs", "--experiment", "nightly", "--tracking-uri",
                              store], cwd=tmp_path, capture_output=True, text=True, timeout=120).stdout
     assert all(flow_run in listed for flow_run in by_flow_run), listed
+
+
+def test_a_flow_run_of_the_deployment_with_parameters_of_its_own_is_refused(tmp_path, monkeypatch):
+    from flows.schedule import SERVED_PARAMETERS, scheduled_search, served_digest
+    from nas.config import ConfigError, SearchConfig
+
+    served = {"config": SearchConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").to_json(), "refine_config": {},
+              "model_name": None, "more_trials": 2}
+    # What `nas serve` sets in the process whose flow runs the deployment's runs are.
+    monkeypatch.setenv(SERVED_PARAMETERS, served_digest(served))
+    forged = {**served, "config": {**served["config"], "tracking_uri": f"sqlite:///{tmp_path}/other.db"}}
+    with pytest.raises(ConfigError, match="only the parameters"):
+        scheduled_search.fn(**forged)
+    assert not (tmp_path / "other.db").exists()

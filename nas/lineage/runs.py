@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 HEARTBEAT_SECONDS = 10.0  # how often a training run says it is alive ...
 CLAIM_LEASE_SECONDS = 60.0  # ... and how long without a word before another host's process takes it over
 # Through a tracking server: how long a claim waits for claims written at the same moment (_standing).
-SETTLE_SECONDS = 1.0
+# Every client of one store must use the same value; raise it (NAS_CLAIM_SETTLE_SECONDS) where a
+# write to the server can take longer, or claims keep withdrawing.
+SETTLE_SECONDS = float(os.environ.get("NAS_CLAIM_SETTLE_SECONDS", "1.0"))
 
 
 class StoreRuns(StoreQueries):
@@ -238,8 +240,11 @@ class StoreRuns(StoreQueries):
         if self.artifact_dir is not None:
             return run_id
         if took >= SETTLE_SECONDS:
-            self._withdraw(run_id, f"its write took {took:.1f} s to land, longer than the {SETTLE_SECONDS:.0f} s "
-                                   "it waits for others written at the same moment; it looked again")
+            reason = (f"its write took {took:.1f} s to land, longer than the {SETTLE_SECONDS:g} s it waits for others "
+                      "written at the same moment; it looked again")
+            logging.getLogger(__name__).warning("run %s withdrawn: %s (if the server is always this slow, set "
+                                                "NAS_CLAIM_SETTLE_SECONDS higher on every client)", run_id, reason)
+            self._withdraw(run_id, reason)
             return None
         time.sleep(SETTLE_SECONDS)
         # Earlier attempts that failed or were abandoned are history, not rivals.

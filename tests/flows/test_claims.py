@@ -91,7 +91,7 @@ def test_a_scheduler_after_random_search_on_one_experiment_reuses_its_runs(tmp_p
 
 
 def test_a_deleted_store_behind_a_warm_prefect_cache_is_trained_again(tmp_path, digits_dir, prefect_server):
-    command = search_command(tmp_path, digits_dir, "gone", "--trials", "2", "--epochs", "1", "--seed", "2",
+    command = search_command(tmp_path, digits_dir, "gone", "--trials", "1", "--epochs", "1", "--seed", "2",
                              "--metrics-out", str(tmp_path / "search.json"))
     first = nas(prefect_server, tmp_path, command)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -100,5 +100,5 @@ def test_a_deleted_store_behind_a_warm_prefect_cache_is_trained_again(tmp_path, 
     again = nas(prefect_server, tmp_path, command)  # Prefect still remembers every trial, with runs that are gone
     assert again.returncode == 0, again.stderr[-3000:]
     trials = runs(tmp_path, "gone")
-    assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
+    assert [r.info.status for r in trials] == ["FINISHED"]
     assert json.loads((tmp_path / "search.json").read_text())["best_run_id"] in {r.info.run_id for r in trials}

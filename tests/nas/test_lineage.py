@@ -416,16 +416,20 @@ def test_claimants_without_a_file_lock_start_one_search_and_train_one_trial(tmp_
     processes = [subprocess.Popen([sys.executable, "-m", "tests.nas.claimant", str(tmp_path / "mlflow.db"),
                                    str(tmp_path), str(index)], cwd=Path(__file__).parents[2], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for index in range(2)]
-    for case in range(len(CLAIM_CASES)):
-        while len(list(tmp_path.glob(f"ready.{case}.*"))) < len(processes):
-            assert all(process.poll() is None for process in processes)
-            time.sleep(0.05)
-        (tmp_path / f"go.{case}").touch()
-    said = []
-    for process in processes:
-        out, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err[-3000:]
-        said.append([json.loads(line) for line in out.strip().splitlines()[-len(CLAIM_CASES):]])
+    try:
+        for case in range(len(CLAIM_CASES)):
+            while len(list(tmp_path.glob(f"ready.{case}.*"))) < len(processes):
+                assert all(process.poll() is None for process in processes)
+                time.sleep(0.05)
+            (tmp_path / f"go.{case}").touch()
+        said = []
+        for process in processes:
+            out, err = process.communicate(timeout=300)
+            assert process.returncode == 0, err[-3000:]
+            said.append([json.loads(line) for line in out.strip().splitlines()[-len(CLAIM_CASES):]])
+    finally:
+        for process in processes:
+            process.kill()
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for case, name in enumerate(CLAIM_CASES):
         first, second = said[0][case], said[1][case]

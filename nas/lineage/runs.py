@@ -72,7 +72,8 @@ class StoreRuns(StoreQueries):
             # (through a tracking server, the one that `_standing` settles on).
             with self._exclusive(), self._writing() as client:
                 asked = time.monotonic()
-                found = self._search(of_key, max_results=1)
+                # Of two runs that a server's clients created at once, the one `_standing` keeps.
+                found = sorted(self._search(of_key), key=_standing_order)[:1]
                 if found:
                     run_id = found[0].info.run_id
                     client.update_run(run_id, status="RUNNING")
@@ -251,7 +252,7 @@ class StoreRuns(StoreQueries):
         runs = [run for run in self._search(filter_string) if run.info.status in ("RUNNING", "FINISHED")]
         if not runs:  # ours was withdrawn by someone else meanwhile: look again
             return None
-        first = min(runs, key=lambda run: (run.info.status != "FINISHED", run.info.run_id)).info.run_id
+        first = min(runs, key=_standing_order).info.run_id
         if first != run_id:
             self._withdraw(run_id, f"run {first} was created for the same purpose at the same moment; this one "
                                    "stepped aside for it")
@@ -469,6 +470,11 @@ class Claim:
 
     result: Evaluation | None = None
     run_id: str | None = None
+
+
+def _standing_order(run: Run) -> tuple[bool, str]:
+    """Which of the runs made for one purpose stands (see StoreRuns._standing): a finished one, else the lowest id."""
+    return run.info.status != "FINISHED", run.info.run_id
 
 
 class _HeartbeatWatch:

@@ -15,20 +15,6 @@ from tests.conftest import ROOT, free_port, start_server, stop_server
 from tests.test_server import _ctrl_c_heard
 
 
-FORGE = """
-import sys, time
-from prefect.client.orchestration import get_client
-with get_client(sync_client=True) as client:
-    deployment = client.read_deployment_by_name("nas-scheduled-search/nightly")
-    parameters = {**deployment.parameters, "config": {**deployment.parameters["config"], "tracking_uri": sys.argv[1]}}
-    run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
-    deadline = time.monotonic() + 240
-    while not client.read_flow_run(run.id).state.is_final() and time.monotonic() < deadline:
-        time.sleep(1)
-    print(client.read_flow_run(run.id).state.type.value)
-"""
-
-
 def finished(store: str, kind: str) -> list:
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("nightly")
@@ -58,11 +44,6 @@ def test_a_served_schedule_fires_twice_and_each_firing_adds_trials(tmp_path, dig
             time.sleep(2)
         searches = finished(store, "search")
         assert len(searches) >= 2, serving.stdout.read() if serving.poll() is not None else len(searches)
-        # Anyone who reaches the Prefect API can create a run of the deployment, with parameters of their own.
-        forged = subprocess.run([sys.executable, "-c", FORGE, f"sqlite:///{tmp_path}/other.db"], env=env,
-                                capture_output=True, text=True, timeout=300)
-        assert forged.stdout.strip() == "FAILED", forged.stdout + forged.stderr[-2000:]
-        assert not (tmp_path / "other.db").exists()
     finally:
         if serving is not None:
             serving.send_signal(signal.SIGINT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -192,6 +193,18 @@ def test_a_dead_owners_claim_is_abandoned_explained_and_taken_over(store, search
     assert purged.returncode == 0, purged.stderr
     with pytest.raises(MlflowException):
         MlflowClient(store.tracking_uri).get_run(killed)  # gone for good
+
+
+def test_abandoning_a_run_removes_no_folder_whatever_its_record_names(store, search, tmp_path):
+    cand = candidate(27)
+    dead = claim(store, cand, search).run_id
+    victim = tmp_path / "precious"
+    (victim / "artifacts").mkdir(parents=True)
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:  # a record edited by hand
+        db.execute("UPDATE runs SET artifact_uri = ? WHERE run_uuid = ?", (f"file://{victim}/artifacts", dead))
+    MlflowClient(store.tracking_uri).set_tag(dead, "nas.owner", f"{socket.gethostname()}:{2**22 + 7}")
+    assert claim(store, cand, search).run_id != dead  # taken over
+    assert (victim / "artifacts").is_dir()
 
 
 def test_a_search_abandons_the_trials_a_dead_attempt_left_running_and_nobody_asks_for_again(store, search):

@@ -114,6 +114,7 @@ def main() -> None:
                       "--port", str(mlflow_port), "--workers", "1", "--artifacts-destination",
                       (folder / "artifacts").as_uri()]
     mlflow_health = f"http://127.0.0.1:{mlflow_port}/health"
+    os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # as `nas server` starts it
     mlflow = start(mlflow_command, mlflow_health, folder / "mlflow.log")
     env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "10"}

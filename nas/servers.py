@@ -80,7 +80,9 @@ def services(tracking_uri: str, artifact_dir: Path | None, prefect_port: int, ml
         Service("MLflow tracking", mlflow, f"http://{HOST}:{mlflow_port}/health", log_dir / "mlflow-server.log",
                 {"MLFLOW_AUTH_CONFIG_PATH": str(auth_config), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
                  # Signs the auth app's CSRF tokens; derived, so that it stays the same across restarts.
-                 "MLFLOW_FLASK_SERVER_SECRET_KEY": hashlib.sha256(f"csrf:{password}".encode()).hexdigest()}),
+                 "MLFLOW_FLASK_SERVER_SECRET_KEY": hashlib.sha256(f"csrf:{password}".encode()).hexdigest(),
+                 # MLflow's GenAI job runner: seven worker processes this project never gives a job.
+                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}),
     ]
 
 

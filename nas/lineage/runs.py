@@ -43,7 +43,7 @@ CLAIM_LEASE_SECONDS = 60.0  # ... and how long without a word before another hos
 # Through a tracking server: how long a claim waits for claims written at the same moment (_standing).
 # Every client of one store must use the same value; raise it (NAS_CLAIM_SETTLE_SECONDS) where a
 # write to the server can take longer, or claims keep withdrawing.
-SETTLE_SECONDS = float(os.environ.get("NAS_CLAIM_SETTLE_SECONDS", "1.0"))
+SETTLE_SECONDS = float(os.environ.get("NAS_CLAIM_SETTLE_SECONDS", "3.0"))
 
 
 class StoreRuns(StoreQueries):

@@ -420,7 +420,7 @@ def test_the_indexed_leaderboard_orders_runs_exactly_as_mlflow_does(store):
 CLAIM_CASES = {
     "together": ((0.0, 0.0), (0, 0)),
     "skewed": ((0.0, 0.6), (-300, 300)),  # the later writer decided first and stamps its runs five minutes earlier
-    "slow-write": ((3.0, 0.0), (300, -300)),  # a write slower than the settle time
+    "slow-write": ((4.0, 0.0), (300, -300)),  # a write slower than the settle time (3 s)
 }
 
 

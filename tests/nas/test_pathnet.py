@@ -159,3 +159,34 @@ def test_split_by_classes_keeps_and_relabels(data):
     assert task.num_classes == 2 and set(task.y_train.tolist()) == {0, 1}
     assert len(task.y_train) == int(((data.y_train == 3) | (data.y_train == 1)).sum())
     assert torch.equal(task.x_train[task.y_train == 0], data.x_train[data.y_train == 3])
+
+
+def test_the_fitter_path_wins_and_the_loser_becomes_a_mutated_copy_of_it(data):
+    result = tournament(fabric_for("A"), data, task="A", generations=12, **SMALL)
+    population = {}  # slot -> the path a round left there
+    for record in result.records:
+        loser = 1 - record.winner
+        assert record.fitness[record.winner] >= record.fitness[loser]  # the fitter one wins
+        assert record.slots[loser] == record.loser_slot
+        for place, slot in enumerate(record.slots):
+            if slot in population:  # what an earlier round wrote is what this round competes with
+                assert record.paths[place] == population[slot]
+        population[record.loser_slot] = record.child
+        # The child is the winner's copy with slots moved by at most SHIFT (mod M): a loser's mutation would not be.
+        for child_layer, parent_layer in zip(record.child.layers, record.parent.layers):
+            assert all(any(min((c - p) % SPEC.modules, (p - c) % SPEC.modules) <= pathnet_module.SHIFT
+                           for p in parent_layer) for c in child_layer)
+    assert all(result.population[slot] == path for slot, path in population.items())
+    assert any(r.fitness[0] != r.fitness[1] for r in result.records)  # the rule was put to the test
+
+
+def test_mutation_moves_each_slot_with_probability_one_over_layers_times_slots():
+    spec = FabricSpec(layers=3, modules=20, module="conv", width=4, max_active=3, kernel=3)
+    path = Path(((0, 7, 14),) * 3)  # far apart: a move of at most 2 never merges two modules
+    rng = random.Random(0)
+    draws = 3000
+    moved = sum(len(set(path.layers[i]) - set(child.layers[i])) for _ in range(draws)
+                for child in [path.mutate(rng, spec)] for i in range(3))
+    # Each of the L*N = 9 slots moves with probability 1/9, by a shift of -2..2 of which 4 in 5 are not 0.
+    expected = 9 * (1 / 9) * (4 / 5)
+    assert abs(moved / draws - expected) < 0.08, moved / draws

@@ -162,7 +162,10 @@ def test_split_by_classes_keeps_and_relabels(data):
 
 
 def test_the_fitter_path_wins_and_the_loser_becomes_a_mutated_copy_of_it(data):
-    result = tournament(fabric_for("A"), data, task="A", generations=12, **SMALL)
+    spec = FabricSpec(layers=2, modules=12, module="conv", width=4, max_active=2, kernel=3)  # room to tell paths apart
+    fabric = Fabric(spec, SHAPE, seed=0)
+    fabric.add_task("A", 4)
+    result = tournament(fabric, data, task="A", generations=12, **SMALL)
     population = {}  # slot -> the path a round left there
     for record in result.records:
         loser = 1 - record.winner
@@ -174,7 +177,7 @@ def test_the_fitter_path_wins_and_the_loser_becomes_a_mutated_copy_of_it(data):
         population[record.loser_slot] = record.child
         # The child is the winner's copy with slots moved by at most SHIFT (mod M): a loser's mutation would not be.
         for child_layer, parent_layer in zip(record.child.layers, record.parent.layers):
-            assert all(any(min((c - p) % SPEC.modules, (p - c) % SPEC.modules) <= pathnet_module.SHIFT
+            assert all(any(min((c - p) % spec.modules, (p - c) % spec.modules) <= pathnet_module.SHIFT
                            for p in parent_layer) for c in child_layer)
     assert all(result.population[slot] == path for slot, path in population.items())
     assert any(r.fitness[0] != r.fitness[1] for r in result.records)  # the rule was put to the test

@@ -124,7 +124,12 @@ class MetaQNN(Strategy):
         if trials is not None and trials < 1:
             raise ValueError(f"trials={trials} must be at least 1.")
         self.trials = trials or DEFAULT_TRIALS
-        self.hparams: HParams = space.sample_hparams(self.rng)
+        # One fixed training recipe for every network, as in the paper: HParams' defaults where the space
+        # allows them, else each domain's first value. A random draw would let a bad learning rate sink the
+        # Q-values of every architecture; the recipe is tuned afterwards (refinement, or --optimizer).
+        defaults = HParams()
+        self.hparams = HParams(**{name: _fixed(domain, getattr(defaults, name))
+                                  for name, domain in space.hparams.items()})
         self.q: dict[str, dict[str, float]] = {}  # state key -> action -> Q; absent means Q_INIT
         self.memory: list[tuple[list[Step], float]] = []  # replay memory: trajectory, reward
         self.rewards: dict[str, float] = {}  # proposal key -> reward, to replay a network drawn again

@@ -15,7 +15,7 @@ import yaml
 
 import nas.strategies.metaqnn as metaqnn_module
 from nas.ids import derive_seed
-from nas.space import Architecture, Node, SearchSpace
+from nas.space import Architecture, HParams, Node, SearchSpace
 from nas.strategies import Hyperband
 from nas.strategies.base import ProtocolError, Strategy
 from nas.strategies.metaqnn import (ALPHA, DENSE_SIZE, EPSILON_SCHEDULE, MAX_REDRAWS, Q_INIT, REPLAY, MetaQNN,
@@ -265,3 +265,11 @@ def test_a_cell_without_memory_ends_its_tree_at_the_inject():
     cells = [n for c in asked for n in c.arch.nodes if n.op == "cell"]
     assert {n.get("inject") for n in cells} == {"none", "add_tanh"}
     assert all((n.get("inject_at"), n.get("memory_from")) == (0, 0) for n in cells if n.get("inject") == "none")
+
+
+def test_every_network_trains_with_one_fixed_recipe_the_spaces_defaults_whatever_the_seed():
+    space = bound("cnn.yaml", (1, 8, 8))
+    recipes = {c.hparams for seed in range(4)
+               for c in drive(MetaQNN(space, Budget(epochs=1), seed=seed, trials=20), rounds=2)}
+    # HParams' defaults where cnn.yaml allows them: a random draw would tie an architecture's Q-value to it.
+    assert recipes == {HParams(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=64, init="kaiming")}

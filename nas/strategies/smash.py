@@ -79,20 +79,21 @@ class Smash(Strategy):
             raise ValueError("smash scores its candidates with a hypernetwork trained on the search's data, and "
                              "was given no scorer; run it with `nas search --strategy smash` or create_search("
                              "strategy='smash'), which give it one, or pass scorer= yourself.")
-        drawn: dict[str, tuple[Architecture, HParams]] = {}
+        drawn: dict[str, Architecture] = {}
         misses = 0
         while len(drawn) < self.candidates and misses < MAX_DUPLICATE_DRAWS:
-            arch, hparams = self.space.sample(self.rng)
+            arch, _ = self.space.sample(self.rng)  # a whole sample, so that the draws stay those of earlier versions
             if arch.arch_id in drawn:
                 misses += 1
             else:
-                drawn[arch.arch_id] = (arch, hparams)
-        pool = [arch for arch, _ in drawn.values()]
+                drawn[arch.arch_id] = arch
+        pool = list(drawn.values())
         scores = self.scorer(pool, self.hparams)
         if len(scores) != len(pool):
             raise ValueError(f"the smash scorer returned {len(scores)} scores for {len(pool)} networks.")
         order = sorted(range(len(pool)), key=lambda i: -scores[i])  # stable: ties keep the sampling order
-        return [(*drawn[pool[i].arch_id], float(scores[i])) for i in order]
+        # Each trains with the recipe it was scored with: the ranking says nothing of another one.
+        return [(pool[i], self.hparams, float(scores[i])) for i in order]
 
     # ---- what the search run shows -------------------------------------------------
 

@@ -50,9 +50,10 @@ class Cell(nn.Module):
         c_new = c
         for i, (combine, activation) in enumerate(spec.nodes):
             left, right = (wx[i], uh[i]) if i < spec.base else (outputs[j] for j in self._children[i])
-            a = ACTIVATIONS[activation](COMBINES[combine](left, right))
-            if i == spec.memory_from:
-                c_new = a
+            combined = COMBINES[combine](left, right)
+            a = ACTIVATIONS[activation](combined)
+            if i == spec.memory_from:  # before the activation, as the paper's c_t (see CELL_MEMORY)
+                c_new = combined
             if i == spec.inject_at:
                 assert spec.inject is not None  # all memory settings are set together
                 inj_combine, inj_activation = spec.inject

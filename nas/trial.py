@@ -14,6 +14,7 @@ from typing import Any
 
 from nas.ids import derive_seed, digest
 from nas.space.architecture import Architecture, HParams
+from nas.space.cell import CELL_MEMORY
 
 # Bump when fit() changes what it computes: cached results of the old version stop matching.
 # 3: recurrent networks clip their gradient norm.
@@ -98,8 +99,10 @@ class Candidate:
         Parents and strategy notes are lineage, not inputs, so two methods proposing the
         same training share its result.
         """
-        # Folds join the key only when cross-validating, so hold-out keys stay those of earlier versions.
+        # Folds join the key only when cross-validating, and the cells' semantics only for a network with
+        # a cell, so that other keys stay those of earlier versions.
         folds = {"folds": setting.folds} if setting.folds > 1 else {}
+        cells = {"cell_memory": CELL_MEMORY} if any(node.op == "cell" for node in self.arch.nodes) else {}
         return digest({
             "graph": self.arch.to_json(),
             "hparams": self.hparams.to_json(),
@@ -114,6 +117,7 @@ class Candidate:
             "max_params": setting.max_params,
             "version": TRAINING_VERSION,
             **folds,
+            **cells,
         })
 
     def to_json(self) -> dict[str, Any]:

@@ -33,6 +33,9 @@ BASES = (1, 2, 4, 8)
 NONE = "none"
 NODE_ATTRS = tuple(f"node{i}" for i in range(2 * max(BASES) - 1))
 CELL_ATTRS = ("units", "base", *NODE_ATTRS, "inject", "inject_at", "memory_from")
+# What a cell's memory c_t holds, part of the trial key of every network with a cell: the chosen
+# node's value before its activation (Zoph and Le 2017, section 3.4); earlier versions took it after.
+CELL_MEMORY = "before-activation"
 
 
 def tree_children(base: int) -> dict[int, tuple[int, int]]:

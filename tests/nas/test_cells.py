@@ -88,7 +88,7 @@ def test_elman_equals_torch_rnn_cell():
 
 
 def test_memory_step_by_hand():
-    # Leaf 0 takes c_{t-1} in; c_t is leaf 1's output; the root multiplies the two branches.
+    # Leaf 0 takes c_{t-1} in; c_t is leaf 1's value before its activation; the root multiplies the two branches.
     spec = CellSpec(base=2, nodes=(("add", "tanh"), ("mul", "sigmoid"), ("mul", "tanh")),
                     inject=("mul", "relu"), inject_at=0, memory_from=1)
     torch.manual_seed(0)
@@ -103,7 +103,7 @@ def test_memory_step_by_hand():
 
     new_h, new_c = cell(x, (h, c))
     torch.testing.assert_close(new_h, expected_h)
-    torch.testing.assert_close(new_c, a1)
+    torch.testing.assert_close(new_c, (x @ w1.T + b1) * (h @ u1.T))  # leaf 1 before its sigmoid (section 3.4)
 
 
 def test_memory_at_the_root_by_hand():

@@ -293,6 +293,13 @@ class StoreRuns(StoreQueries):
         """
         if self._reader().get_run(run_id).info.status != "RUNNING":
             return False  # it ended since it was looked at: a result, or someone else's doing
+        self._terminate(run_id, "KILLED")  # from here on its owner, should it wake, leaves the run alone
+        # An owner tags its outcome last, just before it ends the run. Seen now, the owner finished while this
+        # looked (through a server no lock kept it out): its result stands, ended as the owner would have.
+        outcome = self._reader().get_run(run_id).data.tags.get("nas.status")
+        if outcome not in (None, TrialStatus.RUNNING.value):
+            self._terminate(run_id, "FAILED" if outcome == TrialStatus.ERROR.value else "FINISHED")
+            return False
         self._withdraw(run_id, reason)
         return True
 
@@ -394,7 +401,6 @@ class StoreRuns(StoreQueries):
             outcome["nas.inherited_tensors"] = str(len(evaluation.inherited))
         if evaluation.resumed_at:
             outcome["nas.resumed_at"] = str(evaluation.resumed_at)
-        self._set_tags(run_id, outcome)
         record = evaluation.to_json()
         record["run_id"] = run_id
         self.client.log_dict(run_id, record, EVALUATION_FILE)
@@ -406,22 +412,28 @@ class StoreRuns(StoreQueries):
             if node.op == "cell":  # a tree reads better drawn than as twenty attributes
                 from nas.reports import draw_cell
                 self.log_bytes(run_id, CELL_DRAWING_FILE, draw_cell(cell_spec(node.attr_dict)))
+        # The outcome's tags once everything else is written: a claimant taking over reads them (`_abandon`).
+        self._set_tags(run_id, outcome)
         # Last: find() trusts a FINISHED run to hold everything above. A failure of the
         # environment ends FAILED instead, so that no later search takes it for a result.
         self._end_owned(run_id, "FAILED" if evaluation.retryable else "FINISHED")
 
     def _end_owned(self, run_id: str, status: str) -> None:
-        """End a run this process owns, unless another process took it over meanwhile."""
+        """End a run this process owns, unless another process took it over meanwhile (or, having seen
+        its outcome, ended it so itself)."""
         with self._exclusive():
             if not self._taken_over(run_id):
                 self._terminate(run_id, status)
 
     def _taken_over(self, run_id: str) -> bool:
-        """Whether another process abandoned this process's run (it saw no heartbeat for the lease):
-        then the new owner's result is the trial's, and this one's is dropped, said in the log."""
+        """Whether another process ended this process's run: abandoned it (it saw no heartbeat for the
+        lease), and then the new owner's result is the trial's and this one's is dropped, said in the log;
+        or, taking over, saw this run's outcome and ended it as this process would have."""
         run = self._reader().get_run(run_id)
         if run.info.lifecycle_stage != "deleted" and run.info.status == "RUNNING":
             return False
+        if run.info.lifecycle_stage != "deleted" and run.info.status in ("FINISHED", "FAILED"):
+            return True  # a claimant saw this run's outcome and ended it as this owner would have
         logging.getLogger(__name__).warning(
             "run %s was taken over by another process while this one trained it (%s); its result is left to the "
             "new owner", run_id, run.data.tags.get("nas.reason", "no reason recorded"))

@@ -195,6 +195,23 @@ def test_a_dead_owners_claim_is_abandoned_explained_and_taken_over(store, search
         MlflowClient(store.tracking_uri).get_run(killed)  # gone for good
 
 
+def test_an_owner_that_finishes_while_another_host_takes_over_keeps_its_result(store, search):
+    cand = candidate(28)
+    owner = claim(store, cand, search).run_id
+
+    class Owner(LineageStore):
+        def _end_owned(self, run_id, status):
+            # Through a server no lock keeps them apart: a claimant that saw the run RUNNING kills it now,
+            # after the owner wrote everything, before it ends the run.
+            assert not store._abandon(run_id, "no heartbeat for 60 s of watching")
+            super()._end_owned(run_id, status)
+
+    Owner(store.tracking_uri, store.experiment).finish_trial(owner, evaluation(cand))
+    run = MlflowClient(store.tracking_uri).get_run(owner)
+    assert (run.info.status, run.info.lifecycle_stage, run.data.tags["nas.status"]) == ("FINISHED", "active", "ok")
+    assert store.find(cand.trial_key(SETTING)).run_id == owner
+
+
 def test_abandoning_a_run_removes_no_folder_whatever_its_record_names(store, search, tmp_path):
     cand = candidate(27)
     dead = claim(store, cand, search).run_id

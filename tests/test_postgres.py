@@ -64,7 +64,8 @@ def servers(postgres, tmp_path_factory):
     prefect_port, mlflow_port = free_port(), free_port()
     env = {**os.environ, "PREFECT_HOME": str(folder / "prefect-home")}
     server, exports, said = start_nas_server(folder, env, prefect_port, mlflow_port, postgres[0])
-    assert set(exports) == {"PREFECT_API_URL", "MLFLOW_TRACKING_URI"}, said
+    assert set(exports) == {"PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_URI",
+                            "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}, said
     yield folder, {**env, **exports}
     server.send_signal(signal.SIGINT)
     server.wait(timeout=60)
@@ -87,7 +88,8 @@ def finished_in(uri, experiment) -> Counter:
     return Counter(r.data.tags["nas.trial_key"] for r in trials(uri, experiment) if r.info.status == "FINISHED")
 
 
-def test_a_search_through_the_server_lands_in_postgresql_with_proxied_artifacts(postgres, servers, digits_dir):
+def test_a_search_through_the_server_lands_in_postgresql_with_proxied_artifacts(postgres, servers, digits_dir,
+                                                                                monkeypatch):
     folder, env = servers
     process = search(folder, env, digits_dir, "pg", 3)
     assert process.wait(timeout=300) == 0, process.stderr.read()[-3000:]
@@ -103,6 +105,8 @@ def test_a_search_through_the_server_lands_in_postgresql_with_proxied_artifacts(
         assert db.execute("SELECT 1 FROM pg_indexes WHERE indexname = 'nas_latest_metrics_key_value'").fetchone()
     expected = [r.info.run_id for r in client.search_runs([runs[0].info.experiment_id], "tags.`nas.kind` = 'trial'",
                                                           order_by=list(LEADERBOARD_ORDER))]
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # as this shell exported them
+        monkeypatch.setenv(name, env[name])
     served = LineageStore(env["MLFLOW_TRACKING_URI"], "pg")
     assert [[e.run_id for e in served.best(k)] for k in (1, 2, 3)] == [expected[:k] for k in (1, 2, 3)]
 
@@ -126,7 +130,8 @@ def test_the_mlflow_server_restarted_in_the_middle_of_a_search_loses_no_trial(po
                str(port), "--workers", "1", "--artifacts-destination", (tmp_path / "artifacts").as_uri()]
 
     def start() -> subprocess.Popen:
-        return start_server(command, f"http://127.0.0.1:{port}/health", cwd=tmp_path)
+        return start_server(command, f"http://127.0.0.1:{port}/health", cwd=tmp_path,
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
 
     server = start()
     try:

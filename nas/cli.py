@@ -632,6 +632,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     command = _store(args).ui_command()
     command[command.index("--port") + 1] = str(args.port)
     print(f"MLflow UI on http://127.0.0.1:{args.port}  (Ctrl-C stops it)")
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # GenAI job workers: none needed here
     os.execvp(command[0], command)
     return 0
 

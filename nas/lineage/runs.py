@@ -298,7 +298,7 @@ class StoreRuns(StoreQueries):
         # looked (through a server no lock kept it out): its result stands, ended as the owner would have.
         outcome = self._reader().get_run(run_id).data.tags.get("nas.status")
         if outcome not in (None, TrialStatus.RUNNING.value):
-            self._terminate(run_id, "FAILED" if outcome == TrialStatus.ERROR.value else "FINISHED")
+            self._terminate(run_id, _ending(outcome))
             return False
         self._withdraw(run_id, reason)
         return True
@@ -414,9 +414,8 @@ class StoreRuns(StoreQueries):
                 self.log_bytes(run_id, CELL_DRAWING_FILE, draw_cell(cell_spec(node.attr_dict)))
         # The outcome's tags once everything else is written: a claimant taking over reads them (`_abandon`).
         self._set_tags(run_id, outcome)
-        # Last: find() trusts a FINISHED run to hold everything above. A failure of the
-        # environment ends FAILED instead, so that no later search takes it for a result.
-        self._end_owned(run_id, "FAILED" if evaluation.retryable else "FINISHED")
+        # Last: find() trusts a FINISHED run to hold everything above.
+        self._end_owned(run_id, _ending(evaluation.status.value))
 
     def _end_owned(self, run_id: str, status: str) -> None:
         """End a run this process owns, unless another process took it over meanwhile (or, having seen
@@ -482,6 +481,12 @@ class Claim:
 
     result: Evaluation | None = None
     run_id: str | None = None
+
+
+def _ending(outcome: str) -> str:
+    """The MLflow status a trial's run ends with, by its outcome (tag nas.status): a failure of the
+    environment ends FAILED, so that no later search takes it for a result; the rest FINISHED."""
+    return "FAILED" if outcome == TrialStatus.ERROR.value else "FINISHED"
 
 
 def _standing_order(run: Run) -> tuple[bool, str]:

@@ -213,6 +213,8 @@ class StoreRuns(StoreQueries):
                 # One query, read as one snapshot: an owner finishing between a query for
                 # results and a query for claims would be seen by neither.
                 runs = self._search(f"tags.`nas.trial_key` = '{trial_key}'")
+                if self._settle_interrupted(runs):
+                    runs = self._search(f"tags.`nas.trial_key` = '{trial_key}'")
                 finished = [run for run in runs if run.info.status == "FINISHED"]
                 if finished:
                     return Claim(result=self._evaluation(finished[0]))
@@ -271,8 +273,10 @@ class StoreRuns(StoreQueries):
         for (it asks in other rounds past what it replays). Another host's claims are left to
         the lease of whoever asks for their trial."""
         with self._exclusive():
-            self._live_claims(self._search(f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`nas.kind` = "
-                                           f"'{KIND_TRIAL}' and attributes.status = 'RUNNING'"), _HeartbeatWatch())
+            runs = self._search(f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`nas.kind` = '{KIND_TRIAL}' "
+                                "and attributes.status != 'FINISHED'")
+            self._settle_interrupted(runs)
+            self._live_claims([run for run in runs if run.info.status == "RUNNING"], _HeartbeatWatch())
 
     def _live_claims(self, running: list[Run], watch: _HeartbeatWatch) -> list[Run]:
         """The running runs whose owner lives; dead owners' runs are abandoned on the way."""
@@ -294,14 +298,30 @@ class StoreRuns(StoreQueries):
         if self._reader().get_run(run_id).info.status != "RUNNING":
             return False  # it ended since it was looked at: a result, or someone else's doing
         self._terminate(run_id, "KILLED")  # from here on its owner, should it wake, leaves the run alone
-        # An owner tags its outcome last, just before it ends the run. Seen now, the owner finished while this
-        # looked (through a server no lock kept it out): its result stands, ended as the owner would have.
-        outcome = self._reader().get_run(run_id).data.tags.get("nas.status")
-        if outcome not in (None, TrialStatus.RUNNING.value):
-            self._terminate(run_id, _ending(outcome))
+        return self._end_killed(self._reader().get_run(run_id), reason)
+
+    def _end_killed(self, run: Run, reason: str) -> bool:
+        """Finish taking over a trial run ended KILLED (only a take-over ends one so); returns whether
+        it was abandoned. An owner tags its outcome last, just before it ends the run: seen now, the
+        owner finished while the take-over looked (through a server no lock kept it out), and its
+        result stands, ended as the owner would have. Else the run is withdrawn."""
+        outcome = run.data.tags.get("nas.status")
+        if outcome not in (None, TrialStatus.RUNNING.value, TrialStatus.ABANDONED.value):
+            self._terminate(run.info.run_id, _ending(outcome))
             return False
-        self._withdraw(run_id, reason)
+        if outcome == TrialStatus.ABANDONED.value:  # killed inside _withdraw: its reason is written
+            reason = run.data.tags.get("nas.reason", reason)
+        self._withdraw(run.info.run_id, reason)
         return True
+
+    def _settle_interrupted(self, runs: list[Run]) -> bool:
+        """Finish the take-overs that a kill -9 interrupted between their steps (a KILLED trial run not
+        yet deleted); returns whether there were any."""
+        killed = [run for run in runs if run.info.status == "KILLED"]
+        for run in killed:
+            self._end_killed(run, "its owner is gone, and the attempt that took it over was killed before it "
+                                  "was done; a later attempt finished the take-over")
+        return bool(killed)
 
     @contextmanager
     def heartbeat(self, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:

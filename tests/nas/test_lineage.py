@@ -212,6 +212,25 @@ def test_an_owner_that_finishes_while_another_host_takes_over_keeps_its_result(s
     assert store.find(cand.trial_key(SETTING)).run_id == owner
 
 
+def test_a_take_over_killed_between_its_steps_is_finished_by_whoever_looks_next(store, search):
+    """A claimant killed -9 after it ended a dead owner's run KILLED, before it deleted the run."""
+    client = MlflowClient(store.tracking_uri)
+    halfway, finished, orphan = (claim(store, candidate(units), search).run_id for units in (31, 32, 33))
+    cand = candidate(32)
+    store.finish_trial(finished, evaluation(cand))
+    for run_id in (halfway, orphan):
+        client.set_terminated(run_id, "KILLED")
+    client.set_terminated(finished, "KILLED")  # through a server: ended after the owner's outcome landed
+    assert claim(store, candidate(31), search).run_id != halfway  # taken over, and the take-over finished
+    assert claim(store, cand, search).result.run_id == finished  # the result stands
+    store.abandon_dead_trials(search)  # nobody asks for the orphan's trial again: the search's end finishes it
+    for run_id in (halfway, orphan):
+        run = client.get_run(run_id)
+        assert (run.info.lifecycle_stage, run.data.tags["nas.status"]) == ("deleted", "abandoned")
+        assert "is gone" in run.data.tags["nas.reason"]
+    assert client.get_run(finished).info.status == "FINISHED"
+
+
 def test_abandoning_a_run_removes_no_folder_whatever_its_record_names(store, search, tmp_path):
     cand = candidate(27)
     dead = claim(store, cand, search).run_id

@@ -108,8 +108,9 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                                              "whatever strategy produced them")
     p.add_argument("--top-k", type=int, help="how many runs --from-experiment takes (default: 10)")
     p.add_argument("--controller-lr", type=float,
-                   help="nas-rl: the controller's Adam learning rate (default: the paper's 6e-4, tuned for "
-                        "thousands of networks; a search of a hundred learns at about 0.02)")
+                   help="nas-rl: the controller's Adam learning rate (default: scaled to --trials so that the "
+                        "controller learns within them, 0.01 up to about 200 trials; the paper's 6e-4 "
+                        "is for 12,800 networks)")
     p.add_argument("--smash-steps", type=int,
                    help="smash: hypernetwork training steps, one batch of a new network each (default: 12000, "
                         "about 3 minutes on 2 cores)")

@@ -70,7 +70,7 @@ class SearchConfig:
     from_experiment: str | None = None  # warm-start from this experiment's best runs ...
     top_k: int = 10  # ... this many of them
     init_from: str | None = None  # candidates start from this run's weights, or an experiment's best run's
-    controller_lr: float | None = None  # nas-rl's Adam learning rate; None: the paper's 6e-4
+    controller_lr: float | None = None  # nas-rl's Adam learning rate; None: scaled to the trials
     smash_steps: int | None = None  # SMASH: hypernetwork training steps; None: nas.hyper.STEPS
     smash_candidates: int | None = None  # SMASH: networks scored; None: nas.strategies.smash.CANDIDATES
     warm_start_predictor: bool = False  # predictor: also learn from every run of the store on this data

@@ -10,8 +10,7 @@ W_curr h_i)), where h_j is the controller's state when layer j opened.
 
 Each network's reward is the cube of its best validation accuracy over its last five
 epochs (0 for a network that failed to train). After every `children` results (the
-search's concurrency, the paper's m), one Adam step (at the paper's 6e-4 unless
-`learning_rate` says otherwise) follows the REINFORCE
+search's concurrency, the paper's m), one Adam step follows the REINFORCE
 gradient: the mean of (reward - baseline) x the sentence's log-probability, with an
 exponential moving average of earlier rewards as the baseline. The controller's version
 counts its updates; every candidate notes the version that wrote it and its
@@ -53,12 +52,31 @@ from nas.trial import Budget, Candidate, Evaluation, TrialStatus
 
 HIDDEN = 35  # units per LSTM layer
 INIT_RANGE = 0.08
-LEARNING_RATE = 6e-4
+PAPER_LEARNING_RATE = 6e-4
+# The paper's controller took 12,800 / 8 = 1,600 Adam steps at 6e-4: about 1 in learning rate x steps.
+PAPER_STEP_SUM = PAPER_LEARNING_RATE * 12_800 / 8
+# Above this REINFORCE's steps collapse the policy onto a few sentences before it has explored: at 0.02 a
+# controller paid for one choice wrote nothing new after 28-68 networks in 3 of 6 seeds (the learning test of
+# tests/nas/test_nas_rl.py); at 0.05 and 0.1 nas-rl fell behind random search on the tabular benchmark.
+MAX_LEARNING_RATE = 0.01
+DEFAULT_TRIALS = 100  # what a search that does not say how many it will train is assumed to
 BASELINE_DECAY = 0.95
 LAST_EPOCHS = 5  # the reward is the best validation accuracy of these, cubed
 DEFAULT_CHILDREN = 2
 MAX_REDRAWS = 200  # sentences in a row that repeat earlier proposals before the search is done
 START = "<start>"
+
+
+def learning_rate_for(trials: int, children: int) -> float:
+    """Adam's learning rate for a search of `trials` networks, `children` per update: the paper's
+    learning rate x steps spread over the updates this search makes, between the paper's 6e-4
+    and MAX_LEARNING_RATE.
+
+    At the paper's 6e-4 a controller updated 50 times (100 trials, 2 per update) barely moves
+    (no decision's probability by 0.5 % in bench/rnn_cells.py's setting); at 100 trials and 2
+    children the rule gives 0.019, capped at 0.01.
+    """
+    return min(MAX_LEARNING_RATE, max(PAPER_LEARNING_RATE, PAPER_STEP_SUM * children / max(trials, 1)))
 
 
 def reward(evaluation: Evaluation) -> float:
@@ -140,21 +158,25 @@ class NasRL(Strategy):
     """An LSTM controller trained with REINFORCE writes the space's sentences.
 
     `children` is the paper's m, the results per controller update (default: the search's
-    concurrency). `learning_rate` is Adam's, the paper's 6e-4 by default: the paper trained
-    12,800 networks, and a search of a hundred moves the controller little at that rate.
+    concurrency). `learning_rate` is Adam's; by default `learning_rate_for(trials, children)`,
+    so that the controller learns within the `trials` the search trains (default 100). The
+    paper's 6e-4 is that rule's value at the paper's 12,800 networks.
     `report()` shows the version, baseline and the latest rewards.
     """
 
     name = "nas-rl"
 
     def __init__(self, space: SearchSpace, budget: Budget, seed: int = 0, children: int | None = None,
-                 learning_rate: float = LEARNING_RATE) -> None:
+                 learning_rate: float | None = None, trials: int | None = None) -> None:
         super().__init__(space, budget, seed=seed)
         if children is not None and children < 1:
             raise ValueError(f"children={children} must be at least 1.")
+        if trials is not None and trials < 1:
+            raise ValueError(f"trials={trials} must be at least 1.")
         self.children = children or DEFAULT_CHILDREN
+        self.learning_rate = learning_rate or learning_rate_for(trials or DEFAULT_TRIALS, self.children)
         self.controller = Controller(space.vocabulary(), seed)
-        self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=learning_rate)
+        self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=self.learning_rate)
         self.version = 0  # controller updates so far
         self.baseline: float | None = None
         self.episodes: dict[str, Episode] = {}  # proposal key -> how the controller wrote it
@@ -296,4 +318,4 @@ def _optimizer_from_json(data: dict[str, Any]) -> dict[str, Any]:
             "state": {int(i): {k: torch.tensor(v) for k, v in s.items()} for i, s in data["state"].items()}}
 
 
-__all__ = ["Controller", "NasRL", "reward"]
+__all__ = ["Controller", "NasRL", "learning_rate_for", "reward"]

@@ -271,8 +271,8 @@ def main() -> None:
     parser.add_argument("--space", default="spaces/small-cnn.yaml")
     parser.add_argument("--population", type=int, default=10)
     parser.add_argument("--children", type=int, default=2, help="nas-rl: results per controller update")
-    parser.add_argument("--controller-lr", type=float, default=None, help="nas-rl: Adam's learning rate "
-                                                                           "(default: scaled to the trials, nas.strategies.nas_rl.learning_rate_for)")
+    parser.add_argument("--controller-lr", type=float, default=None,
+                        help="nas-rl: Adam's learning rate (default: scaled to the trials, learning_rate_for)")
     parser.add_argument("--device", default=None, help="default cuda when available, else cpu")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--out", default="bench/results/search_efficiency.json")

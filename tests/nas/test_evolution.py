@@ -6,7 +6,7 @@ import pytest
 
 from nas.space import SearchSpace
 from nas.strategies.evolution import AgingEvolution, LargeScaleEvolution, simplest_network
-from nas.strategies.base import AskState
+from nas.strategies.base import AskState, proposal_key
 from nas.trial import Budget, Candidate, Evaluation, TrialSetting, TrialStatus
 
 
@@ -142,13 +142,28 @@ def test_aging_kills_the_oldest_even_when_it_is_the_best(space):
     assert child.inherit_from is None and child.info["node_map"] is None and child.nonce == 1
     search.tell([Evaluation(child, "3", val_acc=0.0, run_id="r3")])
     assert [e.run_id for e in search.population] == ["r1", "r2", "r3"]
-    # with inherit=True the same child (same draws) inherits its parent's weights instead
+    # with inherit=True a child inherits its parent's weights instead
     inheriting = AgingEvolution(space, Budget(2), seed=7, population_size=3, sample_size=3, inherit=True)
     again = inheriting.ask(3)
     inheriting.tell([Evaluation(c, str(i), val_acc=[0.9, 0.2, 0.1][i], run_id=f"r{i}") for i, c in enumerate(again)])
     (heir,) = inheriting.ask(1)
-    assert heir.arch == child.arch and heir.info["mutation"] == child.info["mutation"]
-    assert heir.inherit_from == "r0" and heir.info["node_map"] is not None
+    assert heir.parents == ("r0",) and heir.inherit_from == "r0" and heir.info["node_map"] is not None
+
+
+def test_aging_evolution_trains_no_network_twice_unless_it_inherits(space):
+    """A repeat is mutated again (with inheritance it means "train it longer", and is kept)."""
+    def arch_ids(inherit: bool) -> list[str]:
+        search = AgingEvolution(space, Budget(2), seed=3, population_size=3, sample_size=2, inherit=inherit,
+                                mutations=("reset-weights", "alter-learning-rate"))
+        ids = []
+        for i in range(8):
+            (candidate,) = search.ask(1)
+            search.tell([Evaluation(candidate, str(i), val_acc=0.5 + i / 100, run_id=f"r{i}")])
+            ids.append(proposal_key(candidate.arch, candidate.hparams))
+        return ids
+
+    assert len(set(arch_ids(inherit=False))) == 8
+    assert len(set(arch_ids(inherit=True))) < 8  # reset-weights repeats its parent
 
 
 def test_aging_evolution_improves_under_selection(space):

@@ -283,6 +283,7 @@ class AgingEvolution(_Evolution):
     def _ask_children(self, n: int) -> list[Candidate]:
         children: list[Candidate] = []
         for _ in range(n):
+            repeated = False
             for _ in range(MAX_TOURNAMENTS_PER_CHILD):
                 if not self.population:
                     return children
@@ -292,8 +293,10 @@ class AgingEvolution(_Evolution):
                 if mutated is not None and self._new(mutated.arch, mutated.hparams):
                     children.append(self._child(parent, mutated))
                     break
-            else:  # the living individuals' mutations are all trained: a new random network instead
-                children.extend(self._sample_fresh(1, fallback=True) if self.population and not self.inherit else [])
+                repeated |= mutated is not None
+            else:
+                if repeated:  # the living individuals' mutations are all trained: a new random network instead
+                    children.extend(self._sample_fresh(1, fallback=True))
         return children
 
     def _new(self, arch: Architecture, hparams: HParams) -> bool:
